@@ -1,0 +1,178 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	kvv1 "kubevirt.io/api/core/v1"
+)
+
+// RunPolicy says when a VirtualMachine runs and what a guest reboot, a guest poweroff or a crash does to it.
+// +kubebuilder:validation:Enum=AlwaysOff;AlwaysOn;Manual;AlwaysOnUntilStoppedManually
+type RunPolicy string
+
+const (
+	// RunPolicyAlwaysOff keeps the VM stopped (KubeVirt runStrategy Halted).
+	RunPolicyAlwaysOff RunPolicy = "AlwaysOff"
+	// RunPolicyAlwaysOn keeps the VM running whatever happens (KubeVirt runStrategy Always).
+	RunPolicyAlwaysOn RunPolicy = "AlwaysOn"
+	// RunPolicyManual starts and stops the VM only on request; a guest reboot is a restart from outside.
+	RunPolicyManual RunPolicy = "Manual"
+	// RunPolicyAlwaysOnUntilStoppedManually runs the VM and restarts it after a reboot or a crash, but a guest
+	// poweroff or a user's stop leaves it stopped.
+	RunPolicyAlwaysOnUntilStoppedManually RunPolicy = "AlwaysOnUntilStoppedManually"
+)
+
+// VirtualMachineSpec is KubeVirt's VirtualMachineSpec with runPolicy in place of running and runStrategy.
+// +kubebuilder:validation:XValidation:rule="!has(self.running)",message="spec.running is not supported: runpolicy.io VirtualMachines are started and stopped by spec.runPolicy (AlwaysOff, AlwaysOn, Manual, AlwaysOnUntilStoppedManually)"
+// +kubebuilder:validation:XValidation:rule="!has(self.runStrategy)",message="spec.runStrategy is not supported: set spec.runPolicy (AlwaysOff, AlwaysOn, Manual, AlwaysOnUntilStoppedManually) instead; runpolicy derives the KubeVirt runStrategy from it"
+type VirtualMachineSpec struct {
+	// runPolicy decides when the VM runs: AlwaysOff, AlwaysOn, Manual or AlwaysOnUntilStoppedManually.
+	// +optional
+	// +kubebuilder:default=AlwaysOnUntilStoppedManually
+	RunPolicy RunPolicy `json:"runPolicy,omitempty"`
+
+	// The KubeVirt VirtualMachine spec (template, dataVolumeTemplates, instancetype, preference, ...).
+	// running and runStrategy are refused: runPolicy replaces them.
+	kvv1.VirtualMachineSpec `json:",inline"`
+}
+
+// VirtualMachinePhase is the VM's power state, derived from KubeVirt's printableStatus.
+// +kubebuilder:validation:Enum=Pending;Starting;Running;Stopping;Stopped;Terminating
+type VirtualMachinePhase string
+
+const (
+	VirtualMachinePending     VirtualMachinePhase = "Pending"
+	VirtualMachineStarting    VirtualMachinePhase = "Starting"
+	VirtualMachineRunning     VirtualMachinePhase = "Running"
+	VirtualMachineStopping    VirtualMachinePhase = "Stopping"
+	VirtualMachineStopped     VirtualMachinePhase = "Stopped"
+	VirtualMachineTerminating VirtualMachinePhase = "Terminating"
+)
+
+// Condition types of a VirtualMachine.
+const (
+	// ConditionReady is True while the VMI is running and ready.
+	ConditionReady = "Ready"
+	// ConditionAwaitingRestart is True while the running VMI was built from an older template than the current one.
+	ConditionAwaitingRestart = "AwaitingRestartToApplyConfiguration"
+	// ConditionSynced is True when the KubeVirt VirtualMachine matches this object's spec.
+	ConditionSynced = "Synced"
+)
+
+// Condition reasons of a VirtualMachine.
+const (
+	ReasonSynced              = "Synced"
+	ReasonApplyFailed         = "ApplyFailed"
+	ReasonNameConflict        = "NameConflict"
+	ReasonRunning             = "Running"
+	ReasonNotRunning          = "NotRunning"
+	ReasonGuestNotReady       = "GuestNotReady"
+	ReasonChangesPending      = "ChangesPendingRestart"
+	ReasonNoRestartRequired   = "NoRestartRequired"
+	ReasonKubeVirtRestartFlag = "KubeVirtRestartRequired"
+)
+
+// ShutdownSource says what ended a VMI.
+// +kubebuilder:validation:Enum=guest-reset;guest-shutdown;crash;user;unknown
+type ShutdownSource string
+
+const (
+	ShutdownGuestReset    ShutdownSource = "guest-reset"
+	ShutdownGuestShutdown ShutdownSource = "guest-shutdown"
+	ShutdownCrash         ShutdownSource = "crash"
+	ShutdownUser          ShutdownSource = "user"
+	ShutdownUnknown       ShutdownSource = "unknown"
+)
+
+// LastShutdown records how the last VMI ended.
+type LastShutdown struct {
+	// source is what ended the VMI: guest-reset, guest-shutdown, crash, user or unknown.
+	// +required
+	Source ShutdownSource `json:"source"`
+	// reason is the detail behind source: the QEMU SHUTDOWN reason from the hook sidecar, or why none was found.
+	// +optional
+	// +kubebuilder:validation:MaxLength=256
+	Reason string `json:"reason,omitempty"`
+	// time is when the VMI was seen to end.
+	// +optional
+	Time *metav1.Time `json:"time,omitempty"`
+	// vmiUID is the UID of the VMI that ended.
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	VMIUID string `json:"vmiUID,omitempty"`
+}
+
+// VirtualMachineStatus is the observed state of a VirtualMachine.
+type VirtualMachineStatus struct {
+	// conditions: Ready, AwaitingRestartToApplyConfiguration, Synced.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	// +kubebuilder:validation:MaxItems=16
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// observedGeneration is the generation of the spec this status was computed from.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// phase is the VM's power state.
+	// +optional
+	Phase VirtualMachinePhase `json:"phase,omitempty"`
+
+	// printableStatus is the KubeVirt VirtualMachine's printableStatus, as KubeVirt reports it.
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	PrintableStatus string `json:"printableStatus,omitempty"`
+
+	// lastShutdown tells how the last VMI ended.
+	// +optional
+	LastShutdown *LastShutdown `json:"lastShutdown,omitempty"`
+
+	// restartCount counts the restarts runpolicy made after a guest reset or a failure.
+	// +optional
+	RestartCount int32 `json:"restartCount,omitempty"`
+
+	// handledVMIUID is the UID of the last ended VMI runpolicy acted on; a VMI is acted on once.
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	HandledVMIUID string `json:"handledVMIUID,omitempty"`
+
+	// failureCount counts consecutive failures that led to a restart; it drives the restart backoff.
+	// +optional
+	FailureCount int32 `json:"failureCount,omitempty"`
+
+	// restartNotBefore is set while a restart after a failure waits out its backoff.
+	// +optional
+	RestartNotBefore *metav1.Time `json:"restartNotBefore,omitempty"`
+}
+
+// VirtualMachine is a KubeVirt virtual machine whose power state follows a runPolicy.
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=rvm,categories=runpolicy
+// +kubebuilder:printcolumn:name="Policy",type=string,JSONPath=`.spec.runPolicy`
+// +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Need Restart",type=string,JSONPath=`.status.conditions[?(@.type=="AwaitingRestartToApplyConfiguration")].status`
+// +kubebuilder:printcolumn:name="Restarts",type=integer,JSONPath=`.status.restartCount`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type VirtualMachine struct {
+	metav1.TypeMeta `json:",inline"`
+	// +optional
+	metav1.ObjectMeta `json:"metadata,omitzero"`
+
+	// +required
+	Spec VirtualMachineSpec `json:"spec"`
+	// +optional
+	Status VirtualMachineStatus `json:"status,omitzero"`
+}
+
+// VirtualMachineList is a list of VirtualMachines.
+// +kubebuilder:object:root=true
+type VirtualMachineList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitzero"`
+	Items           []VirtualMachine `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&VirtualMachine{}, &VirtualMachineList{})
+}

@@ -1,0 +1,123 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// VirtualMachineOperationType is the power action an operation performs.
+// +kubebuilder:validation:Enum=Start;Stop;Restart
+type VirtualMachineOperationType string
+
+const (
+	OperationStart   VirtualMachineOperationType = "Start"
+	OperationStop    VirtualMachineOperationType = "Stop"
+	OperationRestart VirtualMachineOperationType = "Restart"
+)
+
+// VirtualMachineOperationSpec names the VM and the action. It is immutable.
+// +kubebuilder:validation:XValidation:rule="!(self.type == 'Start' && has(self.force) && self.force)",message="spec.force is not allowed with type Start: force means grace period 0 and applies to Stop and Restart only"
+type VirtualMachineOperationSpec struct {
+	// virtualMachineName is the runpolicy.io VirtualMachine, in the operation's namespace, to act on.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	VirtualMachineName string `json:"virtualMachineName"`
+
+	// type is the action: Start, Stop or Restart.
+	// +required
+	Type VirtualMachineOperationType `json:"type"`
+
+	// force stops the guest at once (grace period 0) for Stop and Restart. Not allowed with Start.
+	// +optional
+	Force bool `json:"force,omitempty"`
+}
+
+// VirtualMachineOperationPhase is where an operation stands.
+// +kubebuilder:validation:Enum=Pending;InProgress;Completed;Failed
+type VirtualMachineOperationPhase string
+
+const (
+	OperationPending    VirtualMachineOperationPhase = "Pending"
+	OperationInProgress VirtualMachineOperationPhase = "InProgress"
+	OperationCompleted  VirtualMachineOperationPhase = "Completed"
+	OperationFailed     VirtualMachineOperationPhase = "Failed"
+)
+
+// Condition types of a VirtualMachineOperation.
+const (
+	// OperationConditionCompleted is True once KubeVirt reports the target state, False with a reason otherwise.
+	OperationConditionCompleted = "Completed"
+	// OperationConditionSignalSent is True once the request was accepted by KubeVirt's subresource API.
+	OperationConditionSignalSent = "SignalSent"
+)
+
+// Condition reasons of a VirtualMachineOperation.
+const (
+	OperationReasonVirtualMachineNotFound    = "VirtualMachineNotFound"
+	OperationReasonNotApplicableForRunPolicy = "NotApplicableForRunPolicy"
+	OperationReasonNotApplicableForVMPhase   = "NotApplicableForVMPhase"
+	OperationReasonWaitingForOtherOperation  = "WaitingForOtherOperation"
+	OperationReasonSuperseded                = "Superseded"
+	OperationReasonInProgress                = "InProgress"
+	OperationReasonCompleted                 = "OperationCompleted"
+	OperationReasonFailed                    = "OperationFailed"
+)
+
+// VirtualMachineOperationStatus is the observed state of a VirtualMachineOperation.
+type VirtualMachineOperationStatus struct {
+	// conditions: Completed, SignalSent.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	// +kubebuilder:validation:MaxItems=8
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// observedGeneration is the generation this status was computed from.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// phase: Pending, InProgress, Completed or Failed.
+	// +optional
+	Phase VirtualMachineOperationPhase `json:"phase,omitempty"`
+
+	// signalSentTime is when KubeVirt accepted the request.
+	// +optional
+	SignalSentTime *metav1.Time `json:"signalSentTime,omitempty"`
+
+	// completionTime is when the operation reached Completed or Failed.
+	// +optional
+	CompletionTime *metav1.Time `json:"completionTime,omitempty"`
+}
+
+// VirtualMachineOperation is a declarative, auditable Start, Stop or Restart of a VirtualMachine.
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=vmop,categories=runpolicy
+// +kubebuilder:printcolumn:name="Type",type=string,JSONPath=`.spec.type`
+// +kubebuilder:printcolumn:name="VM",type=string,JSONPath=`.spec.virtualMachineName`
+// +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Force",type=boolean,JSONPath=`.spec.force`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type VirtualMachineOperation struct {
+	metav1.TypeMeta `json:",inline"`
+	// +optional
+	metav1.ObjectMeta `json:"metadata,omitzero"`
+
+	// +required
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec is immutable: create a new VirtualMachineOperation instead"
+	Spec VirtualMachineOperationSpec `json:"spec"`
+	// +optional
+	Status VirtualMachineOperationStatus `json:"status,omitzero"`
+}
+
+// VirtualMachineOperationList is a list of VirtualMachineOperations.
+// +kubebuilder:object:root=true
+type VirtualMachineOperationList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitzero"`
+	Items           []VirtualMachineOperation `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&VirtualMachineOperation{}, &VirtualMachineOperationList{})
+}

@@ -1,0 +1,233 @@
+// Package vm reconciles runpolicy.io VirtualMachines into KubeVirt VirtualMachines and reports their state.
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+	kvv1 "kubevirt.io/api/core/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
+
+	"github.com/runpolicy/runpolicy/api/v1alpha1"
+	"github.com/runpolicy/runpolicy/internal/policy"
+)
+
+// Event reasons.
+const (
+	EventCreated            = "Created"
+	EventAdopted            = "Adopted"
+	EventRunStrategyChanged = "RunStrategyChanged"
+	EventSyncFailed         = "SyncFailed"
+	EventPhaseChanged       = "PhaseChanged"
+)
+
+// Reconciler keeps a KubeVirt VirtualMachine in line with each runpolicy.io VirtualMachine.
+type Reconciler struct {
+	client.Client
+	Recorder recorder.EventRecorder
+	// HookSidecarImage, when set, is added to the VMI template as a KubeVirt hook sidecar.
+	HookSidecarImage string
+}
+
+// +kubebuilder:rbac:groups=runpolicy.io,resources=virtualmachines,verbs=get;list;watch
+// +kubebuilder:rbac:groups=runpolicy.io,resources=virtualmachines/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=runpolicy.io,resources=virtualmachines/finalizers,verbs=update
+// +kubebuilder:rbac:groups=kubevirt.io,resources=virtualmachines,verbs=get;list;watch;create;patch;update
+// +kubebuilder:rbac:groups=kubevirt.io,resources=virtualmachineinstances,verbs=get;list;watch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// Reconcile fetches the VM, its KubeVirt VM and VMI, applies the desired KubeVirt VM and writes status once.
+func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	log := ctrl.LoggerFrom(ctx)
+
+	vm := &v1alpha1.VirtualMachine{}
+	if err := r.Get(ctx, req.NamespacedName, vm); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	kv, err := r.getKubeVirtVM(ctx, req.NamespacedName)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	vmi, err := r.getVMI(ctx, req.NamespacedName)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+
+	before := vm.Status.DeepCopy()
+	var syncErr error
+	if vm.DeletionTimestamp == nil {
+		kv, syncErr = r.syncKubeVirtVM(ctx, vm, kv, vmi)
+	}
+	desiredHash := ""
+	if vm.Spec.Template != nil {
+		desiredHash = TemplateHash(vm.Spec.Template)
+	}
+	deriveStatus(vm, kv, vmi, desiredHash)
+	if syncErr == nil {
+		vm.Status.ObservedGeneration = vm.Generation
+	}
+
+	if before.Phase != vm.Status.Phase && before.Phase != "" {
+		r.Recorder.Eventf(vm, kv, corev1.EventTypeNormal, EventPhaseChanged, "Update",
+			"Phase changed from %s to %s", before.Phase, vm.Status.Phase)
+	}
+	if !equality.Semantic.DeepEqual(before, &vm.Status) {
+		if err := r.Status().Update(ctx, vm); err != nil {
+			if apierrors.IsConflict(err) {
+				log.V(1).Info("Status update conflicted, requeueing", "VirtualMachine", klog.KObj(vm))
+				return ctrl.Result{Requeue: true}, nil
+			}
+			return ctrl.Result{}, err
+		}
+	}
+	var transient transientError
+	if errors.As(syncErr, &transient) {
+		return ctrl.Result{}, syncErr
+	}
+	return ctrl.Result{}, nil
+}
+
+// transientError marks a sync failure worth retrying with backoff (as opposed to a refusal that only a spec
+// change can fix).
+type transientError struct{ error }
+
+func (e transientError) Unwrap() error { return e.error }
+
+// syncKubeVirtVM applies the desired KubeVirt VM and records the Synced condition. It returns the KubeVirt VM as
+// the server has it afterwards.
+func (r *Reconciler) syncKubeVirtVM(ctx context.Context, vm *v1alpha1.VirtualMachine, kv *kvv1.VirtualMachine,
+	vmi *kvv1.VirtualMachineInstance) (*kvv1.VirtualMachine, error) {
+	log := ctrl.LoggerFrom(ctx)
+
+	adopting := false
+	if kv != nil && !metav1.IsControlledBy(kv, vm) {
+		if kv.Annotations[AnnotationAdopt] != "true" {
+			msg := fmt.Sprintf("A kubevirt.io VirtualMachine named %s already exists and is not managed by this VirtualMachine; "+
+				"delete it, or annotate it with %s=true to let runpolicy take it over", vm.Name, AnnotationAdopt)
+			setCondition(vm, v1alpha1.ConditionSynced, metav1.ConditionFalse, v1alpha1.ReasonNameConflict, msg)
+			return kv, errors.New(msg)
+		}
+		adopting = true
+	}
+
+	var current kvv1.VirtualMachineRunStrategy
+	entering := true
+	if kv != nil {
+		if kv.Spec.RunStrategy != nil {
+			current = *kv.Spec.RunStrategy
+		} else if kv.Spec.Running != nil {
+			current = kvv1.RunStrategyHalted
+			if *kv.Spec.Running {
+				current = kvv1.RunStrategyAlways
+			}
+		}
+		entering = kv.Annotations[AnnotationRunPolicy] != string(vm.Spec.RunPolicy)
+	}
+	strategy := policy.RunStrategy(vm.Spec.RunPolicy, policy.Bootstrapping(vm.Spec.RunPolicy, entering, current, vmiActive(vmi)))
+
+	desired, err := desiredKubeVirtVM(vm, strategy, r.HookSidecarImage)
+	if err != nil {
+		setCondition(vm, v1alpha1.ConditionSynced, metav1.ConditionFalse, v1alpha1.ReasonApplyFailed, err.Error())
+		return kv, err
+	}
+	obj, err := applyObject(desired)
+	if err != nil {
+		return kv, transientError{err}
+	}
+	if kv == nil {
+		log.Info("Creating KubeVirt VirtualMachine", "VirtualMachine", klog.KObj(vm), "runStrategy", strategy)
+	} else if current != strategy {
+		log.Info("Changing runStrategy", "VirtualMachine", klog.KObj(vm), "from", current, "to", strategy)
+	}
+	if err := r.Apply(ctx, client.ApplyConfigurationFromUnstructured(obj), client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
+		msg := fmt.Sprintf("Applying the KubeVirt VirtualMachine failed: %v", err)
+		if !isSyncFailure(vm, msg) {
+			r.Recorder.Eventf(vm, nil, corev1.EventTypeWarning, EventSyncFailed, "Apply", "%s", msg)
+		}
+		setCondition(vm, v1alpha1.ConditionSynced, metav1.ConditionFalse, v1alpha1.ReasonApplyFailed, msg)
+		if apierrors.IsInvalid(err) || apierrors.IsBadRequest(err) || apierrors.IsForbidden(err) {
+			log.Info("KubeVirt refused the VirtualMachine", "VirtualMachine", klog.KObj(vm), "reason", err.Error())
+			return kv, err // only a spec change helps: no retry loop
+		}
+		return kv, transientError{err}
+	}
+	applied := &kvv1.VirtualMachine{}
+	if err := client.IgnoreNotFound(r.Get(ctx, client.ObjectKeyFromObject(vm), applied)); err != nil {
+		return kv, transientError{err}
+	}
+	if applied.Name == "" {
+		applied = nil
+	}
+	switch {
+	case kv == nil:
+		r.Recorder.Eventf(vm, applied, corev1.EventTypeNormal, EventCreated, "Create",
+			"Created KubeVirt VirtualMachine with runStrategy %s", strategy)
+	case adopting:
+		r.Recorder.Eventf(vm, applied, corev1.EventTypeNormal, EventAdopted, "Adopt",
+			"Took over the existing KubeVirt VirtualMachine, runStrategy %s", strategy)
+	case current != strategy:
+		r.Recorder.Eventf(vm, applied, corev1.EventTypeNormal, EventRunStrategyChanged, "Update",
+			"Changed KubeVirt runStrategy from %s to %s", current, strategy)
+	}
+	setCondition(vm, v1alpha1.ConditionSynced, metav1.ConditionTrue, v1alpha1.ReasonSynced,
+		fmt.Sprintf("KubeVirt VirtualMachine is up to date (runStrategy %s)", strategy))
+	return applied, nil
+}
+
+func isSyncFailure(vm *v1alpha1.VirtualMachine, msg string) bool {
+	for _, c := range vm.Status.Conditions {
+		if c.Type == v1alpha1.ConditionSynced {
+			return c.Status == metav1.ConditionFalse && c.Message == msg
+		}
+	}
+	return false
+}
+
+func (r *Reconciler) getKubeVirtVM(ctx context.Context, key types.NamespacedName) (*kvv1.VirtualMachine, error) {
+	kv := &kvv1.VirtualMachine{}
+	if err := r.Get(ctx, key, kv); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	return kv, nil
+}
+
+func (r *Reconciler) getVMI(ctx context.Context, key types.NamespacedName) (*kvv1.VirtualMachineInstance, error) {
+	vmi := &kvv1.VirtualMachineInstance{}
+	if err := r.Get(ctx, key, vmi); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	return vmi, nil
+}
+
+// SetupWithManager registers the controller: it watches our VMs, the KubeVirt VMs they own and the VMIs of
+// the same name.
+func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&v1alpha1.VirtualMachine{}).
+		Owns(&kvv1.VirtualMachine{}, builder.WithPredicates(predicate.ResourceVersionChangedPredicate{})).
+		Watches(&kvv1.VirtualMachineInstance{}, handler.EnqueueRequestsFromMapFunc(sameName)).
+		Named("virtualmachine").
+		Complete(r)
+}
+
+func sameName(_ context.Context, o client.Object) []ctrl.Request {
+	return []ctrl.Request{{NamespacedName: client.ObjectKeyFromObject(o)}}
+}

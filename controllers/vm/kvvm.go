@@ -1,0 +1,147 @@
+package vm
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/utils/ptr"
+	kvv1 "kubevirt.io/api/core/v1"
+
+	"github.com/runpolicy/runpolicy/api/v1alpha1"
+)
+
+const (
+	// FieldOwner is the server-side apply field manager runpolicy writes KubeVirt VMs with.
+	FieldOwner = "runpolicy-controller"
+
+	// AnnotationRunPolicy on the KubeVirt VM records the runPolicy it was last applied for; a change of policy
+	// is detected against it.
+	AnnotationRunPolicy = "runpolicy.io/run-policy"
+	// AnnotationTemplateHash in the VMI template (and so on every VMI KubeVirt creates from it) identifies the
+	// template a VMI was built from.
+	AnnotationTemplateHash = "runpolicy.io/template-hash"
+	// AnnotationAdopt on an existing KubeVirt VM that runpolicy did not create lets runpolicy take it over.
+	AnnotationAdopt = "runpolicy.io/adopt"
+	// LabelManagedBy marks the KubeVirt VMs runpolicy manages.
+	LabelManagedBy = "app.kubernetes.io/managed-by"
+	// ManagedByValue is LabelManagedBy's value.
+	ManagedByValue = "runpolicy"
+
+	// AnnotationHookSidecars is KubeVirt's hook sidecar annotation (Sidecar feature gate).
+	AnnotationHookSidecars = "hooks.kubevirt.io/hookSidecars"
+)
+
+// hookSidecar is one entry of KubeVirt's hooks.kubevirt.io/hookSidecars annotation.
+type hookSidecar struct {
+	Image           string   `json:"image,omitempty"`
+	ImagePullPolicy string   `json:"imagePullPolicy,omitempty"`
+	Args            []string `json:"args,omitempty"`
+}
+
+// TemplateHash hashes the user's VMI template; it is stored in the template so each VMI carries the hash of the
+// template it was built from.
+func TemplateHash(t *kvv1.VirtualMachineInstanceTemplateSpec) string {
+	b, _ := json.Marshal(t) // API types always encode
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
+}
+
+// withHookSidecar returns the hook-sidecar annotation value with runpolicy's sidecar added, keeping the user's
+// own sidecars.
+func withHookSidecar(current, image string) (string, error) {
+	var list []json.RawMessage
+	if current != "" {
+		if err := json.Unmarshal([]byte(current), &list); err != nil {
+			return "", fmt.Errorf("template annotation %s is not a JSON list: %w", AnnotationHookSidecars, err)
+		}
+	}
+	for _, raw := range list {
+		var s hookSidecar
+		if json.Unmarshal(raw, &s) == nil && s.Image == image {
+			return current, nil
+		}
+	}
+	ours, _ := json.Marshal(hookSidecar{Image: image, ImagePullPolicy: "IfNotPresent"})
+	list = append(list, ours)
+	out, _ := json.Marshal(list)
+	return string(out), nil
+}
+
+// desiredKubeVirtVM builds the KubeVirt VirtualMachine runpolicy applies for vm.
+func desiredKubeVirtVM(vm *v1alpha1.VirtualMachine, strategy kvv1.VirtualMachineRunStrategy, hookImage string) (*kvv1.VirtualMachine, error) {
+	spec := *vm.Spec.VirtualMachineSpec.DeepCopy()
+	spec.Running = nil
+	spec.RunStrategy = ptr.To(strategy)
+	if spec.Template == nil {
+		spec.Template = &kvv1.VirtualMachineInstanceTemplateSpec{}
+	}
+	hash := TemplateHash(spec.Template)
+	ann := map[string]string{}
+	for k, v := range spec.Template.ObjectMeta.Annotations {
+		ann[k] = v
+	}
+	ann[AnnotationTemplateHash] = hash
+	if hookImage != "" {
+		v, err := withHookSidecar(ann[AnnotationHookSidecars], hookImage)
+		if err != nil {
+			return nil, err
+		}
+		ann[AnnotationHookSidecars] = v
+	}
+	spec.Template.ObjectMeta.Annotations = ann
+
+	kv := &kvv1.VirtualMachine{
+		TypeMeta: metav1.TypeMeta{APIVersion: kvv1.SchemeGroupVersion.String(), Kind: "VirtualMachine"},
+		ObjectMeta: metav1.ObjectMeta{
+			Name:        vm.Name,
+			Namespace:   vm.Namespace,
+			Labels:      map[string]string{LabelManagedBy: ManagedByValue},
+			Annotations: map[string]string{AnnotationRunPolicy: string(vm.Spec.RunPolicy)},
+			OwnerReferences: []metav1.OwnerReference{{
+				APIVersion:         v1alpha1.GroupVersion.String(),
+				Kind:               "VirtualMachine",
+				Name:               vm.Name,
+				UID:                vm.UID,
+				Controller:         ptr.To(true),
+				BlockOwnerDeletion: ptr.To(true),
+			}},
+		},
+		Spec: spec,
+	}
+	return kv, nil
+}
+
+// applyObject turns a typed object into the unstructured apply configuration server-side apply expects:
+// no status, and no null values (a typed struct encodes unset non-omitempty fields as null, which apply
+// would read as "owned and empty").
+func applyObject(obj runtime.Object) (*unstructured.Unstructured, error) {
+	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
+	if err != nil {
+		return nil, err
+	}
+	delete(m, "status")
+	pruneNulls(m)
+	return &unstructured.Unstructured{Object: m}, nil
+}
+
+func pruneNulls(v any) {
+	switch t := v.(type) {
+	case map[string]any:
+		for k, e := range t {
+			if e == nil {
+				delete(t, k)
+				continue
+			}
+			pruneNulls(e)
+		}
+	case []any:
+		for _, e := range t {
+			pruneNulls(e)
+		}
+	}
+}

@@ -1,0 +1,102 @@
+package vm
+
+import (
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	kvv1 "kubevirt.io/api/core/v1"
+
+	"github.com/runpolicy/runpolicy/api/v1alpha1"
+)
+
+// phaseFor maps KubeVirt's printableStatus to runpolicy's phase.
+func phaseFor(kv *kvv1.VirtualMachine) v1alpha1.VirtualMachinePhase {
+	if kv == nil {
+		return v1alpha1.VirtualMachinePending
+	}
+	switch kv.Status.PrintableStatus {
+	case kvv1.VirtualMachineStatusRunning, kvv1.VirtualMachineStatusPaused, kvv1.VirtualMachineStatusMigrating:
+		return v1alpha1.VirtualMachineRunning
+	case kvv1.VirtualMachineStatusStarting, kvv1.VirtualMachineStatusProvisioning,
+		kvv1.VirtualMachineStatusWaitingForVolumeBinding, kvv1.VirtualMachineStatusWaitingForReceiver:
+		return v1alpha1.VirtualMachineStarting
+	case kvv1.VirtualMachineStatusStopping:
+		return v1alpha1.VirtualMachineStopping
+	case kvv1.VirtualMachineStatusTerminating:
+		return v1alpha1.VirtualMachineTerminating
+	case kvv1.VirtualMachineStatusStopped, "":
+		return v1alpha1.VirtualMachineStopped
+	default: // CrashLoopBackOff, Unschedulable, ErrImagePull, PvcNotFound, DataVolumeError, ...
+		return v1alpha1.VirtualMachinePending
+	}
+}
+
+// vmiActive tells whether the VMI exists and has not ended or been asked to go.
+func vmiActive(vmi *kvv1.VirtualMachineInstance) bool {
+	return vmi != nil && vmi.DeletionTimestamp == nil && !vmi.IsFinal()
+}
+
+// setCondition sets a condition with the VM's generation.
+func setCondition(vm *v1alpha1.VirtualMachine, t string, s metav1.ConditionStatus, reason, msg string) {
+	meta.SetStatusCondition(&vm.Status.Conditions, metav1.Condition{
+		Type: t, Status: s, Reason: reason, Message: msg, ObservedGeneration: vm.Generation,
+	})
+}
+
+// deriveStatus fills the parts of status that follow from the KubeVirt VM and VMI alone.
+func deriveStatus(vm *v1alpha1.VirtualMachine, kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance, desiredHash string) {
+	if vm.DeletionTimestamp != nil {
+		vm.Status.Phase = v1alpha1.VirtualMachineTerminating
+	} else {
+		vm.Status.Phase = phaseFor(kv)
+	}
+	vm.Status.PrintableStatus = ""
+	if kv != nil {
+		vm.Status.PrintableStatus = string(kv.Status.PrintableStatus)
+	}
+
+	switch {
+	case kv != nil && kv.Status.Ready:
+		setCondition(vm, v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonRunning, "The VMI is running and ready")
+	case vmiActive(vmi) && vmi.Status.Phase == kvv1.Running:
+		setCondition(vm, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonGuestNotReady, "The VMI is running but not ready")
+	default:
+		msg := "No VMI is running"
+		if kv != nil && kv.Status.PrintableStatus != "" {
+			msg = fmt.Sprintf("KubeVirt reports %s", kv.Status.PrintableStatus)
+		}
+		setCondition(vm, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonNotRunning, msg)
+	}
+
+	switch {
+	case !vmiActive(vmi):
+		setCondition(vm, v1alpha1.ConditionAwaitingRestart, metav1.ConditionFalse, v1alpha1.ReasonNoRestartRequired,
+			"No VMI is running; the next start uses the current spec")
+	case kvRestartRequired(kv):
+		setCondition(vm, v1alpha1.ConditionAwaitingRestart, metav1.ConditionTrue, v1alpha1.ReasonKubeVirtRestartFlag,
+			"KubeVirt reports that the running VMI needs a restart to apply the current spec")
+	case vmi.Annotations[AnnotationTemplateHash] == "":
+		setCondition(vm, v1alpha1.ConditionAwaitingRestart, metav1.ConditionUnknown, v1alpha1.ReasonChangesPending,
+			"The running VMI was not created by runpolicy; restart it to be sure it runs the current spec")
+	case vmi.Annotations[AnnotationTemplateHash] != desiredHash:
+		setCondition(vm, v1alpha1.ConditionAwaitingRestart, metav1.ConditionTrue, v1alpha1.ReasonChangesPending,
+			"The template changed since the running VMI was created; a restart (or a reboot inside the guest) applies it")
+	default:
+		setCondition(vm, v1alpha1.ConditionAwaitingRestart, metav1.ConditionFalse, v1alpha1.ReasonNoRestartRequired,
+			"The running VMI matches the current spec")
+	}
+}
+
+func kvRestartRequired(kv *kvv1.VirtualMachine) bool {
+	if kv == nil {
+		return false
+	}
+	for _, c := range kv.Status.Conditions {
+		if c.Type == kvv1.VirtualMachineRestartRequired && c.Status == corev1.ConditionTrue {
+			return true
+		}
+	}
+	return false
+}

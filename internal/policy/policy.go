@@ -1,0 +1,149 @@
+// Package policy is runpolicy's pure decision core: the runPolicy → runStrategy table and what to do after a VMI
+// ended. It reads no cluster state; the reconcilers gather the inputs and apply the result.
+package policy
+
+import (
+	"fmt"
+	"time"
+
+	kvv1 "kubevirt.io/api/core/v1"
+
+	"github.com/runpolicy/runpolicy/api/v1alpha1"
+	"github.com/runpolicy/runpolicy/internal/shutdown"
+)
+
+// RunStrategy is the KubeVirt runStrategy a policy maps to (DESIGN.md, "Policy → KubeVirt runStrategy").
+//
+// AlwaysOnUntilStoppedManually is Manual, except while it still has to be started: a VM created with that
+// policy, or moved to it while stopped, gets Always until its first VMI exists (bootstrapping). The start is
+// then carried by the KubeVirt object itself, so a crash of the operator between "decide to start" and "start"
+// cannot lose it.
+func RunStrategy(p v1alpha1.RunPolicy, bootstrapping bool) kvv1.VirtualMachineRunStrategy {
+	switch p {
+	case v1alpha1.RunPolicyAlwaysOff:
+		return kvv1.RunStrategyHalted
+	case v1alpha1.RunPolicyAlwaysOn:
+		return kvv1.RunStrategyAlways
+	case v1alpha1.RunPolicyAlwaysOnUntilStoppedManually:
+		if bootstrapping {
+			return kvv1.RunStrategyAlways
+		}
+		return kvv1.RunStrategyManual
+	default: // Manual, and anything the CRD's enum lets through in the future
+		return kvv1.RunStrategyManual
+	}
+}
+
+// Bootstrapping tells whether an AlwaysOnUntilStoppedManually VM still has to be started by KubeVirt's
+// Always strategy. entering is true when the policy was just set (new VM, or changed from another policy);
+// current is the runStrategy the KubeVirt VM has now; vmiExists whether a VMI exists.
+func Bootstrapping(p v1alpha1.RunPolicy, entering bool, current kvv1.VirtualMachineRunStrategy, vmiExists bool) bool {
+	if p != v1alpha1.RunPolicyAlwaysOnUntilStoppedManually || vmiExists {
+		return false
+	}
+	return entering || current == kvv1.RunStrategyAlways
+}
+
+// Action is what the power controller does about a VMI that ended.
+type Action string
+
+const (
+	// ActionNone: nothing to do (KubeVirt acts, or the VM is meant to stay as it is).
+	ActionNone Action = "None"
+	// ActionWait: the inputs are not complete yet (the launcher pod is still terminating); look again later.
+	ActionWait Action = "Wait"
+	// ActionRestart: start a new VMI from the current template now.
+	ActionRestart Action = "Restart"
+	// ActionRestartAfterBackoff: restart once the backoff delay has passed.
+	ActionRestartAfterBackoff Action = "RestartAfterBackoff"
+	// ActionStayStopped: leave the VM stopped and clean the finished VMI up so a later Start works.
+	ActionStayStopped Action = "StayStopped"
+)
+
+// Ended describes a VMI that reached a final phase.
+type Ended struct {
+	// Failed is true for VMI phase Failed, false for Succeeded.
+	Failed bool
+	// Cause is what the hook sidecar's termination message says (CauseUnknown without a message).
+	Cause shutdown.Cause
+	// StoppedByUser is true when the VMI was being deleted or KubeVirt had a Stop request for it.
+	StoppedByUser bool
+}
+
+// Source maps an ended VMI to the shutdown source reported in status.lastShutdown.
+func (e Ended) Source() v1alpha1.ShutdownSource {
+	switch {
+	case e.StoppedByUser:
+		return v1alpha1.ShutdownUser
+	case e.Cause == shutdown.CauseGuestReset:
+		return v1alpha1.ShutdownGuestReset
+	case e.Cause == shutdown.CauseGuestShutdown:
+		return v1alpha1.ShutdownGuestShutdown
+	case e.Cause == shutdown.CauseGuestPanic, e.Cause == shutdown.CauseHost, e.Failed:
+		return v1alpha1.ShutdownCrash
+	default:
+		return v1alpha1.ShutdownUnknown
+	}
+}
+
+// Decision is the outcome of Decide.
+type Decision struct {
+	Action Action
+	Source v1alpha1.ShutdownSource
+	// Message explains the decision, for events and logs.
+	Message string
+}
+
+// Decide applies the policy table (DESIGN.md, "after guest reset / poweroff / crash") to an ended VMI.
+func Decide(p v1alpha1.RunPolicy, e Ended) Decision {
+	src := e.Source()
+	d := Decision{Source: src}
+	switch p {
+	case v1alpha1.RunPolicyAlwaysOff, v1alpha1.RunPolicyAlwaysOn:
+		// Halted and Always: KubeVirt itself keeps the VM off or restarts it (with its own backoff).
+		d.Action, d.Message = ActionNone, fmt.Sprintf("KubeVirt handles a %s VM (%s)", p, src)
+	case v1alpha1.RunPolicyManual:
+		if src == v1alpha1.ShutdownGuestReset {
+			d.Action, d.Message = ActionRestart, "The guest rebooted: restarting with the current spec"
+		} else {
+			d.Action, d.Message = ActionStayStopped, fmt.Sprintf("The VM ended (%s) and stays stopped under runPolicy Manual", src)
+		}
+	case v1alpha1.RunPolicyAlwaysOnUntilStoppedManually:
+		switch src {
+		case v1alpha1.ShutdownGuestReset:
+			d.Action, d.Message = ActionRestart, "The guest rebooted: restarting with the current spec"
+		case v1alpha1.ShutdownGuestShutdown, v1alpha1.ShutdownUser:
+			d.Action, d.Message = ActionStayStopped, fmt.Sprintf("The VM was stopped (%s) and stays stopped", src)
+		default: // crash, unknown: never guessed as a reboot, but the policy wants the VM back
+			d.Action, d.Message = ActionRestartAfterBackoff, fmt.Sprintf("The VM ended unexpectedly (%s): restarting after backoff", src)
+		}
+	default:
+		d.Action, d.Message = ActionNone, fmt.Sprintf("unknown runPolicy %q", p)
+	}
+	return d
+}
+
+// Backoff is the exponential restart delay after consecutive failures, like KubeVirt's CrashLoopBackOff.
+type Backoff struct {
+	Base time.Duration
+	Max  time.Duration
+}
+
+// DefaultBackoff matches KubeVirt's crash-loop backoff range (10 s doubling up to 5 min).
+var DefaultBackoff = Backoff{Base: 10 * time.Second, Max: 5 * time.Minute}
+
+// Delay returns the wait before the restart that follows the n-th consecutive failure (n ≥ 1).
+// The first failure restarts at once.
+func (b Backoff) Delay(n int32) time.Duration {
+	if n <= 1 || b.Base <= 0 {
+		return 0
+	}
+	d := b.Base
+	for i := int32(2); i < n; i++ {
+		d *= 2
+		if d >= b.Max {
+			return b.Max
+		}
+	}
+	return min(d, b.Max)
+}
