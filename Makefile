@@ -25,8 +25,8 @@ demo: build test-assets ## Local demo: test cluster up, operator running, VMs fo
 
 .PHONY: test
 test: verify test-assets guest ## Run all tests (generated-file check, unit, envtest integration, real QEMU).
-	KUBEBUILDER_ASSETS="$$(test/cluster/build-assets.sh)" RUNPOLICY_GUEST_DIR=$(GUEST_DIR) \
-		go test $(GO_TEST_FLAGS) ./...
+	KUBEBUILDER_ASSETS="$$(EXTRA=kube-controller-manager test/cluster/build-assets.sh)" \
+		RUNPOLICY_GUEST_DIR=$(GUEST_DIR) RUNPOLICY_REQUIRE_GUEST=1 go test $(GO_TEST_FLAGS) ./...
 
 ##@ Development
 .PHONY: generate
@@ -63,11 +63,11 @@ run: ## Run the operator against the current kubeconfig.
 	go run ./cmd/controller --leader-elect=false
 
 .PHONY: test-assets
-test-assets: ## Build kube-apiserver and etcd from Go modules into bin/k8s (cached).
-	test/cluster/build-assets.sh
+test-assets: ## Build kube-apiserver, etcd and kube-controller-manager from Go modules into bin/k8s (cached).
+	EXTRA=kube-controller-manager test/cluster/build-assets.sh
 
 .PHONY: guest
-guest: ## Fetch and build the tiny QEMU guest into bin/guest (cached).
+guest: ## Install QEMU/libvirt if missing, fetch and build the tiny guest into bin/guest (cached).
 	test/guest/setup.sh $(GUEST_DIR)
 
 $(CONTROLLER_GEN): $(TOOLS_MOD)/go.mod

@@ -2,20 +2,37 @@
 package controllers
 
 import (
+	"time"
+
+	"github.com/runpolicy/runpolicy/internal/kubevirt"
+	"github.com/runpolicy/runpolicy/internal/policy"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	kvv1 "kubevirt.io/api/core/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
 	"github.com/runpolicy/runpolicy/controllers/vm"
+	"github.com/runpolicy/runpolicy/controllers/vmop"
 )
 
 // Options configures the reconcilers.
 type Options struct {
 	// HookSidecarImage is the hook sidecar image added to every VMI template; empty adds none.
 	HookSidecarImage string
+	// Backoff spaces out restarts after consecutive failures; zero means policy.DefaultBackoff.
+	Backoff policy.Backoff
+	// OperationTTL removes finished VirtualMachineOperations that long after they finished; zero means
+	// vmop.DefaultTTL, negative keeps them.
+	OperationTTL time.Duration
+	// OperationsPerVM keeps at most that many finished VirtualMachineOperations per VM; zero means
+	// vmop.DefaultMaxPerVM, negative means no limit.
+	OperationsPerVM int
 }
 
 // NewScheme returns a scheme with the Kubernetes, KubeVirt and runpolicy types.
@@ -27,11 +44,45 @@ func NewScheme() *runtime.Scheme {
 	return s
 }
 
+// CacheOptions limits the manager's caches to what runpolicy reads: of all pods, only KubeVirt's launcher pods.
+func CacheOptions() cache.Options {
+	return cache.Options{ByObject: map[client.Object]cache.ByObject{
+		&corev1.Pod{}: {Label: labels.SelectorFromSet(labels.Set{vm.LabelLauncher: vm.LauncherValue})},
+	}}
+}
+
 // Setup registers every runpolicy reconciler with mgr.
 func Setup(mgr ctrl.Manager, opts Options) error {
-	return (&vm.Reconciler{
+	lc, err := kubevirt.NewClient(mgr.GetConfig())
+	if err != nil {
+		return err
+	}
+	backoff := opts.Backoff
+	if backoff.Base == 0 {
+		backoff = policy.DefaultBackoff
+	}
+	if err := (&vm.Reconciler{
 		Client:           mgr.GetClient(),
 		Recorder:         mgr.GetEventRecorder("runpolicy-controller"),
 		HookSidecarImage: opts.HookSidecarImage,
+		Lifecycle:        lc,
+		Backoff:          backoff,
+	}).SetupWithManager(mgr); err != nil {
+		return err
+	}
+	ttl, perVM := opts.OperationTTL, opts.OperationsPerVM
+	if ttl == 0 {
+		ttl = vmop.DefaultTTL
+	}
+	if perVM == 0 {
+		perVM = vmop.DefaultMaxPerVM
+	}
+	return (&vmop.Reconciler{
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Recorder:  mgr.GetEventRecorder("runpolicy-controller"),
+		Lifecycle: lc,
+		TTL:       max(ttl, 0),
+		MaxPerVM:  max(perVM, 0),
 	}).SetupWithManager(mgr)
 }

@@ -69,6 +69,7 @@ const (
 	ReasonChangesPending      = "ChangesPendingRestart"
 	ReasonNoRestartRequired   = "NoRestartRequired"
 	ReasonKubeVirtRestartFlag = "KubeVirtRestartRequired"
+	ReasonRestartBackoff      = "RestartBackoff"
 )
 
 // ShutdownSource says what ended a VMI.
@@ -135,6 +136,11 @@ type VirtualMachineStatus struct {
 	// +optional
 	// +kubebuilder:validation:MaxLength=64
 	HandledVMIUID string `json:"handledVMIUID,omitempty"`
+
+	// restartingVMIUID is the UID of the ended VMI a restart was requested for and not yet seen through.
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	RestartingVMIUID string `json:"restartingVMIUID,omitempty"`
 
 	// failureCount counts consecutive failures that led to a restart; it drives the restart backoff.
 	// +optional

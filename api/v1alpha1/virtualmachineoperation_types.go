@@ -61,6 +61,15 @@ const (
 	OperationReasonInProgress                = "InProgress"
 	OperationReasonCompleted                 = "OperationCompleted"
 	OperationReasonFailed                    = "OperationFailed"
+	// OperationReasonWaitingForVMPhase: the VM is in a passing phase (e.g. Stopping before a Start); the
+	// operation runs once it settles.
+	OperationReasonWaitingForVMPhase = "WaitingForVMPhase"
+	// OperationReasonSignalPending: the operation is next and its signal is about to be sent (or being retried).
+	OperationReasonSignalPending = "SignalPending"
+	// OperationReasonSignalSentSuccess: KubeVirt accepted the start, stop or restart request.
+	OperationReasonSignalSentSuccess = "SignalSentSuccess"
+	// OperationReasonSignalSentError: KubeVirt refused the request or could not be reached.
+	OperationReasonSignalSentError = "SignalSentError"
 )
 
 // VirtualMachineOperationStatus is the observed state of a VirtualMachineOperation.
@@ -83,6 +92,13 @@ type VirtualMachineOperationStatus struct {
 	// signalSentTime is when KubeVirt accepted the request.
 	// +optional
 	SignalSentTime *metav1.Time `json:"signalSentTime,omitempty"`
+
+	// targetVMIUID is the UID of the VMI that existed when the signal was prepared (empty if none). It is
+	// recorded before the signal is sent: a Stop or Restart acts on that VMI, a Start or Restart is complete
+	// only with a different one, and a pass after a crash sees from it whether KubeVirt already took the signal.
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	TargetVMIUID string `json:"targetVMIUID,omitempty"`
 
 	// completionTime is when the operation reached Completed or Failed.
 	// +optional

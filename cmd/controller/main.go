@@ -12,6 +12,8 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/runpolicy/runpolicy/controllers"
+	"github.com/runpolicy/runpolicy/controllers/vmop"
+	"github.com/runpolicy/runpolicy/internal/policy"
 )
 
 func main() {
@@ -28,6 +30,13 @@ func main() {
 	flag.DurationVar(&leaseDuration, "leader-election-lease-duration", 15*time.Second, "Duration of the leader election lease.")
 	flag.StringVar(&opts.HookSidecarImage, "hook-sidecar-image", "",
 		"Hook sidecar image added to every VMI template (hooks.kubevirt.io/hookSidecars); empty adds none.")
+	flag.DurationVar(&opts.Backoff.Base, "restart-backoff-base", policy.DefaultBackoff.Base,
+		"First delay before restarting an AlwaysOnUntilStoppedManually VM after consecutive failures; it doubles each time.")
+	flag.DurationVar(&opts.Backoff.Max, "restart-backoff-max", policy.DefaultBackoff.Max, "Longest restart backoff delay.")
+	flag.DurationVar(&opts.OperationTTL, "vmop-ttl", vmop.DefaultTTL,
+		"How long finished VirtualMachineOperations are kept after they finished; a negative value keeps them.")
+	flag.IntVar(&opts.OperationsPerVM, "vmop-max-per-vm", vmop.DefaultMaxPerVM,
+		"How many finished VirtualMachineOperations are kept per VM (the newest); a negative value means no limit.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine) // --zap-devel, --zap-encoder, --zap-log-level, --zap-stacktrace-level, --zap-time-encoding
 	flag.Parse()                        // --kubeconfig is registered by controller-runtime
@@ -41,6 +50,7 @@ func main() {
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                  controllers.NewScheme(),
+		Cache:                   controllers.CacheOptions(),
 		Metrics:                 metricsserver.Options{BindAddress: metricsAddr},
 		HealthProbeBindAddress:  probeAddr,
 		LeaderElection:          leaderElect,

@@ -5,22 +5,23 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 	kvv1 "kubevirt.io/api/core/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
-	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
+	"github.com/runpolicy/runpolicy/internal/kubevirt"
 	"github.com/runpolicy/runpolicy/internal/policy"
 )
 
@@ -39,13 +40,21 @@ type Reconciler struct {
 	Recorder recorder.EventRecorder
 	// HookSidecarImage, when set, is added to the VMI template as a KubeVirt hook sidecar.
 	HookSidecarImage string
+	// Lifecycle calls KubeVirt's start/stop/restart subresources.
+	Lifecycle kubevirt.Lifecycle
+	// Backoff spaces out restarts after consecutive failures.
+	Backoff policy.Backoff
+	// Clock returns the current time; nil means time.Now.
+	Clock func() time.Time
 }
 
 // +kubebuilder:rbac:groups=runpolicy.io,resources=virtualmachines,verbs=get;list;watch
 // +kubebuilder:rbac:groups=runpolicy.io,resources=virtualmachines/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=runpolicy.io,resources=virtualmachines/finalizers,verbs=update
 // +kubebuilder:rbac:groups=kubevirt.io,resources=virtualmachines,verbs=get;list;watch;create;patch;update
-// +kubebuilder:rbac:groups=kubevirt.io,resources=virtualmachineinstances,verbs=get;list;watch
+// +kubebuilder:rbac:groups=kubevirt.io,resources=virtualmachineinstances,verbs=get;list;watch;delete
+// +kubebuilder:rbac:groups=subresources.kubevirt.io,resources=virtualmachines/start;virtualmachines/stop;virtualmachines/restart,verbs=update
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile fetches the VM, its KubeVirt VM and VMI, applies the desired KubeVirt VM and writes status once.
@@ -67,22 +76,27 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 
 	before := vm.Status.DeepCopy()
 	var syncErr error
+	var pass powerPass
 	if vm.DeletionTimestamp == nil {
 		kv, syncErr = r.syncKubeVirtVM(ctx, vm, kv, vmi)
+		if pass, err = r.reconcilePower(ctx, vm, kv, vmi); err != nil {
+			return ctrl.Result{}, err
+		}
 	}
 	desiredHash := ""
 	if vm.Spec.Template != nil {
 		desiredHash = TemplateHash(vm.Spec.Template)
 	}
-	deriveStatus(vm, kv, vmi, desiredHash)
+	deriveStatus(vm, kv, vmi, desiredHash, r.now())
 	if syncErr == nil {
 		vm.Status.ObservedGeneration = vm.Generation
 	}
 
 	if before.Phase != vm.Status.Phase && before.Phase != "" {
-		r.Recorder.Eventf(vm, kv, corev1.EventTypeNormal, EventPhaseChanged, "Update",
+		r.Recorder.Eventf(vm, nil, corev1.EventTypeNormal, EventPhaseChanged, "Update",
 			"Phase changed from %s to %s", before.Phase, vm.Status.Phase)
 	}
+	// One status write, and only then the action it records (fetch → decide → write → act).
 	if !equality.Semantic.DeepEqual(before, &vm.Status) {
 		if err := r.Status().Update(ctx, vm); err != nil {
 			if apierrors.IsConflict(err) {
@@ -92,11 +106,23 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 			return ctrl.Result{}, err
 		}
 	}
+	if pass.act != nil {
+		if err := pass.act(ctx); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
 	var transient transientError
 	if errors.As(syncErr, &transient) {
 		return ctrl.Result{}, syncErr
 	}
-	return ctrl.Result{}, nil
+	return ctrl.Result{RequeueAfter: pass.requeue}, nil
+}
+
+func (r *Reconciler) now() time.Time {
+	if r.Clock != nil {
+		return r.Clock()
+	}
+	return time.Now()
 }
 
 // transientError marks a sync failure worth retrying with backoff (as opposed to a refusal that only a spec
@@ -164,11 +190,8 @@ func (r *Reconciler) syncKubeVirtVM(ctx context.Context, vm *v1alpha1.VirtualMac
 		return kv, transientError{err}
 	}
 	applied := &kvv1.VirtualMachine{}
-	if err := client.IgnoreNotFound(r.Get(ctx, client.ObjectKeyFromObject(vm), applied)); err != nil {
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(obj.Object, applied); err != nil {
 		return kv, transientError{err}
-	}
-	if applied.Name == "" {
-		applied = nil
 	}
 	switch {
 	case kv == nil:
@@ -217,15 +240,34 @@ func (r *Reconciler) getVMI(ctx context.Context, key types.NamespacedName) (*kvv
 	return vmi, nil
 }
 
-// SetupWithManager registers the controller: it watches our VMs, the KubeVirt VMs they own and the VMIs of
-// the same name.
+// SetupWithManager registers the controller: it watches our VMs, the KubeVirt VMs and VMIs of the same name,
+// and KubeVirt's launcher pods.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&v1alpha1.VirtualMachine{}).
-		Owns(&kvv1.VirtualMachine{}, builder.WithPredicates(predicate.ResourceVersionChangedPredicate{})).
+		// By name rather than by owner: a KubeVirt VM runpolicy does not own yet (a name conflict, an adoption)
+		// matters too.
+		Watches(&kvv1.VirtualMachine{}, handler.EnqueueRequestsFromMapFunc(sameName)).
 		Watches(&kvv1.VirtualMachineInstance{}, handler.EnqueueRequestsFromMapFunc(sameName)).
+		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(launcherPodVM)).
 		Named("virtualmachine").
 		Complete(r)
+}
+
+// launcherPodVM maps a virt-launcher pod to the VM of the same name as its VMI.
+func launcherPodVM(_ context.Context, o client.Object) []ctrl.Request {
+	name := o.GetLabels()[LabelVMName]
+	if name == "" {
+		for _, ref := range o.GetOwnerReferences() {
+			if ref.Kind == "VirtualMachineInstance" {
+				name = ref.Name
+			}
+		}
+	}
+	if name == "" {
+		return nil
+	}
+	return []ctrl.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: name}}}
 }
 
 func sameName(_ context.Context, o client.Object) []ctrl.Request {

@@ -2,6 +2,7 @@ package vm
 
 import (
 	"fmt"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -46,10 +47,14 @@ func setCondition(vm *v1alpha1.VirtualMachine, t string, s metav1.ConditionStatu
 }
 
 // deriveStatus fills the parts of status that follow from the KubeVirt VM and VMI alone.
-func deriveStatus(vm *v1alpha1.VirtualMachine, kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance, desiredHash string) {
-	if vm.DeletionTimestamp != nil {
+func deriveStatus(vm *v1alpha1.VirtualMachine, kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance, desiredHash string, now time.Time) {
+	backoff := vm.Status.RestartNotBefore != nil && vm.Status.RestartNotBefore.After(now) && !vmiActive(vmi)
+	switch {
+	case vm.DeletionTimestamp != nil:
 		vm.Status.Phase = v1alpha1.VirtualMachineTerminating
-	} else {
+	case backoff:
+		vm.Status.Phase = v1alpha1.VirtualMachinePending
+	default:
 		vm.Status.Phase = phaseFor(kv)
 	}
 	vm.Status.PrintableStatus = ""
@@ -60,6 +65,10 @@ func deriveStatus(vm *v1alpha1.VirtualMachine, kv *kvv1.VirtualMachine, vmi *kvv
 	switch {
 	case kv != nil && kv.Status.Ready:
 		setCondition(vm, v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonRunning, "The VMI is running and ready")
+	case backoff:
+		setCondition(vm, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonRestartBackoff,
+			fmt.Sprintf("The VM failed %d time(s) in a row; restarting at %s", vm.Status.FailureCount,
+				vm.Status.RestartNotBefore.UTC().Format(time.RFC3339)))
 	case vmiActive(vmi) && vmi.Status.Phase == kvv1.Running:
 		setCondition(vm, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonGuestNotReady, "The VMI is running but not ready")
 	default:

@@ -1,0 +1,279 @@
+package vm
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/ptr"
+	kvv1 "kubevirt.io/api/core/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/runpolicy/runpolicy/api/v1alpha1"
+	"github.com/runpolicy/runpolicy/internal/policy"
+	"github.com/runpolicy/runpolicy/internal/shutdown"
+)
+
+// Power event reasons.
+const (
+	EventGuestReset    = "GuestReset"
+	EventGuestShutdown = "GuestShutdown"
+	EventCrashed       = "Crashed"
+	EventStopped       = "Stopped"
+	EventRestarting    = "Restarting"
+	EventRestartFailed = "RestartFailed"
+)
+
+// Labels KubeVirt puts on virt-launcher pods.
+const (
+	LabelLauncher  = "kubevirt.io"
+	LauncherValue  = "virt-launcher"
+	LabelCreatedBy = "kubevirt.io/created-by"
+	LabelVMName    = "vm.kubevirt.io/name"
+)
+
+// podSettleTimeout bounds how long the decision waits for the launcher pod to publish its termination
+// message once the VMI has ended; after that the VMI is judged without it (unknown, never a reboot).
+const podSettleTimeout = 30 * time.Second
+
+// powerPass is what one reconcile decided about an ended VMI.
+type powerPass struct {
+	// requeue asks for another pass after the given delay (backoff, or a pod still terminating).
+	requeue time.Duration
+	// act runs after the status that records the decision was written: the restart or the cleanup.
+	act func(ctx context.Context) error
+}
+
+// reconcilePower applies the policy to an ended VMI (DESIGN.md's behaviour table). It updates vm.Status in
+// memory; side effects that must only happen once the decision is recorded are returned in act.
+//
+// Idempotency: a restart of VMI X is recorded in status.restartingVMIUID before KubeVirt is asked to start,
+// and turned into handledVMIUID=X (restartCount+1) once X is gone. A crash anywhere in between leads to the
+// same KubeVirt request again — a pending Start request is replaced by itself — or to the bookkeeping
+// alone, so one reset never causes two new VMIs.
+func (r *Reconciler) reconcilePower(ctx context.Context, vm *v1alpha1.VirtualMachine, kv *kvv1.VirtualMachine,
+	vmi *kvv1.VirtualMachineInstance) (powerPass, error) {
+	log := ctrl.LoggerFrom(ctx)
+	now := r.now()
+	st := &vm.Status
+
+	// Finish a restart whose VMI is gone: KubeVirt took the Start request.
+	if st.RestartingVMIUID != "" && (vmi == nil || string(vmi.UID) != st.RestartingVMIUID || vmi.DeletionTimestamp != nil) {
+		st.HandledVMIUID, st.RestartingVMIUID = st.RestartingVMIUID, ""
+		st.RestartCount++
+		st.RestartNotBefore = nil
+	}
+	if kv == nil || vmi == nil || !vmi.IsFinal() {
+		return powerPass{}, nil
+	}
+	uid := string(vmi.UID)
+
+	// A restart recorded but not yet taken by KubeVirt (or a crash right after recording it): ask again.
+	if st.RestartingVMIUID == uid {
+		return powerPass{act: r.restartAct(vm, uid)}, nil
+	}
+	if st.HandledVMIUID == uid {
+		// Already decided. What is left of a VMI that stays stopped is cleaned up (again, if a crash
+		// interrupted it) so that the VM reads Stopped and a later Start begins afresh.
+		if stopsByPolicy(vm.Spec.RunPolicy) && vmi.DeletionTimestamp == nil {
+			return powerPass{act: r.cleanupAct(vmi)}, nil
+		}
+		return powerPass{}, nil
+	}
+
+	ended, settled, err := r.ended(ctx, kv, vmi, now)
+	if err != nil {
+		return powerPass{}, err
+	}
+	if !settled {
+		log.V(1).Info("Waiting for the launcher pod to publish its termination message", "VirtualMachineInstance", klog.KObj(vmi))
+		return powerPass{requeue: time.Second}, nil
+	}
+	d := policy.Decide(actingPolicy(vm.Spec.RunPolicy, kv), ended)
+
+	// Record how the VMI ended, once.
+	if st.LastShutdown == nil || st.LastShutdown.VMIUID != uid {
+		st.LastShutdown = &v1alpha1.LastShutdown{Source: d.Source, Reason: reasonText(ended), Time: &metav1.Time{Time: now}, VMIUID: uid}
+		r.Recorder.Eventf(vm, vmi, eventType(d.Source), eventReason(d.Source), "Shutdown", "%s", d.Message)
+		log.Info("VMI ended", "VirtualMachine", klog.KObj(vm), "VirtualMachineInstance", klog.KObj(vmi),
+			"source", d.Source, "action", d.Action)
+	}
+
+	switch d.Action {
+	case policy.ActionRestartAfterBackoff:
+		if st.RestartNotBefore == nil {
+			st.FailureCount++
+			st.RestartNotBefore = &metav1.Time{Time: now.Add(r.Backoff.Delay(st.FailureCount))}
+		}
+		if wait := st.RestartNotBefore.Sub(now); wait > 0 {
+			return powerPass{requeue: wait}, nil
+		}
+		st.RestartingVMIUID = uid
+		return powerPass{act: r.restartAct(vm, uid)}, nil
+	case policy.ActionRestart:
+		st.FailureCount = 0
+		st.RestartNotBefore = nil
+		st.RestartingVMIUID = uid
+		return powerPass{act: r.restartAct(vm, uid)}, nil
+	case policy.ActionStayStopped:
+		if d.Source == v1alpha1.ShutdownGuestShutdown || d.Source == v1alpha1.ShutdownUser {
+			st.FailureCount = 0
+		}
+		st.RestartNotBefore = nil
+		st.HandledVMIUID = uid
+		if vmi.DeletionTimestamp == nil {
+			return powerPass{act: r.cleanupAct(vmi)}, nil
+		}
+		return powerPass{}, nil
+	default: // KubeVirt acts (Always, Halted): only report.
+		st.HandledVMIUID = uid
+		return powerPass{}, nil
+	}
+}
+
+// actingPolicy is the policy whose table applies now: while the KubeVirt VM is not on runStrategy Manual
+// (AlwaysOnUntilStoppedManually starting up on Always, or a policy change not yet applied), KubeVirt's own
+// strategy acts and runpolicy must not restart on top of it.
+func actingPolicy(p v1alpha1.RunPolicy, kv *kvv1.VirtualMachine) v1alpha1.RunPolicy {
+	if kv.Spec.RunStrategy == nil {
+		return p
+	}
+	switch *kv.Spec.RunStrategy {
+	case kvv1.RunStrategyAlways, kvv1.RunStrategyRerunOnFailure:
+		return v1alpha1.RunPolicyAlwaysOn
+	case kvv1.RunStrategyHalted:
+		return v1alpha1.RunPolicyAlwaysOff
+	}
+	return p
+}
+
+func stopsByPolicy(p v1alpha1.RunPolicy) bool {
+	return p == v1alpha1.RunPolicyManual || p == v1alpha1.RunPolicyAlwaysOnUntilStoppedManually
+}
+
+// restartAct starts a new VMI through KubeVirt's start subresource. Under runStrategy Manual, KubeVirt replaces
+// a finished VMI with a new one built from the VM's current template.
+func (r *Reconciler) restartAct(vm *v1alpha1.VirtualMachine, uid string) func(context.Context) error {
+	return func(ctx context.Context) error {
+		ctrl.LoggerFrom(ctx).Info("Restarting VMI", "VirtualMachine", klog.KObj(vm), "endedVMI", uid)
+		if err := r.Lifecycle.Start(ctx, vm.Namespace, vm.Name); err != nil {
+			r.Recorder.Eventf(vm, nil, corev1.EventTypeWarning, EventRestartFailed, "Start", "Restart failed: %v", err)
+			return err
+		}
+		r.Recorder.Eventf(vm, nil, corev1.EventTypeNormal, EventRestarting, "Start",
+			"Starting a new VMI with the current spec (the previous one, %s, ended)", uid)
+		return nil
+	}
+}
+
+// cleanupAct deletes a finished VMI, and only that one (UID precondition).
+func (r *Reconciler) cleanupAct(vmi *kvv1.VirtualMachineInstance) func(context.Context) error {
+	return func(ctx context.Context) error {
+		ctrl.LoggerFrom(ctx).Info("Deleting finished VMI", "VirtualMachineInstance", klog.KObj(vmi))
+		err := r.Delete(ctx, vmi, client.Preconditions{UID: ptr.To(vmi.UID)})
+		if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+			return nil
+		}
+		return err
+	}
+}
+
+// ended gathers what is known about how vmi ended. settled is false while the launcher pod is still
+// terminating and may yet publish the hook sidecar's message.
+func (r *Reconciler) ended(ctx context.Context, kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance, now time.Time) (policy.Ended, bool, error) {
+	e := policy.Ended{Failed: vmi.Status.Phase == kvv1.Failed, Cause: shutdown.CauseUnknown}
+	e.StoppedByUser = vmi.DeletionTimestamp != nil
+	for _, req := range kv.Status.StateChangeRequests {
+		if req.Action == kvv1.StopRequest && req.UID != nil && *req.UID == vmi.UID {
+			e.StoppedByUser = true
+		}
+	}
+	pods := &corev1.PodList{}
+	if err := r.List(ctx, pods, client.InNamespace(vmi.Namespace), client.MatchingLabels{LabelCreatedBy: string(vmi.UID)}); err != nil {
+		return e, false, err
+	}
+	var msgs []string
+	terminating := false
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		m, done := terminationMessages(p)
+		msgs = append(msgs, m...)
+		if !done {
+			terminating = true
+		}
+	}
+	e.Cause = shutdown.Parse(strings.Join(msgs, "\n")).Cause
+	if e.Cause == shutdown.CauseUnknown && terminating && now.Sub(finishedAt(vmi, now)) < podSettleTimeout {
+		return e, false, nil
+	}
+	return e, true, nil
+}
+
+// terminationMessages returns the termination messages of a pod's containers (current state, else the last
+// terminated state) and whether every container has terminated.
+func terminationMessages(p *corev1.Pod) ([]string, bool) {
+	var msgs []string
+	done := p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
+	allTerminated := len(p.Status.ContainerStatuses) > 0
+	for _, cs := range p.Status.ContainerStatuses {
+		switch {
+		case cs.State.Terminated != nil:
+			msgs = append(msgs, cs.State.Terminated.Message)
+		case cs.LastTerminationState.Terminated != nil:
+			msgs = append(msgs, cs.LastTerminationState.Terminated.Message)
+			allTerminated = false
+		default:
+			allTerminated = false
+		}
+	}
+	return msgs, done || allTerminated
+}
+
+// finishedAt is when the VMI reached its final phase, as KubeVirt recorded it.
+func finishedAt(vmi *kvv1.VirtualMachineInstance, now time.Time) time.Time {
+	for _, t := range vmi.Status.PhaseTransitionTimestamps {
+		if t.Phase == vmi.Status.Phase {
+			return t.PhaseTransitionTimestamp.Time
+		}
+	}
+	return now
+}
+
+func reasonText(e policy.Ended) string {
+	switch {
+	case e.StoppedByUser:
+		return "The VMI was stopped through KubeVirt"
+	case e.Cause == shutdown.CauseUnknown && e.Failed:
+		return "The VMI failed and no shutdown reason was recorded (crash, lost launcher pod or missing hook sidecar)"
+	case e.Cause == shutdown.CauseUnknown:
+		return "No shutdown reason was recorded (launcher pod gone or hook sidecar missing)"
+	default:
+		return fmt.Sprintf("QEMU reported %s", e.Cause)
+	}
+}
+
+func eventReason(s v1alpha1.ShutdownSource) string {
+	switch s {
+	case v1alpha1.ShutdownGuestReset:
+		return EventGuestReset
+	case v1alpha1.ShutdownGuestShutdown:
+		return EventGuestShutdown
+	case v1alpha1.ShutdownUser:
+		return EventStopped
+	default:
+		return EventCrashed
+	}
+}
+
+func eventType(s v1alpha1.ShutdownSource) string {
+	if s == v1alpha1.ShutdownCrash || s == v1alpha1.ShutdownUnknown {
+		return corev1.EventTypeWarning
+	}
+	return corev1.EventTypeNormal
+}

@@ -1,0 +1,402 @@
+// Package vmop reconciles VirtualMachineOperations: Start, Stop and Restart of a runpolicy.io VirtualMachine,
+// carried out through KubeVirt's start/stop/restart subresources. The rules are in RULES.md and rules.go.
+package vmop
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+	kvv1 "kubevirt.io/api/core/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
+
+	"github.com/runpolicy/runpolicy/api/v1alpha1"
+	"github.com/runpolicy/runpolicy/internal/kubevirt"
+)
+
+// IndexVMName is the field index of VirtualMachineOperations by spec.virtualMachineName.
+const IndexVMName = "spec.virtualMachineName"
+
+// Defaults of the cleanup of finished operations.
+const (
+	DefaultTTL      = 24 * time.Hour
+	DefaultMaxPerVM = 10
+)
+
+// Event reasons.
+const (
+	EventSignalSent   = "SignalSent"
+	EventSignalFailed = "SignalFailed"
+	EventCompleted    = "Completed"
+	EventFailed       = "Failed"
+)
+
+// Reconciler drives VirtualMachineOperations.
+type Reconciler struct {
+	client.Client
+	// APIReader reads uncached: right before a signal the operation and KubeVirt's state are read fresh, so a
+	// stale cache never sends a signal twice.
+	APIReader client.Reader
+	Recorder  recorder.EventRecorder
+	// Lifecycle calls KubeVirt's start/stop/restart subresources.
+	Lifecycle kubevirt.Lifecycle
+	// TTL removes finished operations that long after they finished; 0 keeps them.
+	TTL time.Duration
+	// MaxPerVM keeps at most that many finished operations per VM (the newest); 0 means no limit.
+	MaxPerVM int
+	// Clock returns the current time; nil means time.Now.
+	Clock func() time.Time
+}
+
+// +kubebuilder:rbac:groups=runpolicy.io,resources=virtualmachineoperations,verbs=get;list;watch;delete
+// +kubebuilder:rbac:groups=runpolicy.io,resources=virtualmachineoperations/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=runpolicy.io,resources=virtualmachines,verbs=get;list;watch
+// +kubebuilder:rbac:groups=kubevirt.io,resources=virtualmachines,verbs=get;list;watch
+// +kubebuilder:rbac:groups=kubevirt.io,resources=virtualmachineinstances,verbs=get;list;watch
+// +kubebuilder:rbac:groups=subresources.kubevirt.io,resources=virtualmachines/start;virtualmachines/stop;virtualmachines/restart,verbs=update
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// Reconcile fetches the operation, its VM, the KubeVirt VM and VMI and its sibling operations, decides, sends at
+// most one signal and writes status once.
+func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	log := ctrl.LoggerFrom(ctx)
+	op := &v1alpha1.VirtualMachineOperation{}
+	if err := r.Get(ctx, req.NamespacedName, op); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if op.DeletionTimestamp != nil {
+		return ctrl.Result{}, nil
+	}
+	if Finished(op) {
+		return r.collect(ctx, op)
+	}
+
+	in, err := r.gather(ctx, r.Client, op)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	before := op.Status.DeepCopy()
+	res, stepErr := r.step(ctx, op, in)
+	op.Status.ObservedGeneration = op.Generation
+
+	if !equality.Semantic.DeepEqual(before, &op.Status) {
+		if err := r.Status().Update(ctx, op); err != nil {
+			if apierrors.IsConflict(err) {
+				log.V(1).Info("Status update conflicted, requeueing", "VirtualMachineOperation", klog.KObj(op))
+				return ctrl.Result{Requeue: true}, nil
+			}
+			return ctrl.Result{}, errors.Join(err, stepErr)
+		}
+		r.recordTransition(op, before)
+	}
+	if stepErr != nil {
+		return ctrl.Result{}, stepErr
+	}
+	if Finished(op) {
+		return r.collect(ctx, op)
+	}
+	return res, nil
+}
+
+// inputs is what one pass reads.
+type inputs struct {
+	vm       *v1alpha1.VirtualMachine // nil: not found
+	kv       *kvv1.VirtualMachine     // nil: not found
+	vmi      *kvv1.VirtualMachineInstance
+	siblings []v1alpha1.VirtualMachineOperation // every operation of the VM, this one included
+}
+
+func (r *Reconciler) gather(ctx context.Context, c client.Reader, op *v1alpha1.VirtualMachineOperation) (inputs, error) {
+	var in inputs
+	key := types.NamespacedName{Namespace: op.Namespace, Name: op.Spec.VirtualMachineName}
+	vm := &v1alpha1.VirtualMachine{}
+	if err := getOrNil(ctx, c, key, vm); err != nil {
+		return in, err
+	} else if vm.Name != "" {
+		in.vm = vm
+	}
+	kv := &kvv1.VirtualMachine{}
+	if err := getOrNil(ctx, c, key, kv); err != nil {
+		return in, err
+	} else if kv.Name != "" {
+		in.kv = kv
+	}
+	vmi := &kvv1.VirtualMachineInstance{}
+	if err := getOrNil(ctx, c, key, vmi); err != nil {
+		return in, err
+	} else if vmi.Name != "" {
+		in.vmi = vmi
+	}
+	list := &v1alpha1.VirtualMachineOperationList{}
+	if err := r.List(ctx, list, client.InNamespace(op.Namespace), client.MatchingFields{IndexVMName: op.Spec.VirtualMachineName}); err != nil {
+		return in, err
+	}
+	in.siblings = list.Items
+	return in, nil
+}
+
+func getOrNil(ctx context.Context, c client.Reader, key types.NamespacedName, obj client.Object) error {
+	if err := c.Get(ctx, key, obj); err != nil && !apierrors.IsNotFound(err) {
+		return err
+	}
+	return nil
+}
+
+func (r *Reconciler) now() metav1.Time {
+	if r.Clock != nil {
+		return metav1.NewTime(r.Clock())
+	}
+	return metav1.Now()
+}
+
+// step moves an unfinished operation on by one pass, in memory. It calls KubeVirt at most once.
+func (r *Reconciler) step(ctx context.Context, op *v1alpha1.VirtualMachineOperation, in inputs) (ctrl.Result, error) {
+	now := r.now()
+	t, vmName := op.Spec.Type, op.Spec.VirtualMachineName
+	if in.vm == nil {
+		fail(op, now, v1alpha1.OperationReasonVirtualMachineNotFound, fmt.Sprintf(
+			"VirtualMachine %s not found in namespace %s; create it (runpolicy.io/v1alpha1) or point spec.virtualMachineName "+
+				"at an existing one with a new operation", vmName, op.Namespace))
+		return ctrl.Result{}, nil
+	}
+	view := ViewOf(in.kv, in.vmi)
+	self := OpOf(op)
+	all := make([]Op, 0, len(in.siblings))
+	for i := range in.siblings {
+		all = append(all, OpOf(&in.siblings[i]))
+	}
+	turn := Queue(self, all)
+
+	if op.Status.Phase == v1alpha1.OperationInProgress {
+		switch {
+		case Done(t, types.UID(op.Status.TargetVMIUID), view):
+			complete(op, now, doneMessage(op, in.vm))
+		case turn.SupersededBy != "":
+			fail(op, now, v1alpha1.OperationReasonSuperseded, supersededMessage(op, in.vm, turn.SupersededBy))
+		}
+		return ctrl.Result{}, nil
+	}
+
+	if ok, msg := PolicyAllows(vmName, in.vm.Spec.RunPolicy, t); !ok {
+		fail(op, now, v1alpha1.OperationReasonNotApplicableForRunPolicy, msg)
+		return ctrl.Result{}, nil
+	}
+	if turn.SupersededBy != "" {
+		fail(op, now, v1alpha1.OperationReasonSuperseded, supersededMessage(op, in.vm, turn.SupersededBy))
+		return ctrl.Result{}, nil
+	}
+	if turn.WaitFor != "" {
+		pending(op, v1alpha1.OperationReasonWaitingForOtherOperation, fmt.Sprintf(
+			"Waiting for VirtualMachineOperation %s on VirtualMachine %s to finish: one operation runs at a time", turn.WaitFor, vmName))
+		return ctrl.Result{}, nil
+	}
+	target := types.UID(op.Status.TargetVMIUID)
+	if signalPrepared(op) && SignalTaken(t, target, view) {
+		// A pass that sent the signal ended before it could record it (see RULES.md, "Exactly once").
+		ctrl.LoggerFrom(ctx).Info("KubeVirt already took the signal; recording it", "VirtualMachineOperation", klog.KObj(op))
+		r.signalSent(op, in.vm, now)
+		return ctrl.Result{}, nil
+	}
+	verdict, msg := PhaseAllows(vmName, in.vm.Spec.RunPolicy, in.vm.Status.Phase, view.VMI, t, op.Spec.Force)
+	switch verdict {
+	case Refuse:
+		fail(op, now, v1alpha1.OperationReasonNotApplicableForVMPhase, msg)
+		return ctrl.Result{}, nil
+	case Wait:
+		unprepare(op)
+		pending(op, v1alpha1.OperationReasonWaitingForVMPhase, msg)
+		return ctrl.Result{}, nil
+	}
+
+	// Its turn, and the VM is ready for it. First record which VMI the signal is about (one write), then send
+	// in the next pass: a crash after the send leaves that record behind for SignalTaken.
+	if !signalPrepared(op) || target != view.VMIUID {
+		op.Status.TargetVMIUID = string(view.VMIUID)
+		setCondition(op, v1alpha1.OperationConditionSignalSent, metav1.ConditionFalse, v1alpha1.OperationReasonSignalPending,
+			fmt.Sprintf("About to ask KubeVirt to %s VirtualMachine %s", verb(op), vmName))
+		pending(op, v1alpha1.OperationReasonSignalPending, fmt.Sprintf("%s of VirtualMachine %s is next", t, vmName))
+		return ctrl.Result{}, nil // the status write brings the next pass
+	}
+	return r.send(ctx, op, in.vm)
+}
+
+// send re-reads the operation and KubeVirt's state uncached, then calls the subresource.
+func (r *Reconciler) send(ctx context.Context, op *v1alpha1.VirtualMachineOperation, vm *v1alpha1.VirtualMachine) (ctrl.Result, error) {
+	log := ctrl.LoggerFrom(ctx)
+	fresh := &v1alpha1.VirtualMachineOperation{}
+	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(op), fresh); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if fresh.ResourceVersion != op.ResourceVersion {
+		return ctrl.Result{Requeue: true}, nil // the cache is behind: decide again on the current object
+	}
+	in, err := r.gather(ctx, r.APIReader, op)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	now := r.now()
+	if SignalTaken(op.Spec.Type, types.UID(op.Status.TargetVMIUID), ViewOf(in.kv, in.vmi)) {
+		r.signalSent(op, vm, now)
+		return ctrl.Result{}, nil
+	}
+
+	ns, name, force := op.Namespace, op.Spec.VirtualMachineName, op.Spec.Force
+	log.Info("Sending signal to KubeVirt", "VirtualMachineOperation", klog.KObj(op), "type", op.Spec.Type, "force", force,
+		"VirtualMachine", klog.KRef(ns, name), "targetVMI", op.Status.TargetVMIUID)
+	switch op.Spec.Type {
+	case v1alpha1.OperationStart:
+		err = r.Lifecycle.Start(ctx, ns, name)
+	case v1alpha1.OperationStop:
+		err = r.Lifecycle.Stop(ctx, ns, name, force)
+	default:
+		err = r.Lifecycle.Restart(ctx, ns, name, force)
+	}
+	if err == nil {
+		r.signalSent(op, vm, now)
+		return ctrl.Result{}, nil
+	}
+	msg := fmt.Sprintf("KubeVirt did not accept the %s of VirtualMachine %s: %v", op.Spec.Type, name, err)
+	if permanent(err) {
+		setCondition(op, v1alpha1.OperationConditionSignalSent, metav1.ConditionFalse, v1alpha1.OperationReasonSignalSentError, msg)
+		fail(op, now, v1alpha1.OperationReasonFailed, msg)
+		return ctrl.Result{}, nil
+	}
+	// Transient: stay Pending with the recorded target and retry with backoff.
+	setCondition(op, v1alpha1.OperationConditionSignalSent, metav1.ConditionFalse, v1alpha1.OperationReasonSignalSentError, msg+"; retrying")
+	pending(op, v1alpha1.OperationReasonSignalPending, msg+"; retrying")
+	return ctrl.Result{}, err
+}
+
+// permanent tells the refusals a retry cannot fix: a bad request, an invalid body, or no permission.
+// Conflicts (KubeVirt's "already underway", a failed JSON-patch test) and unavailability are retried; the phase
+// rules are evaluated again on each retry, so a VM that moved on fails the operation with NotApplicableForVMPhase.
+func permanent(err error) bool {
+	return apierrors.IsBadRequest(err) || apierrors.IsInvalid(err) || apierrors.IsForbidden(err) ||
+		apierrors.IsMethodNotSupported(err) || apierrors.IsUnauthorized(err)
+}
+
+func (r *Reconciler) signalSent(op *v1alpha1.VirtualMachineOperation, vm *v1alpha1.VirtualMachine, now metav1.Time) {
+	op.Status.Phase = v1alpha1.OperationInProgress
+	op.Status.SignalSentTime = &now
+	setCondition(op, v1alpha1.OperationConditionSignalSent, metav1.ConditionTrue, v1alpha1.OperationReasonSignalSentSuccess,
+		fmt.Sprintf("KubeVirt accepted the request to %s VirtualMachine %s", verb(op), vm.Name))
+	setCondition(op, v1alpha1.OperationConditionCompleted, metav1.ConditionFalse, v1alpha1.OperationReasonInProgress,
+		fmt.Sprintf("Waiting for KubeVirt to report that VirtualMachine %s %s", vm.Name, goal(op.Spec.Type)))
+}
+
+func verb(op *v1alpha1.VirtualMachineOperation) string {
+	v := map[v1alpha1.VirtualMachineOperationType]string{
+		v1alpha1.OperationStart: "start", v1alpha1.OperationStop: "stop", v1alpha1.OperationRestart: "restart",
+	}[op.Spec.Type]
+	if op.Spec.Force {
+		v = "force-" + v
+	}
+	return v
+}
+
+func goal(t v1alpha1.VirtualMachineOperationType) string {
+	switch t {
+	case v1alpha1.OperationStart:
+		return "has a running VMI"
+	case v1alpha1.OperationStop:
+		return "has no running VMI"
+	default:
+		return "runs a new VMI"
+	}
+}
+
+func doneMessage(op *v1alpha1.VirtualMachineOperation, vm *v1alpha1.VirtualMachine) string {
+	switch op.Spec.Type {
+	case v1alpha1.OperationStart:
+		return fmt.Sprintf("VirtualMachine %s is running", vm.Name)
+	case v1alpha1.OperationStop:
+		return fmt.Sprintf("VirtualMachine %s is stopped", vm.Name)
+	default:
+		return fmt.Sprintf("VirtualMachine %s runs a new VMI", vm.Name)
+	}
+}
+
+func supersededMessage(op *v1alpha1.VirtualMachineOperation, vm *v1alpha1.VirtualMachine, by string) string {
+	return fmt.Sprintf("Superseded by the forced Stop %s of VirtualMachine %s (runPolicy %s); create a new %s operation "+
+		"once it is done if still needed", by, vm.Name, vm.Spec.RunPolicy, op.Spec.Type)
+}
+
+// recordTransition emits an Event when the phase changed in the write that just succeeded.
+func (r *Reconciler) recordTransition(op *v1alpha1.VirtualMachineOperation, before *v1alpha1.VirtualMachineOperationStatus) {
+	if r.Recorder == nil {
+		return
+	}
+	if before.Phase != op.Status.Phase {
+		switch op.Status.Phase {
+		case v1alpha1.OperationInProgress:
+			r.Recorder.Eventf(op, nil, corev1.EventTypeNormal, EventSignalSent, string(op.Spec.Type), "KubeVirt accepted the %s", verb(op))
+		case v1alpha1.OperationCompleted:
+			r.Recorder.Eventf(op, nil, corev1.EventTypeNormal, EventCompleted, string(op.Spec.Type), "%s", conditionMessage(op))
+		case v1alpha1.OperationFailed:
+			r.Recorder.Eventf(op, nil, corev1.EventTypeWarning, EventFailed, string(op.Spec.Type), "%s", conditionMessage(op))
+		}
+	}
+}
+
+func conditionMessage(op *v1alpha1.VirtualMachineOperation) string {
+	for _, c := range op.Status.Conditions {
+		if c.Type == v1alpha1.OperationConditionCompleted {
+			return c.Reason + ": " + c.Message
+		}
+	}
+	return ""
+}
+
+// SetupWithManager registers the index and the controller. It watches operations (and requeues their siblings,
+// which may be waiting for them), runpolicy.io VMs and KubeVirt VMIs, mapped to the VM's operations.
+func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &v1alpha1.VirtualMachineOperation{}, IndexVMName,
+		func(o client.Object) []string {
+			return []string{o.(*v1alpha1.VirtualMachineOperation).Spec.VirtualMachineName}
+		}); err != nil {
+		return err
+	}
+	if r.APIReader == nil {
+		r.APIReader = mgr.GetAPIReader()
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&v1alpha1.VirtualMachineOperation{}).
+		Watches(&v1alpha1.VirtualMachineOperation{}, handler.EnqueueRequestsFromMapFunc(r.siblingsOf)).
+		Watches(&v1alpha1.VirtualMachine{}, handler.EnqueueRequestsFromMapFunc(r.opsOfVM)).
+		Watches(&kvv1.VirtualMachineInstance{}, handler.EnqueueRequestsFromMapFunc(r.opsOfVM)).
+		Named("virtualmachineoperation").
+		Complete(r)
+}
+
+func (r *Reconciler) siblingsOf(ctx context.Context, o client.Object) []ctrl.Request {
+	op := o.(*v1alpha1.VirtualMachineOperation)
+	return r.requestsFor(ctx, op.Namespace, op.Spec.VirtualMachineName)
+}
+
+// opsOfVM maps a VM or VMI to the operations of the VM of that name.
+func (r *Reconciler) opsOfVM(ctx context.Context, o client.Object) []ctrl.Request {
+	return r.requestsFor(ctx, o.GetNamespace(), o.GetName())
+}
+
+func (r *Reconciler) requestsFor(ctx context.Context, ns, vm string) []ctrl.Request {
+	list := &v1alpha1.VirtualMachineOperationList{}
+	if err := r.List(ctx, list, client.InNamespace(ns), client.MatchingFields{IndexVMName: vm}); err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "Listing VirtualMachineOperations failed", "VirtualMachine", klog.KRef(ns, vm))
+		return nil
+	}
+	reqs := make([]ctrl.Request, 0, len(list.Items))
+	for i := range list.Items {
+		reqs = append(reqs, ctrl.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+	}
+	return reqs
+}

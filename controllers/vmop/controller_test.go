@@ -1,0 +1,389 @@
+package vmop_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	kvv1 "kubevirt.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/runpolicy/runpolicy/api/v1alpha1"
+	"github.com/runpolicy/runpolicy/controllers/vmop"
+	"github.com/runpolicy/runpolicy/test/kubevirt"
+)
+
+const (
+	start   = v1alpha1.OperationStart
+	stop    = v1alpha1.OperationStop
+	restart = v1alpha1.OperationRestart
+)
+
+// completed reads the Completed condition the way `kubectl wait --for=condition=Completed` does.
+func completed(op *v1alpha1.VirtualMachineOperation) *metav1.Condition {
+	return meta.FindStatusCondition(op.Status.Conditions, v1alpha1.OperationConditionCompleted)
+}
+
+// finished waits until the operation is Completed or Failed and returns it.
+func finished(ctx context.Context, ns, name string) *v1alpha1.VirtualMachineOperation {
+	var op *v1alpha1.VirtualMachineOperation
+	EventuallyWithOffset(1, func(g Gomega) v1alpha1.VirtualMachineOperationPhase {
+		op = getOp(ctx, ns, name)(g)
+		return op.Status.Phase
+	}).Should(BeElementOf(v1alpha1.OperationCompleted, v1alpha1.OperationFailed))
+	return op
+}
+
+func expectCompleted(op *v1alpha1.VirtualMachineOperation) {
+	ExpectWithOffset(1, op.Status.Phase).To(Equal(v1alpha1.OperationCompleted), "conditions: %+v", op.Status.Conditions)
+	c := completed(op)
+	ExpectWithOffset(1, c).NotTo(BeNil())
+	ExpectWithOffset(1, c.Status).To(Equal(metav1.ConditionTrue))
+	ExpectWithOffset(1, c.Reason).To(Equal(v1alpha1.OperationReasonCompleted))
+	ExpectWithOffset(1, op.Status.SignalSentTime).NotTo(BeNil())
+	ExpectWithOffset(1, op.Status.CompletionTime).NotTo(BeNil())
+	ExpectWithOffset(1, meta.IsStatusConditionTrue(op.Status.Conditions, v1alpha1.OperationConditionSignalSent)).To(BeTrue())
+}
+
+func expectFailed(op *v1alpha1.VirtualMachineOperation, reason string) *metav1.Condition {
+	ExpectWithOffset(1, op.Status.Phase).To(Equal(v1alpha1.OperationFailed), "conditions: %+v", op.Status.Conditions)
+	c := completed(op)
+	ExpectWithOffset(1, c).NotTo(BeNil())
+	ExpectWithOffset(1, c.Status).To(Equal(metav1.ConditionFalse))
+	ExpectWithOffset(1, c.Reason).To(Equal(reason))
+	ExpectWithOffset(1, op.Status.CompletionTime).NotTo(BeNil())
+	ExpectWithOffset(1, meta.IsStatusConditionTrue(op.Status.Conditions, v1alpha1.OperationConditionSignalSent)).To(BeFalse())
+	return c
+}
+
+// gracePeriodZero tells whether a stand-in call asked for grace period 0.
+func gracePeriodZero(c kubevirt.Call) bool {
+	var body struct {
+		GracePeriod        *int64 `json:"gracePeriod"`
+		GracePeriodSeconds *int64 `json:"gracePeriodSeconds"`
+	}
+	Expect(json.Unmarshal(c.Body, &body)).To(Succeed())
+	g := body.GracePeriod
+	if g == nil {
+		g = body.GracePeriodSeconds
+	}
+	return g != nil && *g == 0
+}
+
+var _ = Describe("VirtualMachineOperation", func() {
+	var ns string
+	BeforeEach(func(ctx SpecContext) { ns = newNamespace(ctx) })
+
+	// prepare brings a new VM into the state an operation of type t starts from: Stopped for Start, Running for
+	// Stop and Restart, or whatever the policy forces (AlwaysOff never runs, AlwaysOn always does).
+	prepare := func(ctx context.Context, p v1alpha1.RunPolicy, t v1alpha1.VirtualMachineOperationType) (running bool) {
+		createVM(ctx, ns, "vm1", p)
+		switch {
+		case p == v1alpha1.RunPolicyAlwaysOff:
+			stoppedVM(ctx, ns, "vm1")
+			return false
+		case p == v1alpha1.RunPolicyAlwaysOn:
+			runningVMI(ctx, ns, "vm1")
+			return true
+		case t == start && p == v1alpha1.RunPolicyManual:
+			stoppedVM(ctx, ns, "vm1")
+			return false
+		case t == start: // AlwaysOnUntilStoppedManually starts by itself: stop it through KubeVirt
+			runningVMI(ctx, ns, "vm1")
+			Expect(lc.Stop(ctx, ns, "vm1", false)).To(Succeed())
+			stoppedVM(ctx, ns, "vm1")
+			return false
+		default:
+			if p == v1alpha1.RunPolicyManual {
+				Eventually(vmPhase(ctx, ns, "vm1")).Should(Equal(v1alpha1.VirtualMachineStopped))
+				Expect(lc.Start(ctx, ns, "vm1")).To(Succeed())
+			}
+			runningVMI(ctx, ns, "vm1")
+			return true
+		}
+	}
+
+	DescribeTable("policy × operation × force",
+		func(ctx SpecContext, p v1alpha1.RunPolicy, t v1alpha1.VirtualMachineOperationType, force bool, wantReason string) {
+			running := prepare(ctx, p, t)
+			var before types.UID
+			if running {
+				before = getVMI(ctx, ns, "vm1").UID
+			}
+			calls, vmis := len(kv.CallsFor(ns, "vm1")), kv.VMIsCreated(ns, "vm1")
+
+			createOp(ctx, ns, "op", "vm1", t, force)
+			op := finished(ctx, ns, "op")
+
+			if wantReason != "" {
+				By("failing with a reason and a message that names the VM, the policy and what would work")
+				c := expectFailed(op, wantReason)
+				Expect(c.Message).To(ContainSubstring("vm1"))
+				Expect(c.Message).To(ContainSubstring(string(p)))
+				Expect(c.Message).To(Or(ContainSubstring("use a"), ContainSubstring("set spec.runPolicy")))
+				By("sending nothing to KubeVirt")
+				Consistently(func() int { return len(kv.CallsFor(ns, "vm1")) }, "1s").Should(Equal(calls))
+				Expect(kv.VMIsCreated(ns, "vm1")).To(Equal(vmis))
+				return
+			}
+
+			expectCompleted(op)
+			By("sending exactly one signal, with grace period 0 when forced")
+			action := strings.ToLower(string(t))
+			Expect(kv.CallsFor(ns, "vm1")[calls:]).To(HaveLen(1))
+			call := kv.CallsFor(ns, "vm1")[calls]
+			Expect(call.Action).To(Equal(action))
+			Expect(call.Code).To(Equal(202))
+			Expect(gracePeriodZero(call)).To(Equal(force))
+
+			By("reaching the target state in KubeVirt, and staying there")
+			switch t {
+			case start:
+				vmi := runningVMI(ctx, ns, "vm1")
+				Expect(vmi.CreationTimestamp.Time).NotTo(BeTemporally("<", op.Status.SignalSentTime.Time.Truncate(time.Second)))
+				Consistently(func() int { return kv.VMIsCreated(ns, "vm1") }, "1s").Should(Equal(vmis + 1))
+			case stop:
+				stoppedVM(ctx, ns, "vm1")
+				// AlwaysOnUntilStoppedManually: the VM controller must take this for a user stop, not restart it.
+				Consistently(vmPhase(ctx, ns, "vm1"), "2s").Should(Equal(v1alpha1.VirtualMachineStopped))
+				Expect(kv.VMIsCreated(ns, "vm1")).To(Equal(vmis))
+			case restart:
+				vmi := runningVMI(ctx, ns, "vm1")
+				Expect(vmi.UID).NotTo(Equal(before))
+				Expect(op.Status.TargetVMIUID).To(Equal(string(before)))
+				Consistently(func() int { return kv.VMIsCreated(ns, "vm1") }, "1s").Should(Equal(vmis + 1))
+			}
+		},
+		func(p v1alpha1.RunPolicy, t v1alpha1.VirtualMachineOperationType, force bool, reason string) string {
+			out := "Completed"
+			if reason != "" {
+				out = "Failed " + reason
+			}
+			return fmt.Sprintf("%s %s force=%v → %s", p, t, force, out)
+		},
+		Entry(nil, v1alpha1.RunPolicyAlwaysOff, start, false, v1alpha1.OperationReasonNotApplicableForRunPolicy),
+		Entry(nil, v1alpha1.RunPolicyAlwaysOff, stop, false, v1alpha1.OperationReasonNotApplicableForRunPolicy),
+		Entry(nil, v1alpha1.RunPolicyAlwaysOff, stop, true, v1alpha1.OperationReasonNotApplicableForRunPolicy),
+		Entry(nil, v1alpha1.RunPolicyAlwaysOff, restart, false, v1alpha1.OperationReasonNotApplicableForRunPolicy),
+		Entry(nil, v1alpha1.RunPolicyAlwaysOff, restart, true, v1alpha1.OperationReasonNotApplicableForRunPolicy),
+		Entry(nil, v1alpha1.RunPolicyAlwaysOn, start, false, v1alpha1.OperationReasonNotApplicableForRunPolicy),
+		Entry(nil, v1alpha1.RunPolicyAlwaysOn, stop, false, v1alpha1.OperationReasonNotApplicableForRunPolicy),
+		Entry(nil, v1alpha1.RunPolicyAlwaysOn, stop, true, v1alpha1.OperationReasonNotApplicableForRunPolicy),
+		Entry(nil, v1alpha1.RunPolicyAlwaysOn, restart, false, ""),
+		Entry(nil, v1alpha1.RunPolicyAlwaysOn, restart, true, ""),
+		Entry(nil, v1alpha1.RunPolicyManual, start, false, ""),
+		Entry(nil, v1alpha1.RunPolicyManual, stop, false, ""),
+		Entry(nil, v1alpha1.RunPolicyManual, stop, true, ""),
+		Entry(nil, v1alpha1.RunPolicyManual, restart, false, ""),
+		Entry(nil, v1alpha1.RunPolicyManual, restart, true, ""),
+		Entry(nil, v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, start, false, ""),
+		Entry(nil, v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, stop, false, ""),
+		Entry(nil, v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, stop, true, ""),
+		Entry(nil, v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, restart, false, ""),
+		Entry(nil, v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, restart, true, ""),
+	)
+
+	It("refuses operations on a VM in the wrong phase, and on a VM that does not exist", func(ctx SpecContext) {
+		createVM(ctx, ns, "vm1", v1alpha1.RunPolicyManual)
+		stoppedVM(ctx, ns, "vm1")
+		createOp(ctx, ns, "stop", "vm1", stop, false)
+		createOp(ctx, ns, "restart", "vm1", restart, true)
+		createOp(ctx, ns, "ghost", "nope", start, false)
+
+		c := expectFailed(finished(ctx, ns, "stop"), v1alpha1.OperationReasonNotApplicableForVMPhase)
+		Expect(c.Message).To(And(ContainSubstring("vm1"), ContainSubstring("Manual"), ContainSubstring("Stopped")))
+		c = expectFailed(finished(ctx, ns, "restart"), v1alpha1.OperationReasonNotApplicableForVMPhase)
+		Expect(c.Message).To(ContainSubstring("use a Start operation"))
+		c = expectFailed(finished(ctx, ns, "ghost"), v1alpha1.OperationReasonVirtualMachineNotFound)
+		Expect(c.Message).To(ContainSubstring("nope"))
+		Expect(kv.CallsFor(ns, "vm1")).To(BeEmpty())
+		Expect(kv.CallsFor(ns, "nope")).To(BeEmpty())
+	})
+
+	It("rejects force with Start at admission", func(ctx SpecContext) {
+		op := &v1alpha1.VirtualMachineOperation{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "op"},
+			Spec:       v1alpha1.VirtualMachineOperationSpec{VirtualMachineName: "vm1", Type: start, Force: true},
+		}
+		Expect(k8s.Create(ctx, op)).To(MatchError(ContainSubstring("spec.force is not allowed with type Start")))
+	})
+
+	It("runs concurrent operations one at a time, oldest first, and fails those that can no longer apply", func(ctx SpecContext) {
+		createVM(ctx, ns, "vm1", v1alpha1.RunPolicyManual)
+		Eventually(vmPhase(ctx, ns, "vm1")).Should(Equal(v1alpha1.VirtualMachineStopped))
+		Expect(lc.Start(ctx, ns, "vm1")).To(Succeed())
+		first := runningVMI(ctx, ns, "vm1")
+		vmis := kv.VMIsCreated(ns, "vm1")
+
+		// Created back to back (the same second, most likely): the names give the order.
+		createOp(ctx, ns, "op-1-restart", "vm1", restart, false)
+		createOp(ctx, ns, "op-2-stop", "vm1", stop, false)
+		createOp(ctx, ns, "op-3-restart", "vm1", restart, false)
+		createOp(ctx, ns, "op-4-start", "vm1", start, false)
+
+		By("never having two operations of the VM in progress at once")
+		names := []string{"op-1-restart", "op-2-stop", "op-3-restart", "op-4-start"}
+		Eventually(func(g Gomega) int {
+			unfinished, inProgress := 0, 0
+			for _, n := range names {
+				op := getOp(ctx, ns, n)(g)
+				switch op.Status.Phase {
+				case v1alpha1.OperationInProgress:
+					inProgress++
+					unfinished++
+				case v1alpha1.OperationPending, "":
+					unfinished++
+				}
+			}
+			g.Expect(inProgress).To(BeNumerically("<=", 1))
+			return unfinished
+		}).WithPolling(20 * time.Millisecond).Should(BeZero())
+
+		expectCompleted(finished(ctx, ns, "op-1-restart"))
+		expectCompleted(finished(ctx, ns, "op-2-stop"))
+		c := expectFailed(finished(ctx, ns, "op-3-restart"), v1alpha1.OperationReasonNotApplicableForVMPhase)
+		Expect(c.Message).To(ContainSubstring("use a Start operation"))
+		expectCompleted(finished(ctx, ns, "op-4-start"))
+
+		By("KubeVirt got restart, stop, start — in that order, once each")
+		var actions []string
+		for _, call := range kv.CallsFor(ns, "vm1") {
+			actions = append(actions, call.Action)
+		}
+		Expect(actions).To(Equal([]string{"start", "restart", "stop", "start"})) // the first start is the test's own
+		vmi := runningVMI(ctx, ns, "vm1")
+		Expect(vmi.UID).NotTo(Equal(first.UID))
+		Expect(kv.VMIsCreated(ns, "vm1")).To(Equal(vmis + 2))
+	})
+
+	It("lets a forced Stop supersede pending operations", func(ctx SpecContext) {
+		createVM(ctx, ns, "vm1", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)
+		runningVMI(ctx, ns, "vm1")
+		vmis := kv.VMIsCreated(ns, "vm1")
+
+		By("queueing a Restart, a graceful Stop and a forced Stop while the operator is down")
+		suiteOp.stop()
+		createOp(ctx, ns, "op-1-restart", "vm1", restart, false)
+		createOp(ctx, ns, "op-2-stop", "vm1", stop, false)
+		createOp(ctx, ns, "op-3-force-stop", "vm1", stop, true)
+		suiteOp = startOperator(lc, nil)
+
+		for _, n := range []string{"op-1-restart", "op-2-stop"} {
+			c := expectFailed(finished(ctx, ns, n), v1alpha1.OperationReasonSuperseded)
+			Expect(c.Message).To(ContainSubstring("op-3-force-stop"))
+		}
+		expectCompleted(finished(ctx, ns, "op-3-force-stop"))
+		stoppedVM(ctx, ns, "vm1")
+
+		By("sending only the forced stop")
+		calls := kv.CallsFor(ns, "vm1")
+		Expect(calls).To(HaveLen(1))
+		Expect(calls[0].Action).To(Equal("stop"))
+		Expect(gracePeriodZero(calls[0])).To(BeTrue())
+		Consistently(vmPhase(ctx, ns, "vm1"), "2s").Should(Equal(v1alpha1.VirtualMachineStopped))
+		Expect(kv.VMIsCreated(ns, "vm1")).To(Equal(vmis))
+	})
+
+	It("keeps finished operations for audit, at most max per VM, and removes them after the TTL", func(ctx SpecContext) {
+		suiteOp.stop()
+		suiteOp = startOperator(lc, nil, func(r *vmop.Reconciler) { r.TTL, r.MaxPerVM = 5*time.Second, 2 })
+		DeferCleanup(func() { suiteOp.stop(); suiteOp = startOperator(lc, nil) })
+
+		createVM(ctx, ns, "vm1", v1alpha1.RunPolicyManual)
+		stoppedVM(ctx, ns, "vm1")
+		createVM(ctx, ns, "vm2", v1alpha1.RunPolicyManual)
+		stoppedVM(ctx, ns, "vm2")
+		for i := range 4 {
+			createOp(ctx, ns, fmt.Sprintf("vm1-stop-%d", i), "vm1", stop, false) // fails: nothing to stop
+		}
+		createOp(ctx, ns, "vm2-stop", "vm2", stop, false)
+		count := func(vmName string) func(Gomega) int {
+			return func(g Gomega) int {
+				list := &v1alpha1.VirtualMachineOperationList{}
+				g.Expect(k8s.List(ctx, list, client.InNamespace(ns))).To(Succeed())
+				n := 0
+				for _, op := range list.Items {
+					if op.Spec.VirtualMachineName == vmName {
+						g.Expect(op.Status.Phase).To(Equal(v1alpha1.OperationFailed))
+						n++
+					}
+				}
+				return n
+			}
+		}
+		By("keeping the newest two of vm1 and the one of vm2")
+		Eventually(count("vm1")).Should(Equal(2))
+		Expect(count("vm2")(Default)).To(Equal(1))
+		By("removing all of them once the TTL passed")
+		Eventually(count("vm1")).Should(BeZero())
+		Eventually(count("vm2")).Should(BeZero())
+	})
+
+	Context("exactly once across an operator restart", func() {
+		var before *kvv1.VirtualMachineInstance
+		var vmis int
+		BeforeEach(func(ctx SpecContext) {
+			createVM(ctx, ns, "vm1", v1alpha1.RunPolicyManual)
+			Eventually(vmPhase(ctx, ns, "vm1")).Should(Equal(v1alpha1.VirtualMachineStopped))
+			Expect(lc.Start(ctx, ns, "vm1")).To(Succeed())
+			before = runningVMI(ctx, ns, "vm1")
+			vmis = kv.VMIsCreated(ns, "vm1")
+		})
+
+		// finishAfterRestart restarts the operator normally and checks the Restart finished with one signal.
+		finishAfterRestart := func(ctx context.Context) {
+			suiteOp = startOperator(lc, nil)
+			op := finished(ctx, ns, "op")
+			expectCompleted(op)
+			Expect(op.Status.TargetVMIUID).To(Equal(string(before.UID)))
+			Expect(callsFor(ns, "vm1", "restart")).To(HaveLen(1))
+			Consistently(func() int { return kv.VMIsCreated(ns, "vm1") }, "2s").Should(Equal(vmis + 1))
+			Expect(callsFor(ns, "vm1", "restart")).To(HaveLen(1))
+			Expect(runningVMI(ctx, ns, "vm1").UID).NotTo(Equal(before.UID))
+		}
+
+		It("finishes a Restart that was InProgress when the operator stopped", func(ctx SpecContext) {
+			suiteOp.stop()
+			cr := &crash{}
+			cr.op = startOperator(lc, func(c client.Client) client.Client {
+				return crashingClient{Client: c, c: cr, crashAfterInProgress: true}
+			})
+			createOp(ctx, ns, "op", "vm1", restart, false)
+			Eventually(cr.op.done).Should(BeClosed())
+
+			By("leaving the operation InProgress while no operator runs, and KubeVirt restarting the VM meanwhile")
+			Expect(getOp(ctx, ns, "op")(Default).Status.Phase).To(Equal(v1alpha1.OperationInProgress))
+			Eventually(func() int { return kv.VMIsCreated(ns, "vm1") }).Should(Equal(vmis + 1))
+			runningVMI(ctx, ns, "vm1")
+			Expect(getOp(ctx, ns, "op")(Default).Status.Phase).To(Equal(v1alpha1.OperationInProgress))
+
+			finishAfterRestart(ctx)
+		})
+
+		It("does not restart twice when the operator died between the signal and the status write", func(ctx SpecContext) {
+			suiteOp.stop()
+			cr := &crash{}
+			cr.op = startOperator(crashingLifecycle{Lifecycle: lc, c: cr}, func(c client.Client) client.Client {
+				return crashingClient{Client: c, c: cr}
+			})
+			createOp(ctx, ns, "op", "vm1", restart, false)
+			Eventually(cr.op.done).Should(BeClosed())
+
+			By("leaving the operation Pending with its target recorded, though KubeVirt took the restart")
+			op := getOp(ctx, ns, "op")(Default)
+			Expect(op.Status.Phase).To(Equal(v1alpha1.OperationPending))
+			Expect(op.Status.TargetVMIUID).To(Equal(string(before.UID)))
+			Expect(callsFor(ns, "vm1", "restart")).To(HaveLen(1))
+			Eventually(func() int { return kv.VMIsCreated(ns, "vm1") }).Should(Equal(vmis + 1))
+
+			finishAfterRestart(ctx)
+		})
+	})
+})

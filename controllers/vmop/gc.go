@@ -1,0 +1,59 @@
+package vmop
+
+import (
+	"context"
+	"slices"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/runpolicy/runpolicy/api/v1alpha1"
+)
+
+// collect applies the cleanup rules to a finished operation: finished operations are kept for audit, then
+// removed TTL after they finished or when more than MaxPerVM finished operations of the same VM are newer.
+// Each pass deletes only the operation it reconciles (with a UID precondition), never a sibling.
+func (r *Reconciler) collect(ctx context.Context, op *v1alpha1.VirtualMachineOperation) (ctrl.Result, error) {
+	if r.TTL <= 0 && r.MaxPerVM <= 0 {
+		return ctrl.Result{}, nil
+	}
+	list := &v1alpha1.VirtualMachineOperationList{}
+	if err := r.List(ctx, list, client.InNamespace(op.Namespace), client.MatchingFields{IndexVMName: op.Spec.VirtualMachineName}); err != nil {
+		return ctrl.Result{}, err
+	}
+	var finished []Finish
+	for i := range list.Items {
+		if o := &list.Items[i]; Finished(o) && o.DeletionTimestamp == nil {
+			finished = append(finished, finishOf(o))
+		}
+	}
+	if !slices.ContainsFunc(finished, func(f Finish) bool { return f.Name == op.Name }) {
+		finished = append(finished, finishOf(op)) // the cache may not show this pass's own write yet
+	}
+	now := r.now().Time
+	remove := Collect(finished, now, r.TTL, r.MaxPerVM)
+	if slices.Contains(remove, op.Name) {
+		ctrl.LoggerFrom(ctx).Info("Deleting finished VirtualMachineOperation", "VirtualMachineOperation", klog.KObj(op),
+			"phase", op.Status.Phase, "ttl", r.TTL, "maxPerVM", r.MaxPerVM)
+		err := r.Delete(ctx, op, client.Preconditions{UID: &op.UID})
+		if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, err
+	}
+	if r.TTL > 0 {
+		return ctrl.Result{RequeueAfter: finishOf(op).At.Add(r.TTL).Sub(now) + time.Second}, nil
+	}
+	return ctrl.Result{}, nil
+}
+
+func finishOf(o *v1alpha1.VirtualMachineOperation) Finish {
+	at := o.CreationTimestamp.Time
+	if o.Status.CompletionTime != nil {
+		at = o.Status.CompletionTime.Time
+	}
+	return Finish{Name: o.Name, At: at}
+}

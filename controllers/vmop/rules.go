@@ -1,0 +1,318 @@
+package vmop
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+	kvv1 "kubevirt.io/api/core/v1"
+
+	"github.com/runpolicy/runpolicy/api/v1alpha1"
+)
+
+// This file is the pure decision core of the VirtualMachineOperation controller (RULES.md): which operation may
+// run, in which order, when a signal counts as taken and when an operation is done. It reads no cluster state.
+
+// VMIState is what the current VMI (KubeVirt's, same name as the VM) looks like.
+type VMIState string
+
+const (
+	// VMINone: no VMI.
+	VMINone VMIState = "None"
+	// VMIActive: a VMI that has not ended and is not being deleted.
+	VMIActive VMIState = "Active"
+	// VMIDeleting: a VMI being deleted (a stop is under way).
+	VMIDeleting VMIState = "Deleting"
+	// VMIFinal: a VMI that ended (Succeeded or Failed) and was not cleaned up yet.
+	VMIFinal VMIState = "Final"
+)
+
+// StateOf classifies a VMI.
+func StateOf(vmi *kvv1.VirtualMachineInstance) VMIState {
+	switch {
+	case vmi == nil:
+		return VMINone
+	case vmi.IsFinal():
+		return VMIFinal
+	case vmi.DeletionTimestamp != nil:
+		return VMIDeleting
+	default:
+		return VMIActive
+	}
+}
+
+// PolicyAllows applies DESIGN.md's "Operations" table. When the policy refuses the operation, the message names
+// the VM, the policy and what would work instead.
+func PolicyAllows(vm string, p v1alpha1.RunPolicy, t v1alpha1.VirtualMachineOperationType) (bool, string) {
+	switch p {
+	case v1alpha1.RunPolicyManual, v1alpha1.RunPolicyAlwaysOnUntilStoppedManually:
+		return true, ""
+	case v1alpha1.RunPolicyAlwaysOff:
+		return false, fmt.Sprintf("VirtualMachine %s has runPolicy AlwaysOff: it is kept stopped and cannot be %s; "+
+			"set spec.runPolicy to Manual or AlwaysOnUntilStoppedManually to start, stop and restart it with operations",
+			vm, pastTense(t))
+	case v1alpha1.RunPolicyAlwaysOn:
+		switch t {
+		case v1alpha1.OperationRestart:
+			return true, ""
+		case v1alpha1.OperationStart:
+			return false, fmt.Sprintf("VirtualMachine %s has runPolicy AlwaysOn: KubeVirt keeps it running, there is nothing to start; "+
+				"use a Restart operation, or set spec.runPolicy to Manual to start and stop it with operations", vm)
+		default:
+			return false, fmt.Sprintf("VirtualMachine %s has runPolicy AlwaysOn: it cannot be stopped by an operation; "+
+				"set spec.runPolicy to AlwaysOff to stop it, or to Manual or AlwaysOnUntilStoppedManually to stop it with a Stop operation", vm)
+		}
+	default:
+		return false, fmt.Sprintf("VirtualMachine %s has an unknown runPolicy %q; set spec.runPolicy to Manual or "+
+			"AlwaysOnUntilStoppedManually to use operations", vm, p)
+	}
+}
+
+func pastTense(t v1alpha1.VirtualMachineOperationType) string {
+	switch t {
+	case v1alpha1.OperationStart:
+		return "started"
+	case v1alpha1.OperationStop:
+		return "stopped"
+	default:
+		return "restarted"
+	}
+}
+
+// Verdict is what the VM's current state means for an operation whose turn it is.
+type Verdict string
+
+const (
+	// Run: send the signal.
+	Run Verdict = "Run"
+	// Wait: the VM is passing through a phase that the operation must wait out.
+	Wait Verdict = "Wait"
+	// Refuse: the operation cannot apply to the VM as it is (NotApplicableForVMPhase).
+	Refuse Verdict = "Refuse"
+)
+
+// PhaseAllows decides whether an operation can run against the VM now. The VM's phase (status.phase) and the
+// VMI's state are both inputs: the phase is what users see; the VMI is KubeVirt's truth, which the phase follows
+// with a short lag (right after a Stop completes, the VM may still read Stopping for a moment).
+func PhaseAllows(vm string, p v1alpha1.RunPolicy, phase v1alpha1.VirtualMachinePhase, vmi VMIState,
+	t v1alpha1.VirtualMachineOperationType, force bool) (Verdict, string) {
+	where := fmt.Sprintf("VirtualMachine %s (runPolicy %s) is %s", vm, p, phaseText(phase, vmi))
+	if phase == v1alpha1.VirtualMachineTerminating {
+		return Refuse, where + ": it is being deleted, no operation applies"
+	}
+	switch t {
+	case v1alpha1.OperationStart:
+		switch {
+		case vmi == VMIActive:
+			return Refuse, where + ": it is already started; use a Restart operation to boot it again"
+		case vmi == VMIDeleting || phase == v1alpha1.VirtualMachineStopping || phase == v1alpha1.VirtualMachineStarting ||
+			phase == v1alpha1.VirtualMachineRunning || phase == "":
+			return Wait, where + ": the Start runs once it is Stopped"
+		default: // Stopped, or Pending without a VMI (waiting for a restart, or not yet created)
+			return Run, ""
+		}
+	case v1alpha1.OperationStop:
+		switch vmi {
+		case VMIActive:
+			return Run, ""
+		case VMIDeleting:
+			if force {
+				return Run, ""
+			}
+			return Refuse, where + ": it is already stopping; create a Stop operation with force: true to stop it at once"
+		default:
+			return Refuse, where + ": it is not running, there is nothing to stop"
+		}
+	default: // Restart
+		switch vmi {
+		case VMIActive:
+			return Run, ""
+		case VMIDeleting:
+			return Refuse, where + ": it is stopping; use a Start operation once it is Stopped"
+		default:
+			return Refuse, where + ": it is not running; use a Start operation instead"
+		}
+	}
+}
+
+func phaseText(phase v1alpha1.VirtualMachinePhase, vmi VMIState) string {
+	if phase == "" {
+		phase = "without a phase yet"
+	}
+	switch vmi {
+	case VMINone:
+		return fmt.Sprintf("%s with no VMI", phase)
+	case VMIFinal:
+		return fmt.Sprintf("%s with an ended VMI", phase)
+	case VMIDeleting:
+		return fmt.Sprintf("%s with its VMI being deleted", phase)
+	default:
+		return fmt.Sprintf("%s with a VMI", phase)
+	}
+}
+
+// Op is what the queue rules need to know about one operation.
+type Op struct {
+	Name     string
+	Created  time.Time
+	Type     v1alpha1.VirtualMachineOperationType
+	Force    bool
+	Finished bool
+}
+
+// OpOf summarises an operation for the queue rules.
+func OpOf(o *v1alpha1.VirtualMachineOperation) Op {
+	return Op{Name: o.Name, Created: o.CreationTimestamp.Time, Type: o.Spec.Type, Force: o.Spec.Force, Finished: Finished(o)}
+}
+
+// Finished tells whether an operation reached a final phase.
+func Finished(o *v1alpha1.VirtualMachineOperation) bool {
+	return o.Status.Phase == v1alpha1.OperationCompleted || o.Status.Phase == v1alpha1.OperationFailed
+}
+
+// older orders operations by creation time, then name (creation timestamps have one-second precision).
+func older(a, b Op) int {
+	if c := a.Created.Compare(b.Created); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Name, b.Name)
+}
+
+// Supersedes tells whether newer, when it is created, ends older: a forced Stop ends every operation that is not
+// itself forced (a pending or running Start or Restart, and a graceful Stop that may hang).
+func Supersedes(newer, older Op) bool {
+	return newer.Type == v1alpha1.OperationStop && newer.Force && !older.Force
+}
+
+// Turn is the queue's answer for one operation.
+type Turn struct {
+	// SupersededBy names the newer operation that ends this one.
+	SupersededBy string
+	// WaitFor names the older unfinished operation this one waits for.
+	WaitFor string
+}
+
+// Queue decides one operation's turn among all operations of the same VM (self included, any order).
+// Operations run one at a time, oldest first; a forced Stop does not wait for the operations it supersedes.
+func Queue(self Op, all []Op) Turn {
+	ops := slices.Clone(all)
+	slices.SortFunc(ops, older)
+	for _, o := range ops {
+		if o.Name == self.Name || o.Finished {
+			continue
+		}
+		if older(o, self) > 0 && Supersedes(o, self) {
+			return Turn{SupersededBy: o.Name}
+		}
+	}
+	for _, o := range ops {
+		if o.Name == self.Name || o.Finished || older(o, self) > 0 {
+			continue
+		}
+		if Supersedes(self, o) {
+			continue
+		}
+		// An older operation that a newer forced Stop supersedes is ending; the forced Stop is the one to wait for.
+		if by := supersededBy(o, ops); by != "" && by != self.Name {
+			return Turn{WaitFor: by}
+		}
+		return Turn{WaitFor: o.Name}
+	}
+	return Turn{}
+}
+
+func supersededBy(o Op, ops []Op) string {
+	for _, n := range ops {
+		if n.Name != o.Name && !n.Finished && older(n, o) > 0 && Supersedes(n, o) {
+			return n.Name
+		}
+	}
+	return ""
+}
+
+// KubeVirtView is what KubeVirt shows about the VM when the controller checks a signal.
+type KubeVirtView struct {
+	// VMIUID and VMI describe the current VMI (UID empty when there is none).
+	VMIUID types.UID
+	VMI    VMIState
+	// VMIRunning is true when the current VMI is in phase Running and not being deleted.
+	VMIRunning bool
+	// StopRequestedFor lists the VMI UIDs of pending Stop state-change requests on the KubeVirt VM.
+	StopRequestedFor []types.UID
+	// StartRequested is true when a Start state-change request is pending on the KubeVirt VM.
+	StartRequested bool
+}
+
+// ViewOf builds the KubeVirt view from the KubeVirt VM (may be nil) and VMI (may be nil).
+func ViewOf(kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance) KubeVirtView {
+	v := KubeVirtView{VMI: StateOf(vmi)}
+	if vmi != nil {
+		v.VMIUID = vmi.UID
+		v.VMIRunning = vmi.Status.Phase == kvv1.Running && vmi.DeletionTimestamp == nil
+	}
+	if kv != nil {
+		for _, r := range kv.Status.StateChangeRequests {
+			switch {
+			case r.Action == kvv1.StopRequest && r.UID != nil:
+				v.StopRequestedFor = append(v.StopRequestedFor, *r.UID)
+			case r.Action == kvv1.StartRequest:
+				v.StartRequested = true
+			}
+		}
+	}
+	return v
+}
+
+// SignalTaken tells whether KubeVirt already acted on a signal for target (the VMI UID recorded before the
+// signal, empty if there was none): after a crash between the subresource call and the status write, this is
+// how the next pass knows not to send it again. It is only asked while the operation is about to send.
+func SignalTaken(t v1alpha1.VirtualMachineOperationType, target types.UID, v KubeVirtView) bool {
+	switch t {
+	case v1alpha1.OperationStart:
+		// Not a Stop request for the ended target VMI: that may be what is left of the stop that ended it.
+		return v.StartRequested || (v.VMI == VMIActive && v.VMIUID != target)
+	default: // Stop and Restart act on the target VMI: it is gone, replaced, going, or asked to go.
+		if target == "" {
+			return false
+		}
+		return slices.Contains(v.StopRequestedFor, target) || v.VMIUID != target || v.VMI == VMIDeleting ||
+			(t == v1alpha1.OperationStop && v.VMI == VMIFinal)
+	}
+}
+
+// Done tells whether KubeVirt reports the operation's target state: Start — a VMI other than target is Running;
+// Stop — no VMI is left running; Restart — a VMI other than the one restarted is Running.
+func Done(t v1alpha1.VirtualMachineOperationType, target types.UID, v KubeVirtView) bool {
+	switch t {
+	case v1alpha1.OperationStop:
+		return v.VMI == VMINone || v.VMI == VMIFinal
+	default:
+		return v.VMIRunning && v.VMIUID != target
+	}
+}
+
+// Collect picks the finished operations of one VM to delete: those finished longer than ttl ago (ttl 0: never),
+// and all but the newest max (max 0: no limit).
+func Collect(finished []Finish, now time.Time, ttl time.Duration, max int) (remove []string) {
+	ops := slices.Clone(finished)
+	slices.SortFunc(ops, func(a, b Finish) int { // newest first
+		if c := b.At.Compare(a.At); c != 0 {
+			return c
+		}
+		return cmp.Compare(b.Name, a.Name)
+	})
+	for i, o := range ops {
+		if (max > 0 && i >= max) || (ttl > 0 && !now.Before(o.At.Add(ttl))) {
+			remove = append(remove, o.Name)
+		}
+	}
+	return remove
+}
+
+// Finish is a finished operation and when it finished.
+type Finish struct {
+	Name string
+	At   time.Time
+}

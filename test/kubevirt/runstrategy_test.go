@@ -1,0 +1,237 @@
+package kubevirt_test
+
+import (
+	"strings"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	virtv1 "kubevirt.io/api/core/v1"
+
+	"github.com/runpolicy/runpolicy/internal/shutdown"
+	"github.com/runpolicy/runpolicy/test/kubevirt"
+)
+
+// event is what happens to a running VM in the runStrategy table.
+type event string
+
+const (
+	evCreate     event = "create"
+	evReboot     event = "guest reboot"
+	evPoweroff   event = "guest poweroff"
+	evCrash      event = "guest crash"
+	evPodDeleted event = "launcher pod deleted"
+)
+
+// runStrategyCase is one row of KubeVirt's behaviour (vm.go syncRunStrategy): after ev, the VM settles in want
+// with vmis VMIs created in total.
+type runStrategyCase struct {
+	strategy virtv1.VirtualMachineRunStrategy
+	ev       event
+	want     state
+	vmis     int
+}
+
+// The expected table, as data. A guest reboot (on_reboot=destroy) and a poweroff both end the VMI Succeeded;
+// KubeVirt cannot tell them apart. A crash and a vanished pod end it Failed.
+var runStrategyTable = []runStrategyCase{
+	{virtv1.RunStrategyAlways, evCreate, running, 1},
+	{virtv1.RunStrategyAlways, evReboot, running, 2},
+	{virtv1.RunStrategyAlways, evPoweroff, running, 2},
+	{virtv1.RunStrategyAlways, evCrash, running, 2},
+	{virtv1.RunStrategyAlways, evPodDeleted, running, 2},
+
+	{virtv1.RunStrategyRerunOnFailure, evCreate, running, 1},
+	{virtv1.RunStrategyRerunOnFailure, evReboot, stopped, 1}, // Succeeded VMI is deleted, not restarted
+	{virtv1.RunStrategyRerunOnFailure, evPoweroff, stopped, 1},
+	{virtv1.RunStrategyRerunOnFailure, evCrash, running, 2},
+	{virtv1.RunStrategyRerunOnFailure, evPodDeleted, running, 2},
+
+	{virtv1.RunStrategyOnce, evCreate, running, 1},
+	{virtv1.RunStrategyOnce, evReboot, succeededAndStopped(), 1}, // the finished VMI stays
+	{virtv1.RunStrategyOnce, evPoweroff, succeededAndStopped(), 1},
+	{virtv1.RunStrategyOnce, evCrash, failedAndStopped(), 1},
+	{virtv1.RunStrategyOnce, evPodDeleted, failedAndStopped(), 1},
+
+	{virtv1.RunStrategyManual, evCreate, stopped, 0}, // nothing starts without a start request
+	{virtv1.RunStrategyManual, evReboot, succeededAndStopped(), 1},
+	{virtv1.RunStrategyManual, evPoweroff, succeededAndStopped(), 1},
+	{virtv1.RunStrategyManual, evCrash, failedAndStopped(), 1},
+	{virtv1.RunStrategyManual, evPodDeleted, failedAndStopped(), 1},
+
+	{virtv1.RunStrategyHalted, evCreate, stopped, 0},
+}
+
+var _ = Describe("runStrategy", func() {
+	for _, tc := range runStrategyTable {
+		It(string(tc.strategy)+": "+string(tc.ev), func() {
+			ns := newNamespace()
+			newVM(ns, "vm", tc.strategy)
+			if tc.ev == evCreate {
+				settle(ns, "vm", tc.want, tc.vmis)
+				vm := getVM(ns, "vm")
+				Expect(vm.Status.Created).To(Equal(tc.want.VMIPhase != ""))
+				Expect(vm.Status.Ready).To(Equal(tc.want.VMIPhase == virtv1.Running))
+				if tc.vmis > 0 {
+					Expect(vm.Status.RunStrategy).To(Equal(tc.strategy))
+				}
+				return
+			}
+			if tc.strategy == virtv1.RunStrategyManual {
+				Expect(put(ns, "vm", "start", nil)).To(Succeed())
+			}
+			settle(ns, "vm", running, 1)
+			first := getVMI(ns, "vm")
+			pods, err := kv.LauncherPods(ctx, ns, "vm")
+			Expect(err).NotTo(HaveOccurred())
+			Expect(pods).To(HaveLen(1))
+			pod := pods[0]
+
+			switch tc.ev {
+			case evReboot:
+				Expect(kv.GuestReboot(ctx, ns, "vm")).To(Succeed())
+			case evPoweroff:
+				Expect(kv.GuestPoweroff(ctx, ns, "vm")).To(Succeed())
+			case evCrash:
+				Expect(kv.GuestCrash(ctx, ns, "vm")).To(Succeed())
+			case evPodDeleted:
+				Expect(kv.DeleteLauncherPod(ctx, ns, "vm")).To(Succeed())
+			}
+			settle(ns, "vm", tc.want, tc.vmis)
+			if vmi := getVMI(ns, "vm"); vmi != nil && tc.vmis == 1 {
+				Expect(vmi.UID).To(Equal(first.UID))
+			}
+			if tc.vmis == 2 {
+				Expect(getVMI(ns, "vm").UID).NotTo(Equal(first.UID))
+			}
+
+			// Where the finished VMI stays, its launcher pod stays too, with the sidecar's message.
+			if tc.want.VMIPhase == virtv1.Succeeded || tc.want.VMIPhase == virtv1.Failed && tc.ev == evCrash {
+				Expect(k8s.Get(ctx, clientKey(&pod), &pod)).To(Succeed())
+				want := map[event]shutdown.Cause{evReboot: shutdown.CauseGuestReset, evPoweroff: shutdown.CauseGuestShutdown,
+					evCrash: shutdown.CauseUnknown}[tc.ev]
+				Expect(shutdown.Parse(sidecarMessage(&pod)).Cause).To(Equal(want))
+				Expect(pod.Status.Phase).To(Equal(map[bool]corev1.PodPhase{true: corev1.PodSucceeded, false: corev1.PodFailed}[tc.ev != evCrash]))
+			}
+		})
+	}
+})
+
+var _ = Describe("virt-launcher pod", func() {
+	It("looks like KubeVirt's and runs on the node", func() {
+		ns := newNamespace()
+		newVM(ns, "vm", virtv1.RunStrategyAlways)
+		settle(ns, "vm", running, 1)
+		vmi := getVMI(ns, "vm")
+		Expect(vmi.Labels).To(HaveKeyWithValue("kubevirt.io/vm", "vm"))
+		Expect(vmi.Labels).To(HaveKeyWithValue(virtv1.NodeNameLabel, "node01"))
+		Expect(vmi.Status.NodeName).To(Equal("node01"))
+		ref := metav1.GetControllerOf(vmi)
+		Expect(ref).NotTo(BeNil())
+		Expect(ref.Kind).To(Equal("VirtualMachine"))
+		Expect(ref.UID).To(Equal(getVM(ns, "vm").UID))
+		Expect(vmi.Finalizers).To(ContainElements(virtv1.VirtualMachineInstanceFinalizer, virtv1.VirtualMachineControllerFinalizer))
+		phases := []virtv1.VirtualMachineInstancePhase{}
+		for _, t := range vmi.Status.PhaseTransitionTimestamps {
+			phases = append(phases, t.Phase)
+		}
+		Expect(phases).To(Equal([]virtv1.VirtualMachineInstancePhase{virtv1.Pending, virtv1.Scheduling, virtv1.Scheduled, virtv1.Running}))
+
+		pods, err := kv.LauncherPods(ctx, ns, "vm")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(pods).To(HaveLen(1))
+		pod := pods[0]
+		Expect(strings.HasPrefix(pod.Name, "virt-launcher-vm-")).To(BeTrue(), pod.Name)
+		Expect(pod.Labels).To(HaveKeyWithValue("kubevirt.io", "virt-launcher"))
+		Expect(pod.Labels).To(HaveKeyWithValue("kubevirt.io/created-by", string(vmi.UID)))
+		Expect(pod.Labels).To(HaveKeyWithValue("vm.kubevirt.io/name", "vm"))
+		Expect(metav1.GetControllerOf(&pod).UID).To(Equal(vmi.UID))
+		Expect(pod.Spec.NodeName).To(Equal("node01"))
+		Expect(pod.Status.Phase).To(Equal(corev1.PodRunning))
+		names := []string{}
+		for _, c := range pod.Spec.Containers {
+			names = append(names, c.Name)
+		}
+		Expect(names).To(Equal([]string{"compute", "hook-sidecar-0"}))
+		Expect(pod.Spec.Containers[1].Image).To(Equal("registry.example/runpolicy/hook-sidecar:test"))
+	})
+
+	It("has no sidecar without the hook annotation", func() {
+		ns := newNamespace()
+		vm := newVM(ns, "vm", virtv1.RunStrategyHalted)
+		vm.Spec.Template.ObjectMeta.Annotations = nil
+		vm.Spec.RunStrategy = ptr(virtv1.RunStrategyAlways)
+		Expect(k8s.Update(ctx, vm)).To(Succeed())
+		settle(ns, "vm", running, 1)
+		pods, err := kv.LauncherPods(ctx, ns, "vm")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(pods).To(HaveLen(1))
+		Expect(pods[0].Spec.Containers).To(HaveLen(1))
+	})
+})
+
+var _ = Describe("stateChangeRequests", func() {
+	It("ignores a Stop whose UID is not the current VMI's, and drops it", func() {
+		ns := newNamespace()
+		newVM(ns, "vm", virtv1.RunStrategyManual)
+		Expect(put(ns, "vm", "start", nil)).To(Succeed())
+		settle(ns, "vm", running, 1)
+		vm := getVM(ns, "vm")
+		other := "not-the-vmi"
+		vm.Status.StateChangeRequests = []virtv1.VirtualMachineStateChangeRequest{{Action: virtv1.StopRequest, UID: ptr(typesUID(other))}}
+		Expect(k8s.Status().Update(ctx, vm)).To(Succeed())
+		Eventually(func() []virtv1.VirtualMachineStateChangeRequest { return getVM(ns, "vm").Status.StateChangeRequests }).Should(BeEmpty())
+		settle(ns, "vm", running, 1)
+	})
+
+	It("acts on a Stop with the VMI's UID under Manual and keeps the strategy", func() {
+		ns := newNamespace()
+		newVM(ns, "vm", virtv1.RunStrategyManual)
+		Expect(put(ns, "vm", "start", nil)).To(Succeed())
+		settle(ns, "vm", running, 1)
+		vm := getVM(ns, "vm")
+		uid := getVMI(ns, "vm").UID
+		vm.Status.StateChangeRequests = []virtv1.VirtualMachineStateChangeRequest{{Action: virtv1.StopRequest, UID: &uid}}
+		Expect(k8s.Status().Update(ctx, vm)).To(Succeed())
+		settle(ns, "vm", stopped, 1)
+		Expect(getVM(ns, "vm").Status.StateChangeRequests).To(BeEmpty())
+		Expect(*getVM(ns, "vm").Spec.RunStrategy).To(Equal(virtv1.RunStrategyManual))
+	})
+})
+
+var _ = Describe("crash-loop backoff", func() {
+	It("delays restarts of VMIs that never ran, then clears once one runs", func() {
+		ns := newNamespace()
+		kv.FailNextStarts(ns, "vm", 2)
+		newVM(ns, "vm", virtv1.RunStrategyAlways)
+		Eventually(func() virtv1.VirtualMachinePrintableStatus { return getVM(ns, "vm").Status.PrintableStatus }).
+			Should(Equal(virtv1.VirtualMachineStatusCrashLoopBackOff))
+		Eventually(func() int {
+			if f := getVM(ns, "vm").Status.StartFailure; f != nil {
+				return f.ConsecutiveFailCount
+			}
+			return 0
+		}).Should(Equal(2))
+		settle(ns, "vm", running, 3)
+		Expect(getVM(ns, "vm").Status.StartFailure).To(BeNil())
+	})
+})
+
+var _ = Describe("stand-in API", func() {
+	It("refuses guest actions on a VM that is not running", func() {
+		ns := newNamespace()
+		newVM(ns, "vm", virtv1.RunStrategyHalted)
+		Expect(kv.GuestReboot(ctx, ns, "vm")).To(MatchError(ContainSubstring("not running")))
+		Expect(kv.DeleteLauncherPod(ctx, ns, "vm")).To(MatchError(ContainSubstring("not running")))
+	})
+})
+
+func sidecarMessage(pod *corev1.Pod) string {
+	for _, st := range pod.Status.ContainerStatuses {
+		if strings.HasPrefix(st.Name, kubevirt.HookSidecarContainerPrefix) && st.State.Terminated != nil {
+			return st.State.Terminated.Message
+		}
+	}
+	return ""
+}
