@@ -33,6 +33,9 @@ type Options struct {
 	// OperationsPerVM keeps at most that many finished VirtualMachineOperations per VM; zero means
 	// vmop.DefaultMaxPerVM, negative means no limit.
 	OperationsPerVM int
+	// Lifecycle overrides the client of KubeVirt's start/stop/restart subresources (tests inject faults with it);
+	// nil means a client built from the manager's config.
+	Lifecycle kubevirt.Lifecycle
 }
 
 // NewScheme returns a scheme with the Kubernetes, KubeVirt and runpolicy types.
@@ -53,9 +56,13 @@ func CacheOptions() cache.Options {
 
 // Setup registers every runpolicy reconciler with mgr.
 func Setup(mgr ctrl.Manager, opts Options) error {
-	lc, err := kubevirt.NewClient(mgr.GetConfig())
-	if err != nil {
-		return err
+	var lc kubevirt.Lifecycle = opts.Lifecycle
+	if lc == nil {
+		c, err := kubevirt.NewClient(mgr.GetConfig())
+		if err != nil {
+			return err
+		}
+		lc = c
 	}
 	backoff := opts.Backoff
 	if backoff.Base == 0 {

@@ -187,12 +187,19 @@ func (r *Reconciler) step(ctx context.Context, op *v1alpha1.VirtualMachineOperat
 		return ctrl.Result{}, nil
 	}
 
-	if ok, msg := PolicyAllows(vmName, in.vm.Spec.RunPolicy, t); !ok {
-		fail(op, now, v1alpha1.OperationReasonNotApplicableForRunPolicy, msg)
-		return ctrl.Result{}, nil
-	}
 	if turn.SupersededBy != "" {
 		fail(op, now, v1alpha1.OperationReasonSuperseded, supersededMessage(op, in.vm, turn.SupersededBy))
+		return ctrl.Result{}, nil
+	}
+	if signalPrepared(op) && SignalTaken(t, types.UID(op.Status.TargetVMIUID), view) {
+		// A pass that sent the signal ended before it could record it (see RULES.md, "Exactly once"): whatever
+		// changed since, the signal is out, so the operation is InProgress.
+		ctrl.LoggerFrom(ctx).Info("KubeVirt already took the signal; recording it", "VirtualMachineOperation", klog.KObj(op))
+		r.signalSent(op, in.vm, now)
+		return ctrl.Result{}, nil
+	}
+	if ok, msg := PolicyAllows(vmName, in.vm.Spec.RunPolicy, t); !ok {
+		fail(op, now, v1alpha1.OperationReasonNotApplicableForRunPolicy, msg)
 		return ctrl.Result{}, nil
 	}
 	if turn.WaitFor != "" {
@@ -201,12 +208,6 @@ func (r *Reconciler) step(ctx context.Context, op *v1alpha1.VirtualMachineOperat
 		return ctrl.Result{}, nil
 	}
 	target := types.UID(op.Status.TargetVMIUID)
-	if signalPrepared(op) && SignalTaken(t, target, view) {
-		// A pass that sent the signal ended before it could record it (see RULES.md, "Exactly once").
-		ctrl.LoggerFrom(ctx).Info("KubeVirt already took the signal; recording it", "VirtualMachineOperation", klog.KObj(op))
-		r.signalSent(op, in.vm, now)
-		return ctrl.Result{}, nil
-	}
 	verdict, msg := PhaseAllows(vmName, in.vm.Spec.RunPolicy, in.vm.Status.Phase, view.VMI, t, op.Spec.Force)
 	switch verdict {
 	case Refuse:

@@ -1,0 +1,319 @@
+package e2e
+
+import (
+	"context"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	kvv1 "kubevirt.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/runpolicy/runpolicy/api/v1alpha1"
+)
+
+func newVM(ns, name string, p v1alpha1.RunPolicy) *v1alpha1.VirtualMachine {
+	return &v1alpha1.VirtualMachine{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: v1alpha1.VirtualMachineSpec{
+			RunPolicy: p,
+			VirtualMachineSpec: kvv1.VirtualMachineSpec{Template: &kvv1.VirtualMachineInstanceTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"kubevirt.io/vm": name}},
+				Spec: kvv1.VirtualMachineInstanceSpec{Domain: kvv1.DomainSpec{
+					Memory: &kvv1.Memory{Guest: ptr.To(resource.MustParse("128Mi"))},
+				}},
+			}},
+		},
+	}
+}
+
+func getVM(ctx context.Context, g Gomega, key client.ObjectKey) *v1alpha1.VirtualMachine {
+	obj := &v1alpha1.VirtualMachine{}
+	g.Expect(k8s.Get(ctx, key, obj)).To(Succeed())
+	return obj
+}
+
+func getVMI(ctx context.Context, key client.ObjectKey) (*kvv1.VirtualMachineInstance, error) {
+	vmi := &kvv1.VirtualMachineInstance{}
+	return vmi, k8s.Get(ctx, key, vmi)
+}
+
+func condStatus(obj *v1alpha1.VirtualMachine, t string) metav1.ConditionStatus {
+	if c := meta.FindStatusCondition(obj.Status.Conditions, t); c != nil {
+		return c.Status
+	}
+	return ""
+}
+
+// startAndWait brings the VM to Running: by itself for the policies that start, through KubeVirt's start
+// subresource for Manual.
+func startAndWait(ctx context.Context, obj *v1alpha1.VirtualMachine) {
+	key := client.ObjectKeyFromObject(obj)
+	if obj.Spec.RunPolicy == v1alpha1.RunPolicyManual {
+		Consistently(func(g Gomega) v1alpha1.VirtualMachinePhase { return getVM(ctx, g, key).Status.Phase }, "1s").
+			Should(Or(BeEmpty(), Equal(v1alpha1.VirtualMachineStopped)), "Manual does not start by itself")
+		Expect(lc.Lifecycle.Start(ctx, obj.Namespace, obj.Name)).To(Succeed())
+	}
+	Eventually(func(g Gomega) {
+		vm := getVM(ctx, g, key)
+		g.Expect(vm.Status.Phase).To(Equal(v1alpha1.VirtualMachineRunning))
+		g.Expect(condStatus(vm, v1alpha1.ConditionReady)).To(Equal(metav1.ConditionTrue))
+	}).Should(Succeed())
+}
+
+type guestEvent string
+
+const (
+	reboot   guestEvent = "guest reboot"
+	poweroff guestEvent = "guest poweroff"
+	crash    guestEvent = "crash"
+	podGone  guestEvent = "launcher pod deleted"
+)
+
+func trigger(ctx context.Context, ns, name string, e guestEvent) error {
+	switch e {
+	case reboot:
+		return kv.GuestReboot(ctx, ns, name)
+	case poweroff:
+		return kv.GuestPoweroff(ctx, ns, name)
+	case crash:
+		return kv.GuestCrash(ctx, ns, name)
+	default:
+		return kv.DeleteLauncherPod(ctx, ns, name)
+	}
+}
+
+// outcome is the end state a (policy, event) pair must reach.
+type outcome struct {
+	phase v1alpha1.VirtualMachinePhase
+	// vmis is how many VMIs KubeVirt created in all, the first one included.
+	vmis int
+	// restarts is status.restartCount: restarts made by runpolicy (not by KubeVirt's Always).
+	restarts int32
+	// source is status.lastShutdown.source; empty when KubeVirt replaces the VMI before runpolicy sees it end.
+	source v1alpha1.ShutdownSource
+}
+
+var (
+	restartedByRunpolicy = func(s v1alpha1.ShutdownSource) outcome {
+		return outcome{phase: v1alpha1.VirtualMachineRunning, vmis: 2, restarts: 1, source: s}
+	}
+	stoppedFor          = func(s v1alpha1.ShutdownSource) outcome { return outcome{phase: v1alpha1.VirtualMachineStopped, vmis: 1, source: s} }
+	restartedByKubeVirt = outcome{phase: v1alpha1.VirtualMachineRunning, vmis: 2}
+)
+
+var _ = Describe("Power policy after guest events", func() {
+	DescribeTable("end state",
+		func(ctx SpecContext, p v1alpha1.RunPolicy, e guestEvent, want outcome) {
+			ns := newNamespace(ctx)
+			obj := newVM(ns, "vm", p)
+			key := client.ObjectKeyFromObject(obj)
+			Expect(k8s.Create(ctx, obj)).To(Succeed())
+			startAndWait(ctx, obj)
+			first, err := getVMI(ctx, key)
+			Expect(err).NotTo(HaveOccurred())
+
+			if e == reboot {
+				By("changing the template while the VM runs: the change waits for a restart")
+				Eventually(func(g Gomega) {
+					cur := getVM(ctx, g, key)
+					cur.Spec.Template.Spec.Domain.Memory.Guest = ptr.To(resource.MustParse("256Mi"))
+					g.Expect(k8s.Update(ctx, cur)).To(Succeed())
+				}).Should(Succeed())
+				Eventually(func(g Gomega) metav1.ConditionStatus {
+					return condStatus(getVM(ctx, g, key), v1alpha1.ConditionAwaitingRestart)
+				}).Should(Equal(metav1.ConditionTrue))
+			}
+
+			By(string(e))
+			Expect(trigger(ctx, ns, "vm", e)).To(Succeed())
+
+			Eventually(func(g Gomega) {
+				cur := getVM(ctx, g, key)
+				g.Expect(cur.Status.Phase).To(Equal(want.phase))
+				g.Expect(kv.VMIsCreated(ns, "vm")).To(Equal(want.vmis))
+				g.Expect(cur.Status.RestartCount).To(Equal(want.restarts))
+				if want.source != "" {
+					g.Expect(cur.Status.LastShutdown).NotTo(BeNil())
+					g.Expect(cur.Status.LastShutdown.Source).To(Equal(want.source))
+					g.Expect(cur.Status.LastShutdown.VMIUID).To(Equal(string(first.UID)))
+				}
+			}).Should(Succeed())
+
+			if want.phase == v1alpha1.VirtualMachineStopped {
+				By("cleaning the finished VMI up, so a later Start begins afresh")
+				Eventually(func() bool { _, err := getVMI(ctx, key); return apierrors.IsNotFound(err) }).Should(BeTrue())
+			} else {
+				vmi, err := getVMI(ctx, key)
+				Expect(err).NotTo(HaveOccurred())
+				Expect(vmi.UID).NotTo(Equal(first.UID))
+				if e == reboot {
+					By("building the new VMI from the changed template")
+					Expect(vmi.Spec.Domain.Memory.Guest.String()).To(Equal("256Mi"))
+					Eventually(func(g Gomega) metav1.ConditionStatus {
+						return condStatus(getVM(ctx, g, key), v1alpha1.ConditionAwaitingRestart)
+					}).Should(Equal(metav1.ConditionFalse))
+				}
+			}
+			By("never restarting twice for one event")
+			Consistently(func() int { return kv.VMIsCreated(ns, "vm") }, "2s").Should(Equal(want.vmis))
+		},
+		Entry(nil, v1alpha1.RunPolicyAlwaysOn, reboot, restartedByKubeVirt),
+		Entry(nil, v1alpha1.RunPolicyAlwaysOn, poweroff, restartedByKubeVirt),
+		Entry(nil, v1alpha1.RunPolicyAlwaysOn, crash, restartedByKubeVirt),
+		Entry(nil, v1alpha1.RunPolicyAlwaysOn, podGone, restartedByKubeVirt),
+		Entry(nil, v1alpha1.RunPolicyManual, reboot, restartedByRunpolicy(v1alpha1.ShutdownGuestReset)),
+		Entry(nil, v1alpha1.RunPolicyManual, poweroff, stoppedFor(v1alpha1.ShutdownGuestShutdown)),
+		Entry(nil, v1alpha1.RunPolicyManual, crash, stoppedFor(v1alpha1.ShutdownCrash)),
+		Entry(nil, v1alpha1.RunPolicyManual, podGone, stoppedFor(v1alpha1.ShutdownCrash)),
+		Entry(nil, v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, reboot, restartedByRunpolicy(v1alpha1.ShutdownGuestReset)),
+		Entry(nil, v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, poweroff, stoppedFor(v1alpha1.ShutdownGuestShutdown)),
+		Entry(nil, v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, crash, restartedByRunpolicy(v1alpha1.ShutdownCrash)),
+		Entry(nil, v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, podGone, restartedByRunpolicy(v1alpha1.ShutdownCrash)),
+	)
+
+	DescribeTable("AlwaysOff never runs, so there is no guest to act",
+		func(ctx SpecContext, e guestEvent) {
+			ns := newNamespace(ctx)
+			obj := newVM(ns, "vm", v1alpha1.RunPolicyAlwaysOff)
+			Expect(k8s.Create(ctx, obj)).To(Succeed())
+			Eventually(func(g Gomega) v1alpha1.VirtualMachinePhase {
+				return getVM(ctx, g, client.ObjectKeyFromObject(obj)).Status.Phase
+			}).Should(Equal(v1alpha1.VirtualMachineStopped))
+			Expect(trigger(ctx, ns, "vm", e)).NotTo(Succeed())
+			Consistently(func() int { return kv.VMIsCreated(ns, "vm") }, "1s").Should(BeZero())
+		},
+		Entry(nil, reboot), Entry(nil, poweroff), Entry(nil, crash), Entry(nil, podGone),
+	)
+
+	It("starts a Manual VM again after a guest poweroff", func(ctx SpecContext) {
+		ns := newNamespace(ctx)
+		obj := newVM(ns, "vm", v1alpha1.RunPolicyManual)
+		Expect(k8s.Create(ctx, obj)).To(Succeed())
+		startAndWait(ctx, obj)
+		Expect(kv.GuestPoweroff(ctx, ns, "vm")).To(Succeed())
+		Eventually(func() bool { _, err := getVMI(ctx, client.ObjectKeyFromObject(obj)); return apierrors.IsNotFound(err) }).Should(BeTrue())
+		Expect(lc.Lifecycle.Start(ctx, ns, "vm")).To(Succeed())
+		Eventually(func(g Gomega) v1alpha1.VirtualMachinePhase {
+			return getVM(ctx, g, client.ObjectKeyFromObject(obj)).Status.Phase
+		}).Should(Equal(v1alpha1.VirtualMachineRunning))
+		Expect(kv.VMIsCreated(ns, "vm")).To(Equal(2))
+	})
+
+	It("backs off exponentially when an AlwaysOnUntilStoppedManually VM keeps crashing", func(ctx SpecContext) {
+		ns := newNamespace(ctx)
+		obj := newVM(ns, "vm", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)
+		key := client.ObjectKeyFromObject(obj)
+		Expect(k8s.Create(ctx, obj)).To(Succeed())
+		startAndWait(ctx, obj)
+		for i := 1; i <= 3; i++ {
+			Expect(kv.GuestCrash(ctx, ns, "vm")).To(Succeed())
+			Eventually(func(g Gomega) {
+				cur := getVM(ctx, g, key)
+				g.Expect(cur.Status.FailureCount).To(BeEquivalentTo(i))
+				g.Expect(cur.Status.RestartCount).To(BeEquivalentTo(i))
+				g.Expect(cur.Status.Phase).To(Equal(v1alpha1.VirtualMachineRunning))
+			}).Should(Succeed())
+		}
+		Expect(kv.VMIsCreated(ns, "vm")).To(Equal(4))
+		By("a guest reboot is no failure: the count starts over")
+		Expect(kv.GuestReboot(ctx, ns, "vm")).To(Succeed())
+		Eventually(func(g Gomega) {
+			cur := getVM(ctx, g, key)
+			g.Expect(cur.Status.FailureCount).To(BeZero())
+			g.Expect(cur.Status.RestartCount).To(BeEquivalentTo(4))
+		}).Should(Succeed())
+	})
+})
+
+var _ = Describe("Operator restarts", Ordered, func() {
+	// runs the operator again after each test, whatever happened.
+	AfterEach(func() {
+		if op.stopped() {
+			op.start()
+		}
+	})
+
+	DescribeTable("a crash around the restart request still gives exactly one new VMI",
+		func(ctx SpecContext, after bool) {
+			ns := newNamespace(ctx)
+			obj := newVM(ns, "vm", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)
+			key := client.ObjectKeyFromObject(obj)
+			Expect(k8s.Create(ctx, obj)).To(Succeed())
+			startAndWait(ctx, obj)
+			first, err := getVMI(ctx, key)
+			Expect(err).NotTo(HaveOccurred())
+
+			if after {
+				lc.mu.Lock()
+				lc.crashAfter = op.crash
+				lc.mu.Unlock()
+			} else {
+				lc.mu.Lock()
+				lc.crashBefore = op.crash
+				lc.mu.Unlock()
+			}
+			Expect(kv.GuestReboot(ctx, ns, "vm")).To(Succeed())
+			Eventually(op.stopped).Should(BeTrue())
+
+			By("the decision was recorded before KubeVirt was asked")
+			Expect(getVM(ctx, Default, key).Status.RestartingVMIUID).To(Equal(string(first.UID)))
+			if after {
+				Eventually(func() int { return kv.VMIsCreated(ns, "vm") }).Should(Equal(2))
+			} else {
+				Consistently(func() int { return kv.VMIsCreated(ns, "vm") }, "1s").Should(Equal(1))
+			}
+
+			By("a new operator finishes the restart")
+			op.start()
+			Eventually(func(g Gomega) {
+				cur := getVM(ctx, g, key)
+				g.Expect(cur.Status.Phase).To(Equal(v1alpha1.VirtualMachineRunning))
+				g.Expect(cur.Status.RestartCount).To(BeEquivalentTo(1))
+				g.Expect(cur.Status.RestartingVMIUID).To(BeEmpty())
+				g.Expect(cur.Status.HandledVMIUID).To(Equal(string(first.UID)))
+			}).Should(Succeed())
+			Consistently(func() int { return kv.VMIsCreated(ns, "vm") }, "2s").Should(Equal(2))
+		},
+		Entry("crash before the start request", false),
+		Entry("crash after the start request", true),
+	)
+
+	DescribeTable("a VMI that ended while the operator was down and whose pod is gone does not park the VM",
+		func(ctx SpecContext, p v1alpha1.RunPolicy, want outcome) {
+			ns := newNamespace(ctx)
+			obj := newVM(ns, "vm", p)
+			key := client.ObjectKeyFromObject(obj)
+			Expect(k8s.Create(ctx, obj)).To(Succeed())
+			startAndWait(ctx, obj)
+
+			op.stop()
+			Expect(kv.GuestReboot(ctx, ns, "vm")).To(Succeed())
+			pods, err := kv.LauncherPods(ctx, ns, "vm")
+			Expect(err).NotTo(HaveOccurred())
+			for i := range pods {
+				Expect(k8s.Delete(ctx, &pods[i])).To(Succeed())
+			}
+			Eventually(func() (int, error) { p, err := kv.LauncherPods(ctx, ns, "vm"); return len(p), err }).Should(BeZero())
+			op.start()
+
+			Eventually(func(g Gomega) {
+				cur := getVM(ctx, g, key)
+				g.Expect(cur.Status.Phase).To(Equal(want.phase))
+				g.Expect(cur.Status.LastShutdown).NotTo(BeNil())
+				g.Expect(cur.Status.LastShutdown.Source).To(Equal(want.source), "without its message a reboot is never guessed")
+				g.Expect(kv.VMIsCreated(ns, "vm")).To(Equal(want.vmis))
+			}).Should(Succeed())
+			if want.phase == v1alpha1.VirtualMachineStopped {
+				Eventually(func() bool { _, err := getVMI(ctx, key); return apierrors.IsNotFound(err) }).Should(BeTrue())
+			}
+		},
+		Entry("Manual stays stopped, cleaned up", v1alpha1.RunPolicyManual, stoppedFor(v1alpha1.ShutdownUnknown)),
+		Entry("AlwaysOnUntilStoppedManually comes back", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually,
+			restartedByRunpolicy(v1alpha1.ShutdownUnknown)),
+	)
+})

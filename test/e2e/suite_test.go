@@ -1,0 +1,175 @@
+// Package e2e runs the whole operator against the offline test cluster and the KubeVirt stand-in: guest
+// reboots, poweroffs, crashes and lost pods for every runPolicy, and operator restarts in the middle of a restart.
+package e2e
+
+import (
+	"context"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/runpolicy/runpolicy/controllers"
+	"github.com/runpolicy/runpolicy/internal/kubevirt"
+	"github.com/runpolicy/runpolicy/internal/policy"
+	"github.com/runpolicy/runpolicy/test/cluster"
+	standin "github.com/runpolicy/runpolicy/test/kubevirt"
+)
+
+const hookImage = "registry.example/runpolicy/hook-sidecar:e2e"
+
+var (
+	env *cluster.Env
+	k8s client.Client
+	kv  *standin.StandIn
+	lc  *faultyLifecycle
+	op  *operator
+)
+
+func TestE2E(t *testing.T) {
+	RegisterFailHandler(Fail)
+	RunSpecs(t, "runpolicy e2e (envtest + KubeVirt stand-in)")
+}
+
+var _ = BeforeSuite(func() {
+	ctrl.SetLogger(zap.New(zap.WriteTo(GinkgoWriter), zap.UseDevMode(true)))
+	SetDefaultEventuallyTimeout(60 * time.Second)
+	SetDefaultEventuallyPollingInterval(200 * time.Millisecond)
+
+	dir, err := os.MkdirTemp("", "runpolicy-e2e-")
+	Expect(err).NotTo(HaveOccurred())
+	DeferCleanup(os.RemoveAll, dir)
+	args, err := standin.APIServerArgs(dir)
+	Expect(err).NotTo(HaveOccurred())
+	env, err = cluster.Start(cluster.Options{APIServerArgs: args, GarbageCollector: true})
+	Expect(err).NotTo(HaveOccurred())
+	k8s = env.Client
+	ctx, cancel := context.WithCancel(context.Background())
+	DeferCleanup(cancel)
+	kv, err = standin.Start(ctx, env.Config, standin.Options{CertDir: dir})
+	Expect(err).NotTo(HaveOccurred())
+
+	real, err := kubevirt.NewClient(env.Config)
+	Expect(err).NotTo(HaveOccurred())
+	lc = &faultyLifecycle{Lifecycle: real}
+	op = &operator{}
+	op.start()
+})
+
+var _ = AfterSuite(func() {
+	if op != nil {
+		op.stop()
+	}
+	if kv != nil {
+		Expect(kv.Stop()).To(Succeed())
+	}
+	if env != nil {
+		Expect(env.Stop()).To(Succeed())
+	}
+})
+
+// operator runs runpolicy's manager in-process, and can be stopped and started again like a crashed pod.
+type operator struct {
+	mu     sync.Mutex
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (o *operator) start() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
+		Scheme:                 env.Scheme,
+		Cache:                  controllers.CacheOptions(),
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		// Each restart builds a new manager in the same process: controller names repeat.
+		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
+	})
+	Expect(err).NotTo(HaveOccurred())
+	Expect(controllers.Setup(mgr, controllers.Options{
+		HookSidecarImage: hookImage,
+		Backoff:          policy.Backoff{Base: time.Second, Max: 4 * time.Second},
+		Lifecycle:        lc,
+	})).To(Succeed())
+	ctx, cancel := context.WithCancel(context.Background())
+	o.cancel, o.done = cancel, make(chan struct{})
+	go func(done chan struct{}) {
+		defer GinkgoRecover()
+		defer close(done)
+		Expect(mgr.Start(ctx)).To(Succeed())
+	}(o.done)
+}
+
+// crash cancels the manager without waiting: safe to call from inside a reconcile.
+func (o *operator) crash() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.cancel()
+}
+
+// stopped tells whether the manager has exited.
+func (o *operator) stopped() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	select {
+	case <-o.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (o *operator) stop() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.cancel == nil {
+		return
+	}
+	o.cancel()
+	<-o.done
+}
+
+// faultyLifecycle passes calls to KubeVirt and can simulate an operator crash around the next Start.
+type faultyLifecycle struct {
+	kubevirt.Lifecycle
+	mu sync.Mutex
+	// crash, when set, runs instead of returning from the next Start: before or after the real call.
+	crashBefore, crashAfter func()
+	starts                  int
+}
+
+func (f *faultyLifecycle) Start(ctx context.Context, ns, name string) error {
+	f.mu.Lock()
+	before, after := f.crashBefore, f.crashAfter
+	f.crashBefore, f.crashAfter = nil, nil
+	f.starts++
+	f.mu.Unlock()
+	if before != nil {
+		before()
+		return context.Canceled
+	}
+	err := f.Lifecycle.Start(ctx, ns, name)
+	if after != nil {
+		after()
+		return context.Canceled
+	}
+	return err
+}
+
+func newNamespace(ctx context.Context) string {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "e2e-"}}
+	Expect(k8s.Create(ctx, ns)).To(Succeed())
+	return ns.Name
+}
