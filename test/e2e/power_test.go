@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
+	"github.com/runpolicy/runpolicy/internal/policy"
 )
 
 func newVM(ns, name string, p v1alpha1.RunPolicy) *v1alpha1.VirtualMachine {
@@ -62,6 +63,10 @@ func startAndWait(ctx context.Context, obj *v1alpha1.VirtualMachine) {
 		vm := getVM(ctx, g, key)
 		g.Expect(vm.Status.Phase).To(Equal(v1alpha1.VirtualMachineRunning))
 		g.Expect(condStatus(vm, v1alpha1.ConditionReady)).To(Equal(metav1.ConditionTrue))
+		// AlwaysOnUntilStoppedManually starts on Always and settles on Manual once its VMI exists.
+		kvvm := &kvv1.VirtualMachine{}
+		g.Expect(k8s.Get(ctx, key, kvvm)).To(Succeed())
+		g.Expect(kvvm.Spec.RunStrategy).To(HaveValue(Equal(policy.RunStrategy(obj.Spec.RunPolicy, false))))
 	}).Should(Succeed())
 }
 
