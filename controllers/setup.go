@@ -70,6 +70,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	}
 	if err := (&vm.Reconciler{
 		Client:           mgr.GetClient(),
+		APIReader:        mgr.GetAPIReader(),
 		Recorder:         mgr.GetEventRecorder("runpolicy-controller"),
 		HookSidecarImage: opts.HookSidecarImage,
 		Lifecycle:        lc,

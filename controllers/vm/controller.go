@@ -40,6 +40,8 @@ type Reconciler struct {
 	Recorder recorder.EventRecorder
 	// HookSidecarImage, when set, is added to the VMI template as a KubeVirt hook sidecar.
 	HookSidecarImage string
+	// APIReader reads past the cache where a stale read could repeat a request; nil means the cached client.
+	APIReader client.Reader
 	// Lifecycle calls KubeVirt's start/stop/restart subresources.
 	Lifecycle kubevirt.Lifecycle
 	// Backoff spaces out restarts after consecutive failures.
@@ -51,7 +53,7 @@ type Reconciler struct {
 // +kubebuilder:rbac:groups=runpolicy.io,resources=virtualmachines,verbs=get;list;watch
 // +kubebuilder:rbac:groups=runpolicy.io,resources=virtualmachines/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=runpolicy.io,resources=virtualmachines/finalizers,verbs=update
-// +kubebuilder:rbac:groups=kubevirt.io,resources=virtualmachines,verbs=get;list;watch;create;patch;update
+// +kubebuilder:rbac:groups=kubevirt.io,resources=virtualmachines,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups=kubevirt.io,resources=virtualmachineinstances,verbs=get;list;watch;delete
 // +kubebuilder:rbac:groups=subresources.kubevirt.io,resources=virtualmachines/start;virtualmachines/stop;virtualmachines/restart,verbs=update
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
@@ -116,6 +118,13 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{}, syncErr
 	}
 	return ctrl.Result{RequeueAfter: pass.requeue}, nil
+}
+
+func (r *Reconciler) reader() client.Reader {
+	if r.APIReader != nil {
+		return r.APIReader
+	}
+	return r.Client
 }
 
 func (r *Reconciler) now() time.Time {

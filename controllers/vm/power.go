@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
+	"github.com/runpolicy/runpolicy/internal/metrics"
 	"github.com/runpolicy/runpolicy/internal/policy"
 	"github.com/runpolicy/runpolicy/internal/shutdown"
 )
@@ -74,8 +75,18 @@ func (r *Reconciler) reconcilePower(ctx context.Context, vm *v1alpha1.VirtualMac
 	}
 	uid := string(vmi.UID)
 
-	// A restart recorded but not yet taken by KubeVirt (or a crash right after recording it): ask again.
+	// A restart recorded but not yet taken by KubeVirt (or a crash right after recording it): ask again,
+	// unless KubeVirt already holds the Start request (it refuses a second one while one is pending); the
+	// VM's status change when KubeVirt takes it brings the next pass.
 	if st.RestartingVMIUID == uid {
+		// Read KubeVirt's VM past the cache: right after our own request the cache may not show it yet.
+		fresh := &kvv1.VirtualMachine{}
+		if err := r.reader().Get(ctx, client.ObjectKeyFromObject(kv), fresh); err != nil {
+			return powerPass{}, client.IgnoreNotFound(err)
+		}
+		if startPending(fresh) {
+			return powerPass{}, nil
+		}
 		return powerPass{act: r.restartAct(vm, uid)}, nil
 	}
 	if st.HandledVMIUID == uid {
@@ -153,6 +164,16 @@ func actingPolicy(p v1alpha1.RunPolicy, kv *kvv1.VirtualMachine) v1alpha1.RunPol
 	return p
 }
 
+// startPending tells whether KubeVirt holds a Start request it has not acted on yet.
+func startPending(kv *kvv1.VirtualMachine) bool {
+	for _, req := range kv.Status.StateChangeRequests {
+		if req.Action == kvv1.StartRequest {
+			return true
+		}
+	}
+	return false
+}
+
 func stopsByPolicy(p v1alpha1.RunPolicy) bool {
 	return p == v1alpha1.RunPolicyManual || p == v1alpha1.RunPolicyAlwaysOnUntilStoppedManually
 }
@@ -168,6 +189,11 @@ func (r *Reconciler) restartAct(vm *v1alpha1.VirtualMachine, uid string) func(co
 		}
 		r.Recorder.Eventf(vm, nil, corev1.EventTypeNormal, EventRestarting, "Start",
 			"Starting a new VMI with the current spec (the previous one, %s, ended)", uid)
+		reason := v1alpha1.ShutdownUnknown
+		if ls := vm.Status.LastShutdown; ls != nil && ls.VMIUID == uid {
+			reason = ls.Source
+		}
+		metrics.RestartRequested(string(vm.Spec.RunPolicy), string(reason))
 		return nil
 	}
 }

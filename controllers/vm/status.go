@@ -54,6 +54,8 @@ func deriveStatus(vm *v1alpha1.VirtualMachine, kv *kvv1.VirtualMachine, vmi *kvv
 		vm.Status.Phase = v1alpha1.VirtualMachineTerminating
 	case backoff:
 		vm.Status.Phase = v1alpha1.VirtualMachinePending
+	case vm.Status.RestartingVMIUID != "" && !vmiActive(vmi):
+		vm.Status.Phase = v1alpha1.VirtualMachineStarting // a restart was requested; KubeVirt has not started the new VMI yet
 	default:
 		vm.Status.Phase = phaseFor(kv)
 	}

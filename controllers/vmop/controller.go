@@ -22,6 +22,7 @@ import (
 
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
 	"github.com/runpolicy/runpolicy/internal/kubevirt"
+	"github.com/runpolicy/runpolicy/internal/metrics"
 )
 
 // IndexVMName is the field index of VirtualMachineOperations by spec.virtualMachineName.
@@ -334,6 +335,9 @@ func supersededMessage(op *v1alpha1.VirtualMachineOperation, vm *v1alpha1.Virtua
 
 // recordTransition emits an Event when the phase changed in the write that just succeeded.
 func (r *Reconciler) recordTransition(op *v1alpha1.VirtualMachineOperation, before *v1alpha1.VirtualMachineOperationStatus) {
+	if before.Phase != op.Status.Phase && Finished(op) && op.Status.CompletionTime != nil {
+		metrics.OperationFinished(string(op.Spec.Type), string(op.Status.Phase), op.CreationTimestamp.Time, op.Status.CompletionTime.Time)
+	}
 	if r.Recorder == nil {
 		return
 	}

@@ -1,0 +1,54 @@
+{{/* Chart name, possibly overridden. */}}
+{{- define "runpolicy.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: the release name, suffixed with the chart name unless it already contains it. */}}
+{{- define "runpolicy.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "runpolicy.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "runpolicy.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: runpolicy
+{{- end }}
+
+{{- define "runpolicy.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "runpolicy.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: controller
+{{- end }}
+
+{{- define "runpolicy.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "runpolicy.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Cluster-scoped names carry the release namespace too: two releases in two namespaces must not collide. */}}
+{{- define "runpolicy.clusterName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "runpolicy.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* image renders repository:tag or repository@digest; the tag defaults to the chart's appVersion. */}}
+{{- define "runpolicy.image" -}}
+{{- if .image.digest }}
+{{- printf "%s@%s" .image.repository .image.digest }}
+{{- else }}
+{{- printf "%s:%s" .image.repository (default .appVersion .image.tag) }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,63 @@
+// Package metrics holds runpolicy's Prometheus metrics. They are registered on controller-runtime's registry, so
+// the manager's metrics endpoint (--metrics-bind-address) serves them next to controller-runtime's own.
+package metrics
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+)
+
+// Metric names.
+const (
+	VMRestartsName    = "runpolicy_vm_restarts_total"
+	VMOPDurationName  = "runpolicy_vmop_duration_seconds"
+	labelPolicy       = "policy"
+	labelReason       = "reason"
+	labelType         = "type"
+	labelResult       = "result"
+	unknownLabelValue = "unknown"
+)
+
+var (
+	// VMRestarts counts the restarts runpolicy asked KubeVirt for (start subresource accepted), by the VM's
+	// runPolicy and the reason the previous VMI ended (status.lastShutdown.source: guest-reset, crash, unknown, …).
+	// Restarts KubeVirt makes by itself (runPolicy AlwaysOn) are not runpolicy's and are not counted.
+	VMRestarts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: VMRestartsName,
+		Help: "Restarts of VirtualMachines requested by runpolicy, by runPolicy and by why the previous VMI ended.",
+	}, []string{labelPolicy, labelReason})
+
+	// VMOPDuration observes how long finished VirtualMachineOperations took, from creation to completion, by type
+	// (Start, Stop, Restart) and result (Completed, Failed).
+	VMOPDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: VMOPDurationName,
+		Help: "Time from creation to completion of VirtualMachineOperations, by type and result.",
+		// 0.5 s … ~17 min: a Start or Stop takes seconds, a graceful Stop of a guest that ignores ACPI up to
+		// KubeVirt's grace period (default 3 min), a waiting operation longer.
+		Buckets: prometheus.ExponentialBuckets(0.5, 2, 12),
+	}, []string{labelType, labelResult})
+)
+
+func init() {
+	crmetrics.Registry.MustRegister(VMRestarts, VMOPDuration)
+}
+
+// RestartRequested counts one restart of a VM with runPolicy policy whose VMI ended for reason.
+func RestartRequested(policy, reason string) {
+	VMRestarts.WithLabelValues(orUnknown(policy), orUnknown(reason)).Inc()
+}
+
+// OperationFinished observes a finished operation of type opType with result (its phase), created at created
+// and finished at finished. A finish time before the creation (clock skew) counts as zero.
+func OperationFinished(opType, result string, created, finished time.Time) {
+	VMOPDuration.WithLabelValues(orUnknown(opType), orUnknown(result)).Observe(max(finished.Sub(created).Seconds(), 0))
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return unknownLabelValue
+	}
+	return s
+}

@@ -1,0 +1,103 @@
+package policy
+
+import (
+	"testing"
+	"time"
+
+	"github.com/runpolicy/runpolicy/api/v1alpha1"
+	"github.com/runpolicy/runpolicy/internal/shutdown"
+)
+
+var (
+	fuzzPolicies = []v1alpha1.RunPolicy{
+		v1alpha1.RunPolicyAlwaysOff, v1alpha1.RunPolicyAlwaysOn, v1alpha1.RunPolicyManual,
+		v1alpha1.RunPolicyAlwaysOnUntilStoppedManually,
+	}
+	fuzzCauses = []shutdown.Cause{
+		shutdown.CauseGuestReset, shutdown.CauseGuestShutdown, shutdown.CauseGuestPanic, shutdown.CauseHost,
+		shutdown.CauseUnknown,
+	}
+)
+
+// FuzzDecide checks DESIGN.md's behaviour table on arbitrary inputs (seeds in testdata/fuzz/FuzzDecide): AlwaysOn
+// and AlwaysOff never act (KubeVirt does); a reboot is never guessed — Restart only for a guest reset; a user's
+// stop never restarts; a guest poweroff never restarts; Backoff.Delay is monotonic in n and never exceeds Max.
+//
+// policyIdx/causeIdx beyond the known values pick arbitrary strings (policy) or the raw cause text, so
+// unknown enum values are exercised too.
+func FuzzDecide(f *testing.F) {
+	for pi := range fuzzPolicies {
+		for ci := range fuzzCauses {
+			for _, failed := range []bool{false, true} {
+				for _, user := range []bool{false, true} {
+					f.Add(uint8(pi), uint8(ci), failed, user, "", int32(3), int64(10*time.Second), int64(5*time.Minute))
+				}
+			}
+		}
+	}
+	f.Add(uint8(200), uint8(200), true, false, "Sometimes", int32(40), int64(1), int64(1<<62))
+	f.Add(uint8(3), uint8(4), true, false, "", int32(-5), int64(-1), int64(0))
+	f.Add(uint8(3), uint8(0), false, false, "", int32(1<<30), int64(time.Hour), int64(time.Second))
+
+	f.Fuzz(func(t *testing.T, policyIdx, causeIdx uint8, failed, user bool, raw string, n int32, base, maxDelay int64) {
+		p := v1alpha1.RunPolicy(raw)
+		if int(policyIdx) < len(fuzzPolicies) {
+			p = fuzzPolicies[policyIdx]
+		}
+		cause := shutdown.Cause(raw)
+		if int(causeIdx) < len(fuzzCauses) {
+			cause = fuzzCauses[causeIdx]
+		}
+		e := Ended{Failed: failed, Cause: cause, StoppedByUser: user}
+		d := Decide(p, e)
+
+		if d.Message == "" {
+			t.Fatalf("Decide(%q, %+v): empty message", p, e)
+		}
+		if d.Source != e.Source() {
+			t.Fatalf("Decide(%q, %+v): source %s, Ended.Source %s", p, e, d.Source, e.Source())
+		}
+		known := false
+		for _, kp := range fuzzPolicies {
+			known = known || kp == p
+		}
+		restarts := d.Action == ActionRestart || d.Action == ActionRestartAfterBackoff
+		switch {
+		case p == v1alpha1.RunPolicyAlwaysOn || p == v1alpha1.RunPolicyAlwaysOff || !known:
+			if d.Action != ActionNone {
+				t.Fatalf("Decide(%q, %+v) = %s: KubeVirt acts for this policy, runpolicy must not", p, e, d.Action)
+			}
+		case d.Action == ActionRestart && (cause != shutdown.CauseGuestReset || user):
+			t.Fatalf("Decide(%q, %+v) = Restart without a guest reset (a reboot is never guessed)", p, e)
+		case user && restarts:
+			t.Fatalf("Decide(%q, %+v) = %s after a user's stop", p, e, d.Action)
+		case cause == shutdown.CauseGuestShutdown && restarts:
+			t.Fatalf("Decide(%q, %+v) = %s after a guest poweroff", p, e, d.Action)
+		case p == v1alpha1.RunPolicyManual && d.Action == ActionRestartAfterBackoff:
+			t.Fatalf("Decide(Manual, %+v) restarts after a crash", e)
+		}
+		if (p == v1alpha1.RunPolicyManual || p == v1alpha1.RunPolicyAlwaysOnUntilStoppedManually) &&
+			cause == shutdown.CauseGuestReset && !user && d.Action != ActionRestart {
+			t.Fatalf("Decide(%q, %+v) = %s, want Restart after a guest reset", p, e, d.Action)
+		}
+		if d.Action == ActionWait {
+			t.Fatalf("Decide(%q, %+v) = Wait: Decide gets complete inputs", p, e)
+		}
+
+		// Backoff: monotonic in n, bounded by Max (when Max is set), zero for the first failure.
+		b := Backoff{Base: time.Duration(base), Max: time.Duration(maxDelay)}
+		got, next := b.Delay(n), b.Delay(n+1)
+		if n < n+1 && next < got {
+			t.Fatalf("%+v: Delay(%d)=%s > Delay(%d)=%s", b, n, got, n+1, next)
+		}
+		if got < 0 {
+			t.Fatalf("%+v: Delay(%d)=%s < 0", b, n, got)
+		}
+		if b.Max > 0 && got > b.Max {
+			t.Fatalf("%+v: Delay(%d)=%s > Max", b, n, got)
+		}
+		if n <= 1 && got != 0 {
+			t.Fatalf("%+v: Delay(%d)=%s, want 0 for the first failure", b, n, got)
+		}
+	})
+}
