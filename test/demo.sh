@@ -27,7 +27,9 @@ phase() { [[ $($KUBECTL get rvm "$1" -o jsonpath='{.status.phase}') == "$2" ]]; 
 guest() { curl -fsS -X POST "http://$CONTROL/guest/$1?namespace=default&name=$2" >/dev/null; }
 
 step "Starting the test cluster (kube-apiserver, etcd, kube-controller-manager, KubeVirt stand-in)"
-KUBEBUILDER_ASSETS=$ASSETS go run ./test/cmd/devcluster --kubeconfig-out "$DEMO/kubeconfig" --control-addr $CONTROL \
+# Built, not `go run`: the signal at the end must reach devcluster itself so that it stops the control plane.
+go build -o bin/devcluster ./test/cmd/devcluster
+KUBEBUILDER_ASSETS=$ASSETS bin/devcluster --kubeconfig-out "$DEMO/kubeconfig" --control-addr $CONTROL \
   >"$DEMO/devcluster.log" 2>&1 &
 pids+=($!)
 waitfor "the test cluster" test -s "$DEMO/kubeconfig"
