@@ -2,6 +2,7 @@
 package controllers
 
 import (
+	"cmp"
 	"time"
 
 	"github.com/runpolicy/runpolicy/internal/kubevirt"
@@ -33,10 +34,15 @@ type Options struct {
 	// OperationsPerVM keeps at most that many finished VirtualMachineOperations per VM; zero means
 	// vmop.DefaultMaxPerVM, negative means no limit.
 	OperationsPerVM int
+	// Workers is how many VMs are reconciled at once; 0 means DefaultWorkers.
+	Workers int
 	// Lifecycle overrides the client of KubeVirt's start/stop/restart subresources (tests inject faults with it);
 	// nil means a client built from the manager's config.
 	Lifecycle kubevirt.Lifecycle
 }
+
+// DefaultWorkers is the default number of VMs reconciled at once: reconciles mostly wait on the API server.
+const DefaultWorkers = 4
 
 // NewScheme returns a scheme with the Kubernetes, KubeVirt and runpolicy types.
 func NewScheme() *runtime.Scheme {
@@ -75,6 +81,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		HookSidecarImage: opts.HookSidecarImage,
 		Lifecycle:        lc,
 		Backoff:          backoff,
+		Workers:          cmp.Or(opts.Workers, DefaultWorkers),
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}

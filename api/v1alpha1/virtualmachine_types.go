@@ -115,6 +115,11 @@ type VirtualMachineStatus struct {
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
+	// kubeVirtGeneration is the KubeVirt VirtualMachine's metadata.generation right after runpolicy last applied
+	// it; a different generation means someone else changed its spec, and runpolicy applies again.
+	// +optional
+	KubeVirtGeneration int64 `json:"kubeVirtGeneration,omitempty"`
+
 	// phase is the VM's power state.
 	// +optional
 	Phase VirtualMachinePhase `json:"phase,omitempty"`

@@ -17,6 +17,7 @@ import (
 	kvv1 "kubevirt.io/api/core/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
@@ -31,7 +32,6 @@ const (
 	EventAdopted            = "Adopted"
 	EventRunStrategyChanged = "RunStrategyChanged"
 	EventSyncFailed         = "SyncFailed"
-	EventPhaseChanged       = "PhaseChanged"
 )
 
 // Reconciler keeps a KubeVirt VirtualMachine in line with each runpolicy.io VirtualMachine.
@@ -48,6 +48,8 @@ type Reconciler struct {
 	Backoff policy.Backoff
 	// Clock returns the current time; nil means time.Now.
 	Clock func() time.Time
+	// Workers is how many VMs are reconciled at once (never the same VM twice at once); 0 means 1.
+	Workers int
 }
 
 // +kubebuilder:rbac:groups=runpolicy.io,resources=virtualmachines,verbs=get;list;watch
@@ -94,10 +96,6 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		vm.Status.ObservedGeneration = vm.Generation
 	}
 
-	if before.Phase != vm.Status.Phase && before.Phase != "" {
-		r.Recorder.Eventf(vm, nil, corev1.EventTypeNormal, EventPhaseChanged, "Update",
-			"Phase changed from %s to %s", before.Phase, vm.Status.Phase)
-	}
 	// One status write, and only then the action it records (fetch → decide → write → act).
 	if !equality.Semantic.DeepEqual(before, &vm.Status) {
 		if err := r.Status().Update(ctx, vm); err != nil {
@@ -181,6 +179,15 @@ func (r *Reconciler) syncKubeVirtVM(ctx context.Context, vm *v1alpha1.VirtualMac
 	if err != nil {
 		return kv, transientError{err}
 	}
+	// Skip the write when the KubeVirt VM is as runpolicy last applied it: same desired object (hash), and no spec
+	// change by anyone since (generation). A reconcile then costs no API write at all.
+	hash := objectHash(obj)
+	obj.SetAnnotations(mergeMaps(obj.GetAnnotations(), map[string]string{AnnotationAppliedHash: hash}))
+	if kv != nil && !adopting && kv.Annotations[AnnotationAppliedHash] == hash && kv.Generation == vm.Status.KubeVirtGeneration {
+		setCondition(vm, v1alpha1.ConditionSynced, metav1.ConditionTrue, v1alpha1.ReasonSynced,
+			fmt.Sprintf("KubeVirt VirtualMachine is up to date (runStrategy %s)", strategy))
+		return kv, nil
+	}
 	if kv == nil {
 		log.Info("Creating KubeVirt VirtualMachine", "VirtualMachine", klog.KObj(vm), "runStrategy", strategy)
 	} else if current != strategy {
@@ -213,6 +220,7 @@ func (r *Reconciler) syncKubeVirtVM(ctx context.Context, vm *v1alpha1.VirtualMac
 		r.Recorder.Eventf(vm, applied, corev1.EventTypeNormal, EventRunStrategyChanged, "Update",
 			"Changed KubeVirt runStrategy from %s to %s", current, strategy)
 	}
+	vm.Status.KubeVirtGeneration = applied.Generation
 	setCondition(vm, v1alpha1.ConditionSynced, metav1.ConditionTrue, v1alpha1.ReasonSynced,
 		fmt.Sprintf("KubeVirt VirtualMachine is up to date (runStrategy %s)", strategy))
 	return applied, nil
@@ -260,6 +268,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&kvv1.VirtualMachineInstance{}, handler.EnqueueRequestsFromMapFunc(sameName)).
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(launcherPodVM)).
 		Named("virtualmachine").
+		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.Workers, 1)}).
 		Complete(r)
 }
 

@@ -25,6 +25,9 @@ const (
 	// AnnotationTemplateHash in the VMI template (and so on every VMI KubeVirt creates from it) identifies the
 	// template a VMI was built from.
 	AnnotationTemplateHash = "runpolicy.io/template-hash"
+	// AnnotationAppliedHash on the KubeVirt VM is the hash of the object runpolicy last applied; with the recorded
+	// generation it tells that nothing needs applying.
+	AnnotationAppliedHash = "runpolicy.io/applied-hash"
 	// AnnotationAdopt on an existing KubeVirt VM that runpolicy did not create lets runpolicy take it over.
 	AnnotationAdopt = "runpolicy.io/adopt"
 	// LabelManagedBy marks the KubeVirt VMs runpolicy manages.
@@ -127,6 +130,24 @@ func applyObject(obj runtime.Object) (*unstructured.Unstructured, error) {
 	delete(m, "status")
 	pruneNulls(m)
 	return &unstructured.Unstructured{Object: m}, nil
+}
+
+// objectHash hashes an apply object (JSON encoding sorts map keys, so equal objects hash alike).
+func objectHash(u *unstructured.Unstructured) string {
+	b, _ := json.Marshal(u.Object) // maps of JSON values always encode
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
+}
+
+func mergeMaps(a, b map[string]string) map[string]string {
+	out := make(map[string]string, len(a)+len(b))
+	for k, v := range a {
+		out[k] = v
+	}
+	for k, v := range b {
+		out[k] = v
+	}
+	return out
 }
 
 func pruneNulls(v any) {

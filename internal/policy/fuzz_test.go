@@ -84,8 +84,15 @@ func FuzzDecide(f *testing.F) {
 			t.Fatalf("Decide(%q, %+v) = Wait: Decide gets complete inputs", p, e)
 		}
 
-		// Backoff: monotonic in n, bounded by Max (when Max is set), zero for the first failure.
+		// Backoff, over every configuration (the flags are not validated): monotonic in n, never negative, bounded
+		// by max(Base, Max), zero for the first failure and without a base.
 		b := Backoff{Base: time.Duration(base), Max: time.Duration(maxDelay)}
+		if b.Base <= 0 {
+			if got := b.Delay(n); got != 0 {
+				t.Fatalf("%+v: Delay(%d)=%s, want 0 without a base", b, n, got)
+			}
+			return
+		}
 		got, next := b.Delay(n), b.Delay(n+1)
 		if n < n+1 && next < got {
 			t.Fatalf("%+v: Delay(%d)=%s > Delay(%d)=%s", b, n, got, n+1, next)
@@ -93,8 +100,8 @@ func FuzzDecide(f *testing.F) {
 		if got < 0 {
 			t.Fatalf("%+v: Delay(%d)=%s < 0", b, n, got)
 		}
-		if b.Max > 0 && got > b.Max {
-			t.Fatalf("%+v: Delay(%d)=%s > Max", b, n, got)
+		if got > max(b.Max, b.Base) {
+			t.Fatalf("%+v: Delay(%d)=%s > max(Base, Max)", b, n, got)
 		}
 		if n <= 1 && got != 0 {
 			t.Fatalf("%+v: Delay(%d)=%s, want 0 for the first failure", b, n, got)

@@ -134,16 +134,18 @@ var DefaultBackoff = Backoff{Base: 10 * time.Second, Max: 5 * time.Minute}
 
 // Delay returns the wait before the restart that follows the n-th consecutive failure (n ≥ 1).
 // The first failure restarts at once.
+// A Max below Base counts as Base; the result never overflows or goes negative.
 func (b Backoff) Delay(n int32) time.Duration {
 	if n <= 1 || b.Base <= 0 {
 		return 0
 	}
+	limit := max(b.Max, b.Base)
 	d := b.Base
 	for i := int32(2); i < n; i++ {
-		d *= 2
-		if d >= b.Max {
-			return b.Max
+		if d >= limit/2 {
+			return limit
 		}
+		d *= 2
 	}
-	return min(d, b.Max)
+	return min(d, limit)
 }

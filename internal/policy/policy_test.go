@@ -125,4 +125,14 @@ func TestBackoffDelay(t *testing.T) {
 			t.Errorf("Delay(%d) = %s, want %s", n, got, w)
 		}
 	}
+	// Misconfigured: Max below Base, or a Base so large that doubling would overflow.
+	if got := (Backoff{Base: 10 * time.Second, Max: -1}).Delay(5); got != 10*time.Second {
+		t.Errorf("Max below Base: Delay(5) = %s, want the base", got)
+	}
+	huge := Backoff{Base: 1 << 62, Max: 1 << 62}
+	for n := int32(2); n < 70; n++ {
+		if got := huge.Delay(n); got != 1<<62 {
+			t.Fatalf("huge base: Delay(%d) = %d", n, got)
+		}
+	}
 }

@@ -1,0 +1,190 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// auditPolicy records every write at Metadata level (who, what, when), nothing else.
+const auditPolicy = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: Metadata
+  verbs: ["create", "update", "patch", "delete", "deletecollection"]
+- level: None
+`
+
+// auditArgs returns the kube-apiserver flags that write the audit log into dir.
+func auditArgs(dir string) (map[string][]string, string, error) {
+	pol := filepath.Join(dir, "audit-policy.yaml")
+	if err := os.WriteFile(pol, []byte(auditPolicy), 0o600); err != nil {
+		return nil, "", err
+	}
+	log := filepath.Join(dir, "audit.log")
+	return map[string][]string{
+		"audit-policy-file": {pol},
+		"audit-log-path":    {log},
+		"audit-log-maxsize": {"0"},
+	}, log, nil
+}
+
+// startCalls lists, per VM name, when kube-apiserver received a client's start subresource calls.
+func startCalls(path, uaPrefix string) (map[string][]time.Time, error) {
+	out := map[string][]time.Time{}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 64<<10), 16<<20)
+	for sc.Scan() {
+		var ev auditEvent
+		if json.Unmarshal(sc.Bytes(), &ev) != nil || !strings.HasPrefix(ev.UserAgent, uaPrefix) || ev.ObjectRef.Subresource != "start" {
+			continue
+		}
+		out[ev.ObjectRef.Name] = append(out[ev.ObjectRef.Name], ev.RequestReceived)
+	}
+	return out, sc.Err()
+}
+
+type auditEvent struct {
+	Verb      string `json:"verb"`
+	UserAgent string `json:"userAgent"`
+	ObjectRef struct {
+		Resource    string `json:"resource"`
+		Name        string `json:"name"`
+		Subresource string `json:"subresource"`
+		APIGroup    string `json:"apiGroup"`
+	} `json:"objectRef"`
+	ResponseStatus struct {
+		Code int `json:"code"`
+	} `json:"responseStatus"`
+	RequestReceived time.Time `json:"requestReceivedTimestamp"`
+}
+
+// writeCounts counts the writes of one client (user agent prefix) received in [from, to), by
+// verb resource[/subresource], and the total.
+type writeCounts struct {
+	Total    int
+	Failed   int // answered with a code ≥ 400 (conflicts, not found)
+	By       map[string]int
+	FailedBy map[string]int // "verb resource code"
+}
+
+func (w writeCounts) String() string {
+	keys := make([]string, 0, len(w.By))
+	for k := range w.By {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		return w.By[keys[i]] > w.By[keys[j]] || w.By[keys[i]] == w.By[keys[j]] && keys[i] < keys[j]
+	})
+	var parts []string
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%s=%d", k, w.By[k]))
+	}
+	return strings.Join(parts, " ")
+}
+
+// countWrites reads the audit log.
+func countWrites(path, uaPrefix string, from, to time.Time) (writeCounts, error) {
+	res := writeCounts{By: map[string]int{}, FailedBy: map[string]int{}}
+	f, err := os.Open(path)
+	if err != nil {
+		return res, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 64<<10), 16<<20)
+	for sc.Scan() {
+		var ev auditEvent
+		if json.Unmarshal(sc.Bytes(), &ev) != nil {
+			continue
+		}
+		if !strings.HasPrefix(ev.UserAgent, uaPrefix) || ev.RequestReceived.Before(from) || !ev.RequestReceived.Before(to) {
+			continue
+		}
+		key := ev.Verb + " " + ev.ObjectRef.Resource
+		if ev.ObjectRef.APIGroup != "" {
+			key += "." + ev.ObjectRef.APIGroup
+		}
+		if ev.ObjectRef.Subresource != "" {
+			key += "/" + ev.ObjectRef.Subresource
+		}
+		res.By[key]++
+		res.Total++
+		if ev.ResponseStatus.Code >= 400 {
+			res.Failed++
+			res.FailedBy[fmt.Sprintf("%s %d", key, ev.ResponseStatus.Code)]++
+		}
+	}
+	return res, sc.Err()
+}
+
+// apiserverTime reads kube-apiserver's apiserver_request_duration_seconds_sum and _count from its /metrics,
+// keyed by "verb resource[/subresource]" (summed over the other labels): where the apiserver spends its time.
+func apiserverTime(raw []byte) map[string][2]float64 {
+	out := map[string][2]float64{}
+	for _, line := range strings.Split(string(raw), "\n") {
+		isSum := strings.HasPrefix(line, "apiserver_request_duration_seconds_sum{")
+		isCount := strings.HasPrefix(line, "apiserver_request_duration_seconds_count{")
+		if !isSum && !isCount {
+			continue
+		}
+		lb, val, ok := strings.Cut(line[strings.IndexByte(line, '{')+1:], "} ")
+		if !ok {
+			continue
+		}
+		labels := map[string]string{}
+		for _, kv := range strings.Split(lb, ",") {
+			k, v, _ := strings.Cut(kv, "=")
+			labels[k] = strings.Trim(v, `"`)
+		}
+		if labels["verb"] == "WATCH" || labels["verb"] == "CONNECT" { // long-running: their duration is not work
+			continue
+		}
+		key := labels["verb"] + " " + labels["resource"]
+		if labels["subresource"] != "" {
+			key += "/" + labels["subresource"]
+		}
+		var f float64
+		fmt.Sscanf(val, "%g", &f)
+		cur := out[key]
+		if isSum {
+			cur[0] += f
+		} else {
+			cur[1] += f
+		}
+		out[key] = cur
+	}
+	return out
+}
+
+// topAPITime renders the biggest consumers of apiserver time between two scrapes.
+func topAPITime(before, after map[string][2]float64, n int) string {
+	type row struct {
+		k    string
+		s, c float64
+	}
+	var rows []row
+	for k, v := range after {
+		rows = append(rows, row{k, v[0] - before[k][0], v[1] - before[k][1]})
+	}
+	sort.Slice(rows, func(i, j int) bool { return rows[i].s > rows[j].s })
+	var parts []string
+	for i := 0; i < len(rows) && i < n; i++ {
+		if rows[i].c == 0 {
+			break
+		}
+		parts = append(parts, fmt.Sprintf("%s %.0f req %.1fs", rows[i].k, rows[i].c, rows[i].s))
+	}
+	return strings.Join(parts, "; ")
+}

@@ -1,0 +1,68 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+func ms(s float64) string { return fmt.Sprintf("%.1f", s*1000) }
+
+// table renders the results; the target column is DESIGN's budget for one restart: 2× the write floor (p50)
+// plus one reconcile (the operator's mean).
+func table(rs []result) string {
+	var b strings.Builder
+	w := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "N\tcreate s\tconverge(create) s\tconverge(restart) s\top first write s\tresets\treset→VMI p50 ms\tp99 ms\tmax ms\tVMI final→new p50 ms\tp99 ms\t"+
+		"write floor p50 ms\tp99 ms\treconcile mean ms\t2×floor+reconcile ms\twrites/restart\top peak RSS MiB\top CPU s create/restart/resets\t")
+	for _, r := range rs {
+		fmt.Fprintf(w, "%d\t%.1f\t%.1f\t%.1f\t%.1f\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.0f\t%.1f/%.1f/%.1f\t\n",
+			r.N, r.CreateSeconds, r.ConvergeCreate, r.ConvergeRestart, r.OperatorReadyAfter, r.Resets,
+			ms(r.ResetP50), ms(r.ResetP99), ms(r.ResetMax), ms(r.FinalToNewP50), ms(r.FinalToNewP99),
+			ms(r.FloorP50), ms(r.FloorP99), ms(r.ReconcileMean), ms(2*r.FloorP50+r.ReconcileMean),
+			r.WritesPerRestart, r.OperatorPeakRSSMiB,
+			r.OperatorCPUSeconds["create"], r.OperatorCPUSeconds["restart"], r.OperatorCPUSeconds["resets"])
+	}
+	_ = w.Flush()
+	for _, r := range rs {
+		fmt.Fprintf(&b, "\nN=%d", r.N)
+		if r.Err != "" {
+			fmt.Fprintf(&b, " — INCOMPLETE: %s", r.Err)
+		}
+		fmt.Fprintf(&b, "\n  reset→new VMI split: VMI final→operator's start call p50 %s ms p99 %s ms; start call→new VMI (stand-in) p50 %s ms p99 %s ms",
+			ms(r.FinalToStartP50), ms(r.FinalToStartP99), ms(r.StartToNewP50), ms(r.StartToNewP99))
+		fmt.Fprintf(&b, "\n  operator writes during the reset stream (audit log): %s (failed: %d %v); resets timed out: %d\n",
+			r.WritesByKind, r.FailedWrites, r.FailedWritesBy, r.ResetsTimedOut)
+		for _, ph := range []string{"create", "restart", "resets"} {
+			if s, ok := r.ComponentCPUSeconds[ph]; ok {
+				fmt.Fprintf(&b, "  CPU during %s: %s\n", ph, s)
+			}
+			if s := r.APIServerTime[ph]; s != "" {
+				fmt.Fprintf(&b, "    kube-apiserver time during %s (top request kinds): %s\n", ph, s)
+			}
+		}
+	}
+	return b.String()
+}
+
+func writeResults(dir string, rs []result) error {
+	stamp := time.Now().Format("20060102-150405")
+	if err := os.WriteFile(filepath.Join(dir, "bench-"+stamp+".txt"), []byte(table(rs)+"\n"), 0o644); err != nil {
+		return err
+	}
+	j, err := json.MarshalIndent(rs, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "bench-"+stamp+".json"), j, 0o644); err != nil {
+		return err
+	}
+	// Stable names for the latest run.
+	_ = os.WriteFile(filepath.Join(dir, "bench.txt"), []byte(table(rs)+"\n"), 0o644)
+	_ = os.WriteFile(filepath.Join(dir, "bench.json"), j, 0o644)
+	return writePlot(filepath.Join(dir, "latency-vs-n.png"), rs)
+}
