@@ -164,6 +164,17 @@ func (r *Reconciler) now() metav1.Time {
 func (r *Reconciler) step(ctx context.Context, op *v1alpha1.VirtualMachineOperation, in inputs) (ctrl.Result, error) {
 	now := r.now()
 	t, vmName := op.Spec.Type, op.Spec.VirtualMachineName
+	if in.vm == nil && r.APIReader != nil {
+		// The cache may not have a VM created a moment ago (one `kubectl apply` of a VM and an operation on it):
+		// ask the API server before failing.
+		vm := &v1alpha1.VirtualMachine{}
+		key := types.NamespacedName{Namespace: op.Namespace, Name: vmName}
+		if err := getOrNil(ctx, r.APIReader, key, vm); err != nil {
+			return ctrl.Result{}, err
+		} else if vm.Name != "" {
+			return ctrl.Result{RequeueAfter: time.Second}, nil
+		}
+	}
 	if in.vm == nil {
 		fail(op, now, v1alpha1.OperationReasonVirtualMachineNotFound, fmt.Sprintf(
 			"VirtualMachine %s not found in namespace %s; create it (runpolicy.io/v1alpha1) or point spec.virtualMachineName "+
