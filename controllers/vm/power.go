@@ -107,6 +107,9 @@ func (r *Reconciler) reconcilePower(ctx context.Context, vm *v1alpha1.VirtualMac
 		return powerPass{requeue: time.Second}, nil
 	}
 	d := policy.Decide(actingPolicy(vm.Spec.RunPolicy, kv), ended)
+	if ended.StoppedByUser && startPending(kv) {
+		d.Message = "The VMI was stopped through KubeVirt for a restart; KubeVirt starts the new one"
+	}
 
 	// Record how the VMI ended, once.
 	if st.LastShutdown == nil || st.LastShutdown.VMIUID != uid {

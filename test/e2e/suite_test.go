@@ -44,7 +44,7 @@ func TestE2E(t *testing.T) {
 
 var _ = BeforeSuite(func() {
 	ctrl.SetLogger(zap.New(zap.WriteTo(GinkgoWriter), zap.UseDevMode(true)))
-	SetDefaultEventuallyTimeout(60 * time.Second)
+	SetDefaultEventuallyTimeout(120 * time.Second) // generous: two envtest suites share 2 cores in `make test`
 	SetDefaultEventuallyPollingInterval(200 * time.Millisecond)
 
 	dir, err := os.MkdirTemp("", "runpolicy-e2e-")
