@@ -54,8 +54,10 @@ manifests: $(CONTROLLER_GEN) ## Generate CRDs (crds/), RBAC, the chart's CRD and
 	cd test/crds/kubevirt && rm -f *datavolumetemplatespecs.yaml *kubevirts.yaml *presets.yaml *replicasets.yaml
 
 .PHONY: verify
-verify: ## Fail when generated files (deepcopy, CRDs, RBAC) are stale.
+verify: ## Fail when generated files (deepcopy, CRDs, RBAC, chart) are stale or Go files are not gofmt'ed.
 	test/verify-generated.sh
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$unformatted" ]; then \
+		echo "verify: not gofmt'ed (run make fmt):"; echo "$$unformatted"; exit 1; fi
 
 .PHONY: fmt
 fmt: ## go fmt.

@@ -107,7 +107,9 @@ var (
 	restartedByRunpolicy = func(s v1alpha1.ShutdownSource) outcome {
 		return outcome{phase: v1alpha1.VirtualMachineRunning, vmis: 2, restarts: 1, source: s}
 	}
-	stoppedFor          = func(s v1alpha1.ShutdownSource) outcome { return outcome{phase: v1alpha1.VirtualMachineStopped, vmis: 1, source: s} }
+	stoppedFor = func(s v1alpha1.ShutdownSource) outcome {
+		return outcome{phase: v1alpha1.VirtualMachineStopped, vmis: 1, source: s}
+	}
 	restartedByKubeVirt = outcome{phase: v1alpha1.VirtualMachineRunning, vmis: 2}
 )
 
