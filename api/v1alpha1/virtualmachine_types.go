@@ -70,6 +70,9 @@ const (
 	ReasonNoRestartRequired   = "NoRestartRequired"
 	ReasonKubeVirtRestartFlag = "KubeVirtRestartRequired"
 	ReasonRestartBackoff      = "RestartBackoff"
+	// ReasonRestarting: runpolicy asked KubeVirt for a new VMI after the previous one ended, and KubeVirt does not
+	// report it running yet.
+	ReasonRestarting = "Restarting"
 )
 
 // ShutdownSource says what ended a VMI.
@@ -124,7 +127,8 @@ type VirtualMachineStatus struct {
 	// +optional
 	Phase VirtualMachinePhase `json:"phase,omitempty"`
 
-	// printableStatus is the KubeVirt VirtualMachine's printableStatus, as KubeVirt reports it.
+	// printableStatus is the KubeVirt VirtualMachine's printableStatus, as KubeVirt reports it. While runpolicy
+	// restarts the VM (phase Starting, Ready reason Restarting) it keeps the value it had when the restart began.
 	// +optional
 	// +kubebuilder:validation:MaxLength=64
 	PrintableStatus string `json:"printableStatus,omitempty"`

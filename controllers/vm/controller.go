@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -50,7 +51,49 @@ type Reconciler struct {
 	Clock func() time.Time
 	// Workers is how many VMs are reconciled at once (never the same VM twice at once); 0 means 1.
 	Workers int
+
+	// ownVM and ownKubeVirtVM remember, per VM, the resourceVersion our last write replaced (see cacheBehind).
+	ownVM, ownKubeVirtVM writeTracker
 }
+
+// writeTracker remembers, per object, the resourceVersion that the reconciler's last write to it replaced ("" for
+// an object it created). Until the cache shows a different version, the cache is behind that write: a pass would
+// decide again from the old state, and its optimistic status write would only conflict. A write the cache has not
+// shown within cacheCatchUp is forgotten (the object may have changed in a way that brings that version back into
+// view, e.g. deleted right after its creation), so a pass is never held back for long.
+type writeTracker struct{ m sync.Map }
+
+type ownWrite struct {
+	replaced string
+	at       time.Time
+}
+
+func (w *writeTracker) wrote(key types.NamespacedName, replaced string) {
+	w.m.Store(key, ownWrite{replaced: replaced, at: time.Now()})
+}
+
+func (w *writeTracker) forget(key types.NamespacedName) { w.m.Delete(key) }
+
+// behind tells whether the cache's resourceVersion of the object ("" when it is not in the cache) is still the
+// one replaced by our last write.
+func (w *writeTracker) behind(key types.NamespacedName, rv string) bool {
+	v, ok := w.m.Load(key)
+	if !ok {
+		return false
+	}
+	if ow := v.(ownWrite); rv == ow.replaced && time.Since(ow.at) < cacheCatchUp {
+		return true
+	}
+	w.m.CompareAndDelete(key, v)
+	return false
+}
+
+// cacheCatchUp bounds how long a pass waits for the cache to show runpolicy's own write.
+const cacheCatchUp = 10 * time.Second
+
+// cacheRecheck is the safety net while the cache is behind our own write: normally the watch event of that write
+// brings the next pass first.
+const cacheRecheck = time.Second
 
 // +kubebuilder:rbac:groups=runpolicy.io,resources=virtualmachines,verbs=get;list;watch
 // +kubebuilder:rbac:groups=runpolicy.io,resources=virtualmachines/status,verbs=get;update;patch
@@ -67,11 +110,23 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 
 	vm := &v1alpha1.VirtualMachine{}
 	if err := r.Get(ctx, req.NamespacedName, vm); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.ownVM.forget(req.NamespacedName)
+			r.ownKubeVirtVM.forget(req.NamespacedName)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	kv, err := r.getKubeVirtVM(ctx, req.NamespacedName)
 	if err != nil {
 		return ctrl.Result{}, err
+	}
+	kvVersion := ""
+	if kv != nil {
+		kvVersion = kv.ResourceVersion
+	}
+	if r.ownVM.behind(req.NamespacedName, vm.ResourceVersion) || r.ownKubeVirtVM.behind(req.NamespacedName, kvVersion) {
+		log.V(1).Info("Cache is behind runpolicy's own write, waiting for it", "VirtualMachine", klog.KObj(vm))
+		return ctrl.Result{RequeueAfter: cacheRecheck}, nil
 	}
 	vmi, err := r.getVMI(ctx, req.NamespacedName)
 	if err != nil {
@@ -98,12 +153,16 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 
 	// One status write, and only then the action it records (fetch → decide → write → act).
 	if !equality.Semantic.DeepEqual(before, &vm.Status) {
+		replaced := vm.ResourceVersion
 		if err := r.Status().Update(ctx, vm); err != nil {
 			if apierrors.IsConflict(err) {
 				log.V(1).Info("Status update conflicted, requeueing", "VirtualMachine", klog.KObj(vm))
 				return ctrl.Result{Requeue: true}, nil
 			}
 			return ctrl.Result{}, err
+		}
+		if vm.ResourceVersion != replaced { // a write that changed nothing leaves the version as it was
+			r.ownVM.wrote(req.NamespacedName, replaced)
 		}
 	}
 	if pass.act != nil {
@@ -193,6 +252,10 @@ func (r *Reconciler) syncKubeVirtVM(ctx context.Context, vm *v1alpha1.VirtualMac
 	} else if current != strategy {
 		log.Info("Changing runStrategy", "VirtualMachine", klog.KObj(vm), "from", current, "to", strategy)
 	}
+	replaced := ""
+	if kv != nil {
+		replaced = kv.ResourceVersion
+	}
 	if err := r.Apply(ctx, client.ApplyConfigurationFromUnstructured(obj), client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
 		msg := fmt.Sprintf("Applying the KubeVirt VirtualMachine failed: %v", err)
 		if !isSyncFailure(vm, msg) {
@@ -208,6 +271,9 @@ func (r *Reconciler) syncKubeVirtVM(ctx context.Context, vm *v1alpha1.VirtualMac
 	applied := &kvv1.VirtualMachine{}
 	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(obj.Object, applied); err != nil {
 		return kv, transientError{err}
+	}
+	if applied.ResourceVersion != replaced {
+		r.ownKubeVirtVM.wrote(client.ObjectKeyFromObject(vm), replaced)
 	}
 	switch {
 	case kv == nil:

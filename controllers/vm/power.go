@@ -64,8 +64,10 @@ func (r *Reconciler) reconcilePower(ctx context.Context, vm *v1alpha1.VirtualMac
 	now := r.now()
 	st := &vm.Status
 
-	// Finish a restart whose VMI is gone: KubeVirt took the Start request.
-	if st.RestartingVMIUID != "" && (vmi == nil || string(vmi.UID) != st.RestartingVMIUID || vmi.DeletionTimestamp != nil) {
+	// Finish a restart once KubeVirt runs its successor. Until then status keeps reading Starting, so the steps
+	// KubeVirt goes through in between (old VMI deleted, new one scheduled) cost no status write: a restart is
+	// three writes in all — the intent, KubeVirt's start request, and this bookkeeping.
+	if st.RestartingVMIUID != "" && restartDone(st.RestartingVMIUID, kv, vmi) {
 		st.HandledVMIUID, st.RestartingVMIUID = st.RestartingVMIUID, ""
 		st.RestartCount++
 		st.RestartNotBefore = nil
@@ -76,18 +78,16 @@ func (r *Reconciler) reconcilePower(ctx context.Context, vm *v1alpha1.VirtualMac
 	uid := string(vmi.UID)
 
 	// A restart recorded but not yet taken by KubeVirt (or a crash right after recording it): ask again,
-	// unless KubeVirt already holds the Start request (it refuses a second one while one is pending); the
-	// VM's status change when KubeVirt takes it brings the next pass.
+	// unless KubeVirt already holds the Start request (it refuses a second one while one is pending) or already
+	// replaced the VMI; the VM's status change when KubeVirt acts brings the next pass.
 	if st.RestartingVMIUID == uid {
-		// Read KubeVirt's VM past the cache: right after our own request the cache may not show it yet.
-		fresh := &kvv1.VirtualMachine{}
-		if err := r.reader().Get(ctx, client.ObjectKeyFromObject(kv), fresh); err != nil {
-			return powerPass{}, client.IgnoreNotFound(err)
+		// Read past the cache: right after our own request, or after KubeVirt acted, the cache may lag.
+		again, err := r.restartNotTaken(ctx, kv, uid)
+		if err != nil || !again {
+			return powerPass{}, err
 		}
-		if startPending(fresh) {
-			return powerPass{}, nil
-		}
-		return powerPass{act: r.restartAct(vm, uid)}, nil
+		return powerPass{act: r.restartAct(vm, uid, corev1.EventTypeNormal, EventRestarting,
+			fmt.Sprintf("Starting a new VMI with the current spec (the previous one, %s, ended)", uid))}, nil
 	}
 	if st.HandledVMIUID == uid {
 		// Already decided. What is left of a VMI that stays stopped is cleaned up (again, if a crash
@@ -111,30 +111,41 @@ func (r *Reconciler) reconcilePower(ctx context.Context, vm *v1alpha1.VirtualMac
 		d.Message = "The VMI was stopped through KubeVirt for a restart; KubeVirt starts the new one"
 	}
 
-	// Record how the VMI ended, once.
+	// Record how the VMI ended, once. A restart made in this pass reports it in one event, after KubeVirt
+	// took the request; anything else is reported now.
+	restartNow := d.Action == policy.ActionRestart
+	if d.Action == policy.ActionRestartAfterBackoff {
+		if st.RestartNotBefore == nil {
+			st.FailureCount++
+			st.RestartNotBefore = &metav1.Time{Time: now.Add(r.Backoff.Delay(st.FailureCount))}
+		}
+		restartNow = !st.RestartNotBefore.After(now)
+	}
 	if st.LastShutdown == nil || st.LastShutdown.VMIUID != uid {
 		st.LastShutdown = &v1alpha1.LastShutdown{Source: d.Source, Reason: reasonText(ended), Time: &metav1.Time{Time: now}, VMIUID: uid}
-		r.Recorder.Eventf(vm, vmi, eventType(d.Source), eventReason(d.Source), "Shutdown", "%s", d.Message)
+		if !restartNow {
+			msg := d.Message
+			if d.Action == policy.ActionRestartAfterBackoff {
+				msg = fmt.Sprintf("%s at %s", msg, st.RestartNotBefore.UTC().Format(time.RFC3339))
+			}
+			r.Recorder.Eventf(vm, vmi, eventType(d.Source), eventReason(d.Source), "Shutdown", "%s", msg)
+		}
 		log.Info("VMI ended", "VirtualMachine", klog.KObj(vm), "VirtualMachineInstance", klog.KObj(vmi),
 			"source", d.Source, "action", d.Action)
 	}
 
 	switch d.Action {
 	case policy.ActionRestartAfterBackoff:
-		if st.RestartNotBefore == nil {
-			st.FailureCount++
-			st.RestartNotBefore = &metav1.Time{Time: now.Add(r.Backoff.Delay(st.FailureCount))}
-		}
-		if wait := st.RestartNotBefore.Sub(now); wait > 0 {
-			return powerPass{requeue: wait}, nil
+		if !restartNow {
+			return powerPass{requeue: st.RestartNotBefore.Sub(now)}, nil
 		}
 		st.RestartingVMIUID = uid
-		return powerPass{act: r.restartAct(vm, uid)}, nil
+		return powerPass{act: r.restartAct(vm, uid, eventType(d.Source), eventReason(d.Source), d.Message)}, nil
 	case policy.ActionRestart:
 		st.FailureCount = 0
 		st.RestartNotBefore = nil
 		st.RestartingVMIUID = uid
-		return powerPass{act: r.restartAct(vm, uid)}, nil
+		return powerPass{act: r.restartAct(vm, uid, eventType(d.Source), eventReason(d.Source), d.Message)}, nil
 	case policy.ActionStayStopped:
 		if d.Source == v1alpha1.ShutdownGuestShutdown || d.Source == v1alpha1.ShutdownUser {
 			st.FailureCount = 0
@@ -182,16 +193,16 @@ func stopsByPolicy(p v1alpha1.RunPolicy) bool {
 }
 
 // restartAct starts a new VMI through KubeVirt's start subresource. Under runStrategy Manual, KubeVirt replaces
-// a finished VMI with a new one built from the VM's current template.
-func (r *Reconciler) restartAct(vm *v1alpha1.VirtualMachine, uid string) func(context.Context) error {
+// a finished VMI with a new one built from the VM's current template. The event reports the restart once KubeVirt
+// accepted it.
+func (r *Reconciler) restartAct(vm *v1alpha1.VirtualMachine, uid, evType, evReason, msg string) func(context.Context) error {
 	return func(ctx context.Context) error {
 		ctrl.LoggerFrom(ctx).Info("Restarting VMI", "VirtualMachine", klog.KObj(vm), "endedVMI", uid)
 		if err := r.Lifecycle.Start(ctx, vm.Namespace, vm.Name); err != nil {
 			r.Recorder.Eventf(vm, nil, corev1.EventTypeWarning, EventRestartFailed, "Start", "Restart failed: %v", err)
 			return err
 		}
-		r.Recorder.Eventf(vm, nil, corev1.EventTypeNormal, EventRestarting, "Start",
-			"Starting a new VMI with the current spec (the previous one, %s, ended)", uid)
+		r.Recorder.Eventf(vm, nil, evType, evReason, "Start", "%s", msg)
 		reason := v1alpha1.ShutdownUnknown
 		if ls := vm.Status.LastShutdown; ls != nil && ls.VMIUID == uid {
 			reason = ls.Source
@@ -199,6 +210,41 @@ func (r *Reconciler) restartAct(vm *v1alpha1.VirtualMachine, uid string) func(co
 		metrics.RestartRequested(string(vm.Spec.RunPolicy), string(reason))
 		return nil
 	}
+}
+
+// restartNotTaken reads KubeVirt's VM and VMI past the cache and tells whether the restart of VMI uid still
+// needs KubeVirt's start request: the VMI is still there, ended, and KubeVirt holds no Start request.
+func (r *Reconciler) restartNotTaken(ctx context.Context, kv *kvv1.VirtualMachine, uid string) (bool, error) {
+	key := client.ObjectKeyFromObject(kv)
+	vmi := &kvv1.VirtualMachineInstance{}
+	if err := r.reader().Get(ctx, key, vmi); err != nil {
+		return false, client.IgnoreNotFound(err)
+	}
+	if string(vmi.UID) != uid || vmi.DeletionTimestamp != nil || !vmi.IsFinal() {
+		return false, nil
+	}
+	fresh := &kvv1.VirtualMachine{}
+	if err := r.reader().Get(ctx, key, fresh); err != nil {
+		return false, client.IgnoreNotFound(err)
+	}
+	return !startPending(fresh), nil
+}
+
+// restartDone tells whether the restart of VMI uid is over: KubeVirt no longer holds the Start request for it and
+// either runs a new VMI (no longer reported as starting), or the new VMI ended already, or there is none to wait
+// for.
+func restartDone(uid string, kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance) bool {
+	switch {
+	case vmi != nil && string(vmi.UID) == uid && vmi.DeletionTimestamp == nil:
+		return false // the ended VMI is still there: KubeVirt has not acted yet
+	case vmi == nil || string(vmi.UID) == uid:
+		// Gone or going: KubeVirt creates the new VMI next, while it holds the Start request.
+		return kv == nil || !startPending(kv)
+	case !vmiActive(vmi):
+		return true // the new VMI ended already: its own decision follows in this pass
+	}
+	p := phaseFor(kv)
+	return p != v1alpha1.VirtualMachineStarting && p != v1alpha1.VirtualMachineStopped
 }
 
 // cleanupAct deletes a finished VMI, and only that one (UID precondition).

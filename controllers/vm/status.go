@@ -49,15 +49,25 @@ func setCondition(vm *v1alpha1.VirtualMachine, t string, s metav1.ConditionStatu
 // deriveStatus fills the parts of status that follow from the KubeVirt VM and VMI alone.
 func deriveStatus(vm *v1alpha1.VirtualMachine, kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance, desiredHash string, now time.Time) {
 	backoff := vm.Status.RestartNotBefore != nil && vm.Status.RestartNotBefore.After(now) && !vmiActive(vmi)
+	// While runpolicy restarts a VMI, status reads Starting until KubeVirt runs the new one, and KubeVirt's
+	// passing states (old VMI stopping, new one scheduling) are not mirrored: each would be a status write.
+	restarting := vm.Status.RestartingVMIUID != "" && vm.DeletionTimestamp == nil
 	switch {
 	case vm.DeletionTimestamp != nil:
 		vm.Status.Phase = v1alpha1.VirtualMachineTerminating
 	case backoff:
 		vm.Status.Phase = v1alpha1.VirtualMachinePending
-	case vm.Status.RestartingVMIUID != "" && !vmiActive(vmi):
-		vm.Status.Phase = v1alpha1.VirtualMachineStarting // a restart was requested; KubeVirt has not started the new VMI yet
+	case restarting:
+		vm.Status.Phase = v1alpha1.VirtualMachineStarting
 	default:
 		vm.Status.Phase = phaseFor(kv)
+	}
+	if restarting {
+		setCondition(vm, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonRestarting,
+			"Restarting: a new VMI with the current spec was requested from KubeVirt")
+		setCondition(vm, v1alpha1.ConditionAwaitingRestart, metav1.ConditionFalse, v1alpha1.ReasonNoRestartRequired,
+			"Restarting: the new VMI is built from the current spec")
+		return
 	}
 	vm.Status.PrintableStatus = ""
 	if kv != nil {

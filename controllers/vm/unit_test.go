@@ -3,9 +3,11 @@ package vm
 import (
 	"encoding/json"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	kvv1 "kubevirt.io/api/core/v1"
 
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
@@ -131,5 +133,71 @@ func TestPhaseFor(t *testing.T) {
 	}
 	if got := phaseFor(nil); got != v1alpha1.VirtualMachinePending {
 		t.Errorf("phaseFor(nil) = %s", got)
+	}
+}
+
+func TestWriteTracker(t *testing.T) {
+	var w writeTracker
+	key := types.NamespacedName{Namespace: "ns", Name: "vm"}
+	if w.behind(key, "5") {
+		t.Fatal("no write recorded, yet behind")
+	}
+	w.wrote(key, "5")
+	if !w.behind(key, "5") {
+		t.Fatal("cache still at the replaced version must read as behind")
+	}
+	if w.behind(key, "7") {
+		t.Fatal("a newer version must read as caught up")
+	}
+	if w.behind(key, "5") {
+		t.Fatal("once caught up, the write is forgotten")
+	}
+	w.wrote(key, "") // created: absent from the cache until the watch brings it
+	if !w.behind(key, "") {
+		t.Fatal("a created object missing from the cache must read as behind")
+	}
+	w.m.Store(key, ownWrite{replaced: "", at: time.Now().Add(-cacheCatchUp)})
+	if w.behind(key, "") {
+		t.Fatal("a write the cache never showed must not hold passes back past cacheCatchUp")
+	}
+}
+
+func TestRestartDone(t *testing.T) {
+	const old = "old-uid"
+	vmi := func(uid string, phase kvv1.VirtualMachineInstancePhase, deleting bool) *kvv1.VirtualMachineInstance {
+		v := &kvv1.VirtualMachineInstance{ObjectMeta: metav1.ObjectMeta{UID: types.UID(uid)}, Status: kvv1.VirtualMachineInstanceStatus{Phase: phase}}
+		if deleting {
+			v.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+		}
+		return v
+	}
+	kv := func(printable kvv1.VirtualMachinePrintableStatus, startPending bool) *kvv1.VirtualMachine {
+		k := &kvv1.VirtualMachine{Status: kvv1.VirtualMachineStatus{PrintableStatus: printable}}
+		if startPending {
+			k.Status.StateChangeRequests = []kvv1.VirtualMachineStateChangeRequest{{Action: kvv1.StartRequest}}
+		}
+		return k
+	}
+	cases := []struct {
+		name string
+		kv   *kvv1.VirtualMachine
+		vmi  *kvv1.VirtualMachineInstance
+		want bool
+	}{
+		{"ended VMI still there", kv(kvv1.VirtualMachineStatusStopped, true), vmi(old, kvv1.Succeeded, false), false},
+		{"ended VMI being deleted, start pending", kv(kvv1.VirtualMachineStatusStopped, true), vmi(old, kvv1.Succeeded, true), false},
+		{"ended VMI being deleted, no start pending", kv(kvv1.VirtualMachineStatusStopped, false), vmi(old, kvv1.Succeeded, true), true},
+		{"no VMI, start pending", kv(kvv1.VirtualMachineStatusStopped, true), nil, false},
+		{"no VMI, no start pending", kv(kvv1.VirtualMachineStatusStopped, false), nil, true},
+		{"new VMI scheduling", kv(kvv1.VirtualMachineStatusStarting, false), vmi("new", kvv1.Scheduling, false), false},
+		{"new VMI, KubeVirt VM not updated yet", kv(kvv1.VirtualMachineStatusStopped, false), vmi("new", kvv1.Scheduled, false), false},
+		{"new VMI running", kv(kvv1.VirtualMachineStatusRunning, false), vmi("new", kvv1.Running, false), true},
+		{"new VMI unschedulable", kv(kvv1.VirtualMachineStatusUnschedulable, false), vmi("new", kvv1.Scheduling, false), true},
+		{"new VMI ended already", kv(kvv1.VirtualMachineStatusStarting, false), vmi("new", kvv1.Failed, false), true},
+	}
+	for _, c := range cases {
+		if got := restartDone(old, c.kv, c.vmi); got != c.want {
+			t.Errorf("%s: restartDone = %v, want %v", c.name, got, c.want)
+		}
 	}
 }

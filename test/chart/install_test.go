@@ -203,7 +203,7 @@ func TestInstallAndRunAsServiceAccount(t *testing.T) {
 			reasons = append(reasons, e.Reason)
 		}
 		return reasons
-	}).Should(ContainElements("GuestReset", "Restarting", "Completed"))
+	}).Should(ContainElements("GuestReset", "Completed"))
 
 	t.Log("runpolicy's metrics counted the restart and the operations")
 	g.Expect(metricCount(t, metrics.VMRestartsName, restartLabels) - restartsBefore).To(BeEquivalentTo(1))

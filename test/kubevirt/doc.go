@@ -33,6 +33,10 @@
 // running VMI through KubeVirt (VMI deleted) leaves guest-shutdown + host-signal (ACPI), or host-signal alone when
 // the grace period is 0; a deleted launcher pod leaves host-signal alone.
 //
+// Deviation: a launcher pod's name ends in 5 characters derived from its VMI's UID, where KubeVirt's generateName
+// gets 5 random ones from kube-apiserver, so the stand-in reads the pod with a GET by name instead of KubeVirt's LIST
+// by label, whose cost grows with the pods in the namespace (quadratic overall in the benchmark).
+//
 // Not modelled: instancetypes/preferences, DataVolumes, live migration, pause, hotplug, RestartRequired,
 // ControllerRevisions, the api-version annotations, firmware UUIDs, events, and KubeVirt's own SubjectAccessReview in
 // virt-api (kube-apiserver still authorizes the subresource calls with RBAC before proxying them).

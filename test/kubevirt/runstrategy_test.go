@@ -142,7 +142,8 @@ var _ = Describe("virt-launcher pod", func() {
 		Expect(err).NotTo(HaveOccurred())
 		Expect(pods).To(HaveLen(1))
 		pod := pods[0]
-		Expect(strings.HasPrefix(pod.Name, "virt-launcher-vm-")).To(BeTrue(), pod.Name)
+		// KubeVirt's generateName virt-launcher-<vmi>- plus 5 characters of utilrand's alphabet
+		Expect(pod.Name).To(MatchRegexp(`^virt-launcher-vm-[bcdfghjklmnpqrstvwxz2456789]{5}$`))
 		Expect(pod.Labels).To(HaveKeyWithValue("kubevirt.io", "virt-launcher"))
 		Expect(pod.Labels).To(HaveKeyWithValue("kubevirt.io/created-by", string(vmi.UID)))
 		Expect(pod.Labels).To(HaveKeyWithValue("vm.kubevirt.io/name", "vm"))

@@ -2,6 +2,7 @@ package kubevirt
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"strconv"
 
@@ -260,8 +261,28 @@ type hookSidecar struct {
 	Args  []string `json:"args,omitempty"`
 }
 
-// launcherPod renders the virt-launcher pod (template.go RenderLaunchManifest, much reduced): generateName
-// virt-launcher-<vmi>-, the VMI's labels plus kubevirt.io=virt-launcher, kubevirt.io/created-by=<vmi uid> and
+// launcherPodName is the name kube-apiserver makes of KubeVirt's generateName "virt-launcher-<vmi>-" (names.
+// SimpleNameGenerator: the prefix cut to 58 characters, then 5 characters of utilrand's alphabet), except that the 5
+// characters come from a hash of the VMI's UID instead of chance, so the stand-in can GET the pod (launcherPods).
+func launcherPodName(vmi *virtv1.VirtualMachineInstance) string {
+	const (
+		maxPrefix = 63 - 5                        // names.MaxGeneratedNameLength: the name stays a valid DNS label
+		alphabet  = "bcdfghjklmnpqrstvwxz2456789" // utilrand.String's: no vowels, no 0, 1 or 3
+	)
+	prefix := "virt-launcher-" + vmi.Name + "-"
+	if len(prefix) > maxPrefix {
+		prefix = prefix[:maxPrefix]
+	}
+	sum := sha256.Sum256([]byte(vmi.UID))
+	suffix := make([]byte, 5)
+	for i := range suffix {
+		suffix[i] = alphabet[int(sum[i])%len(alphabet)]
+	}
+	return prefix + string(suffix)
+}
+
+// launcherPod renders the virt-launcher pod (template.go RenderLaunchManifest, much reduced): named
+// launcherPodName(vmi), the VMI's labels plus kubevirt.io=virt-launcher, kubevirt.io/created-by=<vmi uid> and
 // vm.kubevirt.io/name=<vmi>, a controller owner reference to the VMI, the compute container and one
 // hook-sidecar-N container per entry of the hooks.kubevirt.io/hookSidecars annotation.
 func launcherPod(vmi *virtv1.VirtualMachineInstance) *corev1.Pod {
@@ -278,9 +299,9 @@ func launcherPod(vmi *virtv1.VirtualMachineInstance) *corev1.Pod {
 	grace := vmiGracePeriod(vmi) + 15 // KubeVirt gives the pod the VMI's grace plus a margin
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
-			GenerateName: "virt-launcher-" + vmi.Name + "-",
-			Namespace:    vmi.Namespace,
-			Labels:       labels,
+			Name:      launcherPodName(vmi),
+			Namespace: vmi.Namespace,
+			Labels:    labels,
 			Annotations: map[string]string{
 				virtv1.DomainAnnotation:                   vmi.Name,
 				"kubectl.kubernetes.io/default-container": launcherContainerCompute,

@@ -74,6 +74,7 @@ type auditEvent struct {
 // verb resource[/subresource], and the total.
 type writeCounts struct {
 	Total    int
+	Events   int // writes of Events (core or events.k8s.io), part of Total
 	Failed   int // answered with a code ≥ 400 (conflicts, not found)
 	By       map[string]int
 	FailedBy map[string]int // "verb resource code"
@@ -121,6 +122,9 @@ func countWrites(path, uaPrefix string, from, to time.Time) (writeCounts, error)
 		}
 		res.By[key]++
 		res.Total++
+		if ev.ObjectRef.Resource == "events" {
+			res.Events++
+		}
 		if ev.ResponseStatus.Code >= 400 {
 			res.Failed++
 			res.FailedBy[fmt.Sprintf("%s %d", key, ev.ResponseStatus.Code)]++

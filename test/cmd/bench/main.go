@@ -1,11 +1,15 @@
 // Command bench measures runpolicy at scale on the offline test cluster and the KubeVirt stand-in, with the
 // real operator binary as a child process (so its RSS and CPU are its own):
 //
-//   - time for N VMs to converge after creation, and after an operator restart (spec of every VM changed
-//     while the operator was down, so every VM needs a reconcile);
+//   - time for N VMs to converge after creation;
+//   - time for a plain operator restart (nothing changed) to reconcile every VM once, and the writes it makes
+//     (there should be none);
+//   - time to converge after an operator restart with every VM's spec changed while it was down, so every VM
+//     needs a write;
 //   - guest reset → new VMI latency (p50/p99) under a stream of resets, beside the apiserver's round trip for
 //     one write (the floor) and the operator's mean reconcile time;
-//   - API writes per restart, counted from kube-apiserver's audit log by the operator's user agent;
+//   - API writes per restart, counted from kube-apiserver's audit log by the operator's user agent, with the
+//     Events apart from the state writes;
 //   - operator peak RSS (VmHWM) and CPU, and the CPU of every other component, to show where time goes.
 //
 // It prints a table and writes it, a JSON file and a PNG plot (latency vs N) under -out. Nothing is asserted.
@@ -18,6 +22,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"math/rand/v2"
 	"net"
@@ -142,32 +147,39 @@ func parseMix(s string) ([]v1alpha1.RunPolicy, error) {
 
 // result is one N's figures. Durations in seconds.
 type result struct {
-	N                   int
-	Err                 string `json:",omitempty"`
-	CreateSeconds       float64
-	ConvergeCreate      float64
-	ConvergeRestart     float64
-	OperatorReadyAfter  float64 // operator process start → its first status write (cache sync + first reconcile)
-	Resets              int
-	ResetsTimedOut      int
-	ResetP50, ResetP99  float64 // reset → new VMI created
-	ResetMax            float64
-	FinalToNewP50       float64 // VMI final (seen by a watch) → new VMI created: the operator's share plus KubeVirt's start
-	FinalToNewP99       float64
-	FinalToStartP50     float64 // VMI final → the operator's start call received by kube-apiserver (audit log)
-	FinalToStartP99     float64
-	StartToNewP50       float64 // start call → new VMI created (the stand-in's virt-api + virt-controller)
-	StartToNewP99       float64
-	FloorP50, FloorP99  float64 // one write's round trip
-	ReconcileMean       float64 // operator's mean reconcile time during the reset stream (its own metric)
-	WritesPerRestart    float64
-	WritesByKind        string
-	FailedWrites        int
-	FailedWritesBy      map[string]int `json:",omitempty"`
-	OperatorPeakRSSMiB  float64
-	OperatorCPUSeconds  map[string]float64 // per phase
-	ComponentCPUSeconds map[string]cpuSnapshot
-	APIServerTime       map[string]string // per phase: the request kinds kube-apiserver spent most time serving
+	N                  int
+	Err                string `json:",omitempty"`
+	CreateSeconds      float64
+	ConvergeCreate     float64
+	ResyncRestart      float64 // plain operator restart → every VM reconciled once, nothing queued or in flight
+	ResyncWrites       int     // the operator's writes in that window: an unchanged VM needs none
+	ResyncWritesByKind string  `json:",omitempty"`
+	ConvergeRestart    float64 // operator restart with every VM's spec changed while it was down → all converged
+	OperatorReadyAfter float64 // in that restart: operator process start → its first write (cache sync + first reconcile)
+	Resets             int
+	ResetsTimedOut     int
+	ResetP50, ResetP99 float64 // reset → new VMI created
+	ResetMax           float64
+	FinalToNewP50      float64 // VMI final (seen by a watch) → new VMI created: the operator's share plus KubeVirt's start
+	FinalToNewP99      float64
+	FinalToStartP50    float64 // VMI final → the operator's start call received by kube-apiserver (audit log)
+	FinalToStartP99    float64
+	StartToNewP50      float64 // start call → new VMI created (the stand-in's virt-api + virt-controller)
+	StartToNewP99      float64
+	FloorP50, FloorP99 float64 // one write's round trip
+	ReconcileMean      float64 // operator's mean reconcile time during the reset stream (its own metric)
+	// The operator's writes during the reset stream per reset: all of them, those that are not Events (VM status,
+	// KubeVirt calls), and Events (core or events.k8s.io), which only inform.
+	WritesPerRestart      float64
+	StateWritesPerRestart float64
+	EventsPerRestart      float64
+	WritesByKind          string
+	FailedWrites          int
+	FailedWritesBy        map[string]int `json:",omitempty"`
+	OperatorPeakRSSMiB    float64
+	OperatorCPUSeconds    map[string]float64 // per phase
+	ComponentCPUSeconds   map[string]cpuSnapshot
+	APIServerTime         map[string]string // per phase: the request kinds kube-apiserver spent most time serving
 }
 
 // run holds one N's live objects.
@@ -255,7 +267,7 @@ func runOne(c config, n int) (res result, err error) {
 	}
 	res.CreateSeconds = time.Since(t0).Seconds()
 	log.Printf("bench: N=%d: created in %.1fs, waiting for convergence", n, res.CreateSeconds)
-	if err := r.converge(ctx, 1); err != nil {
+	if err := r.converge(ctx, "convergence after creation", 1); err != nil {
 		return res, fmt.Errorf("converging after creation: %w", err)
 	}
 	res.ConvergeCreate = time.Since(t0).Seconds()
@@ -266,7 +278,36 @@ func runOne(c config, n int) (res result, err error) {
 	res.APIServerTime["create"] = topAPITime(api0, api1, 6)
 	log.Printf("bench: N=%d: converged after creation in %.1fs (%s)", n, res.ConvergeCreate, cpu1.since(cpu0))
 
-	// 2. Operator restart: stop it, change every VM's spec, start it; converge.
+	// 2. Plain operator restart: stop it, start it again with nothing changed; wait until it has reconciled every
+	// VM once. Every VM is already converged, so any write here is one too many.
+	r.sampleRSS()
+	r.stopOperator()
+	cpu0 = snapshot(0)
+	api0 = r.apiMetrics(ctx)
+	t0 = time.Now()
+	if err := r.startOperator(); err != nil {
+		return res, err
+	}
+	if err := r.resynced(); err != nil {
+		return res, fmt.Errorf("resync after a plain operator restart: %w", err)
+	}
+	res.ResyncRestart = time.Since(t0).Seconds()
+	cpu1 = snapshot(r.op.Process.Pid)
+	res.ComponentCPUSeconds["resync"] = cpu1.since(cpu0)
+	res.OperatorCPUSeconds["resync"] = cpu1["operator"]
+	api1 = r.apiMetrics(ctx)
+	res.APIServerTime["resync"] = topAPITime(api0, api1, 6)
+	// Events reach kube-apiserver from the recorder's goroutine after the reconcile that emitted them.
+	time.Sleep(2 * time.Second)
+	wc, err := countWrites(r.auditLog, "runpolicy-controller", t0, time.Now())
+	if err != nil {
+		return res, err
+	}
+	res.ResyncWrites, res.ResyncWritesByKind = wc.Total, wc.String()
+	log.Printf("bench: N=%d: resynced after a plain operator restart in %.1fs, %d writes (%s)", n, res.ResyncRestart,
+		res.ResyncWrites, cpu1.since(cpu0))
+
+	// 3. Operator restart with every VM's spec changed while it was down; converge.
 	r.sampleRSS()
 	r.stopOperator()
 	if err := r.bumpSpecs(ctx); err != nil {
@@ -278,8 +319,8 @@ func runOne(c config, n int) (res result, err error) {
 	if err := r.startOperator(); err != nil {
 		return res, err
 	}
-	if err := r.converge(ctx, 2); err != nil {
-		return res, fmt.Errorf("converging after the operator restart: %w", err)
+	if err := r.converge(ctx, "convergence after a restart with every spec changed", 2); err != nil {
+		return res, fmt.Errorf("converging after the operator restart with every spec changed: %w", err)
 	}
 	res.ConvergeRestart = time.Since(t0).Seconds()
 	if first, ok := r.firstWrite(t0); ok {
@@ -290,15 +331,16 @@ func runOne(c config, n int) (res result, err error) {
 	res.OperatorCPUSeconds["restart"] = cpu1["operator"]
 	api1 = r.apiMetrics(ctx)
 	res.APIServerTime["restart"] = topAPITime(api0, api1, 6)
-	log.Printf("bench: N=%d: converged after the operator restart in %.1fs (%s)", n, res.ConvergeRestart, cpu1.since(cpu0))
+	log.Printf("bench: N=%d: converged after the operator restart with every spec changed in %.1fs (%s)", n,
+		res.ConvergeRestart, cpu1.since(cpu0))
 
-	// 3. The apiserver's floor: one write's round trip, measured now (N VMs in etcd, system quiet).
+	// 4. The apiserver's floor: one write's round trip, measured now (N VMs in etcd, system quiet).
 	res.FloorP50, res.FloorP99, err = r.writeFloor(ctx)
 	if err != nil {
 		return res, err
 	}
 
-	// 4. Reset stream.
+	// 5. Reset stream.
 	rec0, _ := r.scrape()
 	cpu0 = snapshot(r.op.Process.Pid)
 	api0 = r.apiMetrics(ctx)
@@ -308,7 +350,7 @@ func runOne(c config, n int) (res result, err error) {
 		return res, err
 	}
 	// Let the last restarts finish their bookkeeping before counting writes.
-	_ = r.converge(ctx, 2)
+	_ = r.converge(ctx, "the reset stream's last restarts", 2)
 	time.Sleep(2 * time.Second)
 	tEnd := time.Now()
 	rec1, _ := r.scrape()
@@ -334,21 +376,24 @@ func runOne(c config, n int) (res result, err error) {
 		res.FinalToStartP50, res.FinalToStartP99 = pct(f2s, 50), pct(f2s, 99)
 		res.StartToNewP50, res.StartToNewP99 = pct(s2n, 50), pct(s2n, 99)
 	}
-	if dc := rec1.count - rec0.count; dc > 0 {
-		res.ReconcileMean = (rec1.sum - rec0.sum) / dc
+	if dc := rec1.reconcileCount - rec0.reconcileCount; dc > 0 {
+		res.ReconcileMean = (rec1.reconcileSum - rec0.reconcileSum) / dc
 	}
-	wc, err := countWrites(r.auditLog, "runpolicy-controller", tStream, tEnd)
+	wc, err = countWrites(r.auditLog, "runpolicy-controller", tStream, tEnd)
 	if err != nil {
 		return res, err
 	}
 	if len(lat) > 0 {
 		res.WritesPerRestart = float64(wc.Total) / float64(len(lat))
+		res.StateWritesPerRestart = float64(wc.Total-wc.Events) / float64(len(lat))
+		res.EventsPerRestart = float64(wc.Events) / float64(len(lat))
 	}
 	res.WritesByKind, res.FailedWrites, res.FailedWritesBy = wc.String(), wc.Failed, wc.FailedBy
 	r.sampleRSS()
 	res.OperatorPeakRSSMiB = float64(r.hwm) / 1024
-	log.Printf("bench: N=%d: %d resets, p50 %.0fms p99 %.0fms; floor p50 %.1fms; %.2f writes/restart (%s)", n, len(lat),
-		res.ResetP50*1000, res.ResetP99*1000, res.FloorP50*1000, res.WritesPerRestart, res.WritesByKind)
+	log.Printf("bench: N=%d: %d resets, p50 %.0fms p99 %.0fms; floor p50 %.1fms; %.2f writes/restart, %.2f of them Events (%s)",
+		n, len(lat), res.ResetP50*1000, res.ResetP99*1000, res.FloorP50*1000, res.WritesPerRestart, res.EventsPerRestart,
+		res.WritesByKind)
 	return res, nil
 }
 
@@ -520,15 +565,39 @@ func (r *run) bumpSpecs(ctx context.Context) error {
 	})
 }
 
-// converged: every VM reports its current generation, and the phase its policy demands when nothing else
-// happened (AlwaysOn and AlwaysOnUntilStoppedManually Running and Ready, Manual and AlwaysOff Stopped).
-func (r *run) converge(ctx context.Context, generation int64) error {
+// waitFor polls done every 100ms until it reports true, for at most -phase-timeout, logging its progress report
+// every 15s with what is awaited; it gives up early if the operator process ends.
+func (r *run) waitFor(what string, done func() (bool, string, error)) error {
 	deadline := time.Now().Add(r.cfg.phaseLimit)
 	lastLog := time.Now()
 	for {
+		ok, progress, err := done()
+		if err != nil || ok {
+			return err
+		}
+		select {
+		case <-r.opDone:
+			return fmt.Errorf("the operator exited: %s", progress)
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s after %s", progress, r.cfg.phaseLimit)
+		}
+		if time.Since(lastLog) > 15*time.Second {
+			log.Printf("bench: N=%d: waiting for %s: %s", r.n, what, progress)
+			lastLog = time.Now()
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// converge waits until every VM reports its current generation, and the phase its policy demands when nothing else
+// happened (AlwaysOn and AlwaysOnUntilStoppedManually Running and Ready, Manual and AlwaysOff Stopped).
+func (r *run) converge(ctx context.Context, what string, generation int64) error {
+	return r.waitFor(what, func() (bool, string, error) {
 		list := &v1alpha1.VirtualMachineList{}
 		if err := r.cache.List(ctx, list, client.InNamespace(r.ns), client.UnsafeDisableDeepCopy); err != nil {
-			return err
+			return false, "", err
 		}
 		done := 0
 		for i := range list.Items {
@@ -544,18 +613,22 @@ func (r *run) converge(ctx context.Context, generation int64) error {
 				done++
 			}
 		}
-		if done == r.n {
-			return nil
+		return done == r.n, fmt.Sprintf("%d/%d VMs converged", done, r.n), nil
+	})
+}
+
+// resynced waits until a freshly started operator has reconciled every VM once: its virtualmachine controller
+// counted N reconciles (its cache sync queues every VM; a new process counts from 0), with none queued or running.
+// The VMs' status cannot tell: a resync of a converged VM changes nothing.
+func (r *run) resynced() error {
+	return r.waitFor("the resync after a plain operator restart", func() (bool, string, error) {
+		m, err := r.scrape()
+		if err != nil {
+			return false, fmt.Sprintf("operator metrics: %v", err), nil // not serving yet
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%d of %d VMs converged after %s", done, r.n, r.cfg.phaseLimit)
-		}
-		if time.Since(lastLog) > 15*time.Second {
-			log.Printf("bench: N=%d: %d/%d converged", r.n, done, r.n)
-			lastLog = time.Now()
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
+		return m.reconciles >= float64(r.n) && m.queueDepth == 0 && m.activeWorkers == 0,
+			fmt.Sprintf("%.0f/%d reconciles, %.0f queued, %.0f running", m.reconciles, r.n, m.queueDepth, m.activeWorkers), nil
+	})
 }
 
 // firstWrite finds the operator's first write after t in the audit log.
@@ -609,42 +682,74 @@ func (r *run) apiMetrics(ctx context.Context) map[string][2]float64 {
 	return apiserverTime(raw)
 }
 
-type reconcileStats struct{ sum, count float64 }
+// opMetrics are the operator's figures for its virtualmachine controller.
+type opMetrics struct {
+	reconcileSum, reconcileCount float64 // controller_runtime_reconcile_time_seconds
+	reconciles                   float64 // controller_runtime_reconcile_total, every result
+	queueDepth                   float64 // workqueue_depth, every priority
+	activeWorkers                float64 // controller_runtime_active_workers
+}
 
-// scrape reads controller_runtime_reconcile_time_seconds of the virtualmachine controller from the operator.
-func (r *run) scrape() (reconcileStats, error) {
-	var s reconcileStats
-	resp, err := http.Get("http://" + r.metrics + "/metrics")
+// scrape reads the operator's metrics of the virtualmachine controller.
+func (r *run) scrape() (opMetrics, error) {
+	var m opMetrics
+	// Bounded, so that a stuck operator cannot hold a phase past -phase-timeout.
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + r.metrics + "/metrics")
 	if err != nil {
-		return s, err
+		return m, err
 	}
 	defer resp.Body.Close()
-	var b strings.Builder
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := resp.Body.Read(buf)
-		b.Write(buf[:n])
-		if err != nil {
-			break
-		}
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return m, err
 	}
-	for _, line := range strings.Split(b.String(), "\n") {
-		if !strings.Contains(line, `controller="virtualmachine"`) {
+	for _, line := range strings.Split(string(raw), "\n") {
+		name, labels, v, ok := parseSample(line)
+		if !ok {
 			continue
 		}
-		fs := strings.Fields(line)
-		if len(fs) != 2 {
+		if name == "workqueue_depth" {
+			if labels["name"] == "virtualmachine" {
+				m.queueDepth += v
+			}
 			continue
 		}
-		v, _ := strconv.ParseFloat(fs[1], 64)
-		switch {
-		case strings.HasPrefix(line, "controller_runtime_reconcile_time_seconds_sum"):
-			s.sum = v
-		case strings.HasPrefix(line, "controller_runtime_reconcile_time_seconds_count"):
-			s.count = v
+		if labels["controller"] != "virtualmachine" {
+			continue
+		}
+		switch name {
+		case "controller_runtime_reconcile_time_seconds_sum":
+			m.reconcileSum = v
+		case "controller_runtime_reconcile_time_seconds_count":
+			m.reconcileCount = v
+		case "controller_runtime_reconcile_total":
+			m.reconciles += v
+		case "controller_runtime_active_workers":
+			m.activeWorkers = v
 		}
 	}
-	return s, nil
+	return m, nil
+}
+
+// parseSample splits one line of the Prometheus text format, name{labels} value, without a timestamp.
+func parseSample(line string) (name string, labels map[string]string, v float64, ok bool) {
+	i := strings.LastIndexByte(line, ' ')
+	if i < 0 || strings.HasPrefix(line, "#") {
+		return "", nil, 0, false
+	}
+	series := line[:i]
+	v, err := strconv.ParseFloat(line[i+1:], 64)
+	if err != nil {
+		return "", nil, 0, false
+	}
+	name, lb, _ := strings.Cut(strings.TrimSuffix(series, "}"), "{")
+	labels = map[string]string{}
+	for _, kv := range strings.Split(lb, ",") {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			labels[k] = strings.Trim(v, `"`)
+		}
+	}
+	return name, labels, v, true
 }
 
 // resetStream reboots the guests of running AlwaysOnUntilStoppedManually VMs, cfg.resetRate per second, and
@@ -671,9 +776,17 @@ func (r *run) resetStream(ctx context.Context) (lat, finalToNew []float64, recs 
 	tick := time.NewTicker(time.Duration(float64(time.Second) / r.cfg.resetRate))
 	defer tick.Stop()
 	deadline := time.Now().Add(r.cfg.phaseLimit)
+	lastLog := time.Now()
 	started := 0
 	for started < r.cfg.resets && time.Now().Before(deadline) {
 		<-tick.C
+		if time.Since(lastLog) > 15*time.Second {
+			mu.Lock()
+			log.Printf("bench: N=%d: waiting for the reset stream: %d/%d resets started, %d new VMIs, %d timed out",
+				r.n, started, r.cfg.resets, len(lat), timedOut)
+			mu.Unlock()
+			lastLog = time.Now()
+		}
 		mu.Lock()
 		var free []string
 		for _, name := range pool {
@@ -701,7 +814,11 @@ func (r *run) resetStream(ctx context.Context) (lat, finalToNew []float64, recs 
 				return
 			}
 			t0 := time.Now()
+			// A reset is given 2 minutes, but none beyond the phase's deadline.
 			limit := t0.Add(2 * time.Minute)
+			if limit.After(deadline) {
+				limit = deadline
+			}
 			for {
 				uids := r.kv.VMIUIDs(r.ns, name)
 				if len(uids) > len(before) {
@@ -740,6 +857,9 @@ func (r *run) resetStream(ctx context.Context) (lat, finalToNew []float64, recs 
 		})
 	}
 	wg.Wait()
+	if started < r.cfg.resets {
+		log.Printf("bench: N=%d: reset stream: only %d of %d resets started within %s", r.n, started, r.cfg.resets, r.cfg.phaseLimit)
+	}
 	return lat, finalToNew, recs, timedOut, nil
 }
 

@@ -17,15 +17,16 @@ func ms(s float64) string { return fmt.Sprintf("%.1f", s*1000) }
 func table(rs []result) string {
 	var b strings.Builder
 	w := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "N\tcreate s\tconverge(create) s\tconverge(restart) s\top first write s\tresets\treset→VMI p50 ms\tp99 ms\tmax ms\tVMI final→new p50 ms\tp99 ms\t"+
-		"write floor p50 ms\tp99 ms\treconcile mean ms\t2×floor+reconcile ms\twrites/restart\top peak RSS MiB\top CPU s create/restart/resets\t")
+	fmt.Fprintln(w, "N\tcreate s\tconverge(create) s\tresync(plain restart) s\tresync writes\tconverge(restart, every spec changed) s\top first write s\t"+
+		"resets\treset→VMI p50 ms\tp99 ms\tmax ms\tVMI final→new p50 ms\tp99 ms\twrite floor p50 ms\tp99 ms\treconcile mean ms\t2×floor+reconcile ms\t"+
+		"writes/restart\tstate writes/restart\tevents/restart\top peak RSS MiB\top CPU s create/resync/restart/resets\t")
 	for _, r := range rs {
-		fmt.Fprintf(w, "%d\t%.1f\t%.1f\t%.1f\t%.1f\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.0f\t%.1f/%.1f/%.1f\t\n",
-			r.N, r.CreateSeconds, r.ConvergeCreate, r.ConvergeRestart, r.OperatorReadyAfter, r.Resets,
-			ms(r.ResetP50), ms(r.ResetP99), ms(r.ResetMax), ms(r.FinalToNewP50), ms(r.FinalToNewP99),
+		fmt.Fprintf(w, "%d\t%.1f\t%.1f\t%.1f\t%d\t%.1f\t%.1f\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.2f\t%.2f\t%.0f\t%.1f/%.1f/%.1f/%.1f\t\n",
+			r.N, r.CreateSeconds, r.ConvergeCreate, r.ResyncRestart, r.ResyncWrites, r.ConvergeRestart, r.OperatorReadyAfter,
+			r.Resets, ms(r.ResetP50), ms(r.ResetP99), ms(r.ResetMax), ms(r.FinalToNewP50), ms(r.FinalToNewP99),
 			ms(r.FloorP50), ms(r.FloorP99), ms(r.ReconcileMean), ms(2*r.FloorP50+r.ReconcileMean),
-			r.WritesPerRestart, r.OperatorPeakRSSMiB,
-			r.OperatorCPUSeconds["create"], r.OperatorCPUSeconds["restart"], r.OperatorCPUSeconds["resets"])
+			r.WritesPerRestart, r.StateWritesPerRestart, r.EventsPerRestart, r.OperatorPeakRSSMiB,
+			r.OperatorCPUSeconds["create"], r.OperatorCPUSeconds["resync"], r.OperatorCPUSeconds["restart"], r.OperatorCPUSeconds["resets"])
 	}
 	_ = w.Flush()
 	for _, r := range rs {
@@ -35,14 +36,18 @@ func table(rs []result) string {
 		}
 		fmt.Fprintf(&b, "\n  reset→new VMI split: VMI final→operator's start call p50 %s ms p99 %s ms; start call→new VMI (stand-in) p50 %s ms p99 %s ms",
 			ms(r.FinalToStartP50), ms(r.FinalToStartP99), ms(r.StartToNewP50), ms(r.StartToNewP99))
+		if r.ResyncWrites > 0 {
+			fmt.Fprintf(&b, "\n  operator writes during the resync after a plain restart (audit log): %s", r.ResyncWritesByKind)
+		}
 		fmt.Fprintf(&b, "\n  operator writes during the reset stream (audit log): %s (failed: %d %v); resets timed out: %d\n",
 			r.WritesByKind, r.FailedWrites, r.FailedWritesBy, r.ResetsTimedOut)
-		for _, ph := range []string{"create", "restart", "resets"} {
-			if s, ok := r.ComponentCPUSeconds[ph]; ok {
-				fmt.Fprintf(&b, "  CPU during %s: %s\n", ph, s)
+		for _, ph := range []struct{ key, name string }{{"create", "create"}, {"resync", "resync (plain restart)"},
+			{"restart", "restart (every spec changed)"}, {"resets", "resets"}} {
+			if s, ok := r.ComponentCPUSeconds[ph.key]; ok {
+				fmt.Fprintf(&b, "  CPU during %s: %s\n", ph.name, s)
 			}
-			if s := r.APIServerTime[ph]; s != "" {
-				fmt.Fprintf(&b, "    kube-apiserver time during %s (top request kinds): %s\n", ph, s)
+			if s := r.APIServerTime[ph.key]; s != "" {
+				fmt.Fprintf(&b, "    kube-apiserver time during %s (top request kinds): %s\n", ph.name, s)
 			}
 		}
 	}
