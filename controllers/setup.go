@@ -53,11 +53,21 @@ func NewScheme() *runtime.Scheme {
 	return s
 }
 
-// CacheOptions limits the manager's caches to what runpolicy reads: of all pods, only KubeVirt's launcher pods.
+// CacheOptions limits the manager's caches to what runpolicy reads: of all pods, only KubeVirt's launcher pods, and
+// of those and of KubeVirt's VMs and VMIs only the fields the reconcilers use (cachetrim.go); managedFields of
+// every object are dropped.
 func CacheOptions() cache.Options {
-	return cache.Options{ByObject: map[client.Object]cache.ByObject{
-		&corev1.Pod{}: {Label: labels.SelectorFromSet(labels.Set{vm.LabelLauncher: vm.LauncherValue})},
-	}}
+	return cache.Options{
+		DefaultTransform: cache.TransformStripManagedFields(),
+		ByObject: map[client.Object]cache.ByObject{
+			&corev1.Pod{}: {
+				Label:     labels.SelectorFromSet(labels.Set{vm.LabelLauncher: vm.LauncherValue}),
+				Transform: trimLauncherPod,
+			},
+			&kvv1.VirtualMachine{}:         {Transform: trimKubeVirtVM},
+			&kvv1.VirtualMachineInstance{}: {Transform: trimVMI},
+		},
+	}
 }
 
 // Setup registers every runpolicy reconciler with mgr.
