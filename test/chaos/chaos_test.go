@@ -37,7 +37,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
@@ -54,6 +53,7 @@ import (
 	"github.com/runpolicy/runpolicy/internal/kubevirt"
 	"github.com/runpolicy/runpolicy/internal/policy"
 	"github.com/runpolicy/runpolicy/test/cluster"
+	"github.com/runpolicy/runpolicy/test/fixture"
 	standin "github.com/runpolicy/runpolicy/test/kubevirt"
 )
 
@@ -153,7 +153,7 @@ func TestChaos(t *testing.T) {
 			m.vmis = 1
 		}
 		w.models[name] = m
-		must(t, w.k8s.Create(ctx, newVM(w.ns, name, p)))
+		must(t, w.k8s.Create(ctx, fixture.VM(w.ns, name, p)))
 	}
 	if bad := w.waitSettled(nil, *settleFlag); len(bad) > 0 {
 		t.Fatalf("the VMs did not settle after creation: %v", bad)
@@ -652,21 +652,6 @@ func (k *killingLifecycle) killAndRestart() {
 		<-done
 		k.op.ensureRunning()
 	}()
-}
-
-func newVM(ns, name string, p v1alpha1.RunPolicy) *v1alpha1.VirtualMachine {
-	return &v1alpha1.VirtualMachine{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-		Spec: v1alpha1.VirtualMachineSpec{
-			RunPolicy: p,
-			VirtualMachineSpec: kvv1.VirtualMachineSpec{Template: &kvv1.VirtualMachineInstanceTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"kubevirt.io/vm": name}},
-				Spec: kvv1.VirtualMachineInstanceSpec{Domain: kvv1.DomainSpec{
-					Memory: &kvv1.Memory{Guest: ptr.To(resource.MustParse("128Mi"))},
-				}},
-			}},
-		},
-	}
 }
 
 func mapsKeys[V any](m map[string]V) func(func(string) bool) {

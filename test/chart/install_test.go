@@ -33,6 +33,7 @@ import (
 	"github.com/runpolicy/runpolicy/controllers"
 	"github.com/runpolicy/runpolicy/internal/metrics"
 	"github.com/runpolicy/runpolicy/test/cluster"
+	"github.com/runpolicy/runpolicy/test/fixture"
 	standin "github.com/runpolicy/runpolicy/test/kubevirt"
 )
 
@@ -146,7 +147,7 @@ func TestInstallAndRunAsServiceAccount(t *testing.T) {
 
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "chart-"}}
 	g.Expect(admin.Create(ctx, ns)).To(Succeed())
-	vm := newVM(ns.Name, "vm", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)
+	vm := fixture.VM(ns.Name, "vm", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)
 	key := client.ObjectKeyFromObject(vm)
 	g.Expect(admin.Create(ctx, vm)).To(Succeed())
 
@@ -317,21 +318,6 @@ func allowed(ctx context.Context, g Gomega, admin client.Client, user string, a 
 	}}
 	g.Expect(admin.Create(ctx, sar)).To(Succeed())
 	return sar.Status.Allowed
-}
-
-func newVM(ns, name string, p v1alpha1.RunPolicy) *v1alpha1.VirtualMachine {
-	return &v1alpha1.VirtualMachine{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-		Spec: v1alpha1.VirtualMachineSpec{
-			RunPolicy: p,
-			VirtualMachineSpec: kvv1.VirtualMachineSpec{Template: &kvv1.VirtualMachineInstanceTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"kubevirt.io/vm": name}},
-				Spec: kvv1.VirtualMachineInstanceSpec{Domain: kvv1.DomainSpec{
-					Memory: &kvv1.Memory{Guest: ptr.To(resource.MustParse("128Mi"))},
-				}},
-			}},
-		},
-	}
 }
 
 // metricCount returns a counter's value or a histogram's sample count, for the metric of family name with exactly

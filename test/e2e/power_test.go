@@ -15,22 +15,8 @@ import (
 
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
 	"github.com/runpolicy/runpolicy/internal/policy"
+	"github.com/runpolicy/runpolicy/test/fixture"
 )
-
-func newVM(ns, name string, p v1alpha1.RunPolicy) *v1alpha1.VirtualMachine {
-	return &v1alpha1.VirtualMachine{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-		Spec: v1alpha1.VirtualMachineSpec{
-			RunPolicy: p,
-			VirtualMachineSpec: kvv1.VirtualMachineSpec{Template: &kvv1.VirtualMachineInstanceTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"kubevirt.io/vm": name}},
-				Spec: kvv1.VirtualMachineInstanceSpec{Domain: kvv1.DomainSpec{
-					Memory: &kvv1.Memory{Guest: ptr.To(resource.MustParse("128Mi"))},
-				}},
-			}},
-		},
-	}
-}
 
 func getVM(ctx context.Context, g Gomega, key client.ObjectKey) *v1alpha1.VirtualMachine {
 	obj := &v1alpha1.VirtualMachine{}
@@ -117,7 +103,7 @@ var _ = Describe("Power policy after guest events", func() {
 	DescribeTable("end state",
 		func(ctx SpecContext, p v1alpha1.RunPolicy, e guestEvent, want outcome) {
 			ns := newNamespace(ctx)
-			obj := newVM(ns, "vm", p)
+			obj := fixture.VM(ns, "vm", p)
 			key := client.ObjectKeyFromObject(obj)
 			Expect(k8s.Create(ctx, obj)).To(Succeed())
 			startAndWait(ctx, obj)
@@ -186,7 +172,7 @@ var _ = Describe("Power policy after guest events", func() {
 	DescribeTable("AlwaysOff never runs, so there is no guest to act",
 		func(ctx SpecContext, e guestEvent) {
 			ns := newNamespace(ctx)
-			obj := newVM(ns, "vm", v1alpha1.RunPolicyAlwaysOff)
+			obj := fixture.VM(ns, "vm", v1alpha1.RunPolicyAlwaysOff)
 			Expect(k8s.Create(ctx, obj)).To(Succeed())
 			Eventually(func(g Gomega) v1alpha1.VirtualMachinePhase {
 				return getVM(ctx, g, client.ObjectKeyFromObject(obj)).Status.Phase
@@ -199,7 +185,7 @@ var _ = Describe("Power policy after guest events", func() {
 
 	It("starts a Manual VM again after a guest poweroff", func(ctx SpecContext) {
 		ns := newNamespace(ctx)
-		obj := newVM(ns, "vm", v1alpha1.RunPolicyManual)
+		obj := fixture.VM(ns, "vm", v1alpha1.RunPolicyManual)
 		Expect(k8s.Create(ctx, obj)).To(Succeed())
 		startAndWait(ctx, obj)
 		Expect(kv.GuestPoweroff(ctx, ns, "vm")).To(Succeed())
@@ -213,7 +199,7 @@ var _ = Describe("Power policy after guest events", func() {
 
 	It("backs off exponentially when an AlwaysOnUntilStoppedManually VM keeps crashing", func(ctx SpecContext) {
 		ns := newNamespace(ctx)
-		obj := newVM(ns, "vm", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)
+		obj := fixture.VM(ns, "vm", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)
 		key := client.ObjectKeyFromObject(obj)
 		Expect(k8s.Create(ctx, obj)).To(Succeed())
 		startAndWait(ctx, obj)
@@ -248,7 +234,7 @@ var _ = Describe("Operator restarts", Ordered, func() {
 	DescribeTable("a crash around the restart request still gives exactly one new VMI",
 		func(ctx SpecContext, after bool) {
 			ns := newNamespace(ctx)
-			obj := newVM(ns, "vm", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)
+			obj := fixture.VM(ns, "vm", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)
 			key := client.ObjectKeyFromObject(obj)
 			Expect(k8s.Create(ctx, obj)).To(Succeed())
 			startAndWait(ctx, obj)
@@ -293,7 +279,7 @@ var _ = Describe("Operator restarts", Ordered, func() {
 	DescribeTable("a VMI that ended while the operator was down and whose pod is gone does not park the VM",
 		func(ctx SpecContext, p v1alpha1.RunPolicy, want outcome) {
 			ns := newNamespace(ctx)
-			obj := newVM(ns, "vm", p)
+			obj := fixture.VM(ns, "vm", p)
 			key := client.ObjectKeyFromObject(obj)
 			Expect(k8s.Create(ctx, obj)).To(Succeed())
 			startAndWait(ctx, obj)

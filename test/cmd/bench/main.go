@@ -39,11 +39,9 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/utils/ptr"
 	kvv1 "kubevirt.io/api/core/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -52,6 +50,7 @@ import (
 
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
 	"github.com/runpolicy/runpolicy/test/cluster"
+	"github.com/runpolicy/runpolicy/test/fixture"
 	"github.com/runpolicy/runpolicy/test/kubevirt"
 )
 
@@ -507,21 +506,6 @@ func (r *run) stopOperator() {
 	}
 }
 
-func newVM(ns, name string, p v1alpha1.RunPolicy) *v1alpha1.VirtualMachine {
-	return &v1alpha1.VirtualMachine{
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-		Spec: v1alpha1.VirtualMachineSpec{
-			RunPolicy: p,
-			VirtualMachineSpec: kvv1.VirtualMachineSpec{Template: &kvv1.VirtualMachineInstanceTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"kubevirt.io/vm": name}},
-				Spec: kvv1.VirtualMachineInstanceSpec{Domain: kvv1.DomainSpec{
-					Memory: &kvv1.Memory{Guest: ptr.To(resource.MustParse("128Mi"))},
-				}},
-			}},
-		},
-	}
-}
-
 func (r *run) vmName(i int) string { return fmt.Sprintf("vm-%05d", i) }
 
 func (r *run) policyOf(i int) v1alpha1.RunPolicy { return r.cfg.mix[i%len(r.cfg.mix)] }
@@ -552,7 +536,7 @@ func (r *run) parallel(n int, f func(i int) error) error {
 
 func (r *run) createVMs(ctx context.Context) error {
 	return r.parallel(r.n, func(i int) error {
-		return r.k8s.Create(ctx, newVM(r.ns, r.vmName(i), r.policyOf(i)))
+		return r.k8s.Create(ctx, fixture.VM(r.ns, r.vmName(i), r.policyOf(i)))
 	})
 }
 
