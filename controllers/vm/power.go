@@ -232,14 +232,17 @@ func (r *Reconciler) restartNotTaken(ctx context.Context, kv *kvv1.VirtualMachin
 
 // restartDone tells whether the restart of VMI uid is over: KubeVirt no longer holds the Start request for it and
 // either runs a new VMI (no longer reported as starting), or the new VMI ended already, or there is none to wait
-// for.
+// for. A KubeVirt VM taken off runStrategy Manual meanwhile (a policy change) ends it too: KubeVirt's own strategy
+// decides from then on, and a Start request it holds may never be served (Halted ignores it).
 func restartDone(uid string, kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance) bool {
 	switch {
+	case kv == nil || kv.Spec.RunStrategy == nil || *kv.Spec.RunStrategy != kvv1.RunStrategyManual:
+		return true
 	case vmi != nil && string(vmi.UID) == uid && vmi.DeletionTimestamp == nil:
 		return false // the ended VMI is still there: KubeVirt has not acted yet
 	case vmi == nil || string(vmi.UID) == uid:
 		// Gone or going: KubeVirt creates the new VMI next, while it holds the Start request.
-		return kv == nil || !startPending(kv)
+		return !startPending(kv)
 	case !vmiActive(vmi):
 		return true // the new VMI ended already: its own decision follows in this pass
 	}

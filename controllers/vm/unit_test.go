@@ -8,6 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 	kvv1 "kubevirt.io/api/core/v1"
 
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
@@ -172,12 +173,15 @@ func TestRestartDone(t *testing.T) {
 		return v
 	}
 	kv := func(printable kvv1.VirtualMachinePrintableStatus, startPending bool) *kvv1.VirtualMachine {
-		k := &kvv1.VirtualMachine{Status: kvv1.VirtualMachineStatus{PrintableStatus: printable}}
+		k := &kvv1.VirtualMachine{Spec: kvv1.VirtualMachineSpec{RunStrategy: ptr.To(kvv1.RunStrategyManual)},
+			Status: kvv1.VirtualMachineStatus{PrintableStatus: printable}}
 		if startPending {
 			k.Status.StateChangeRequests = []kvv1.VirtualMachineStateChangeRequest{{Action: kvv1.StartRequest}}
 		}
 		return k
 	}
+	halted := kv(kvv1.VirtualMachineStatusStopped, true)
+	halted.Spec.RunStrategy = ptr.To(kvv1.RunStrategyHalted)
 	cases := []struct {
 		name string
 		kv   *kvv1.VirtualMachine
@@ -194,6 +198,9 @@ func TestRestartDone(t *testing.T) {
 		{"new VMI running", kv(kvv1.VirtualMachineStatusRunning, false), vmi("new", kvv1.Running, false), true},
 		{"new VMI unschedulable", kv(kvv1.VirtualMachineStatusUnschedulable, false), vmi("new", kvv1.Scheduling, false), true},
 		{"new VMI ended already", kv(kvv1.VirtualMachineStatusStarting, false), vmi("new", kvv1.Failed, false), true},
+		{"policy changed to AlwaysOff, ended VMI still there", halted, vmi(old, kvv1.Succeeded, false), true},
+		{"policy changed to AlwaysOff, start request never served", halted, nil, true},
+		{"KubeVirt VM gone", nil, nil, true},
 	}
 	for _, c := range cases {
 		if got := restartDone(old, c.kv, c.vmi); got != c.want {
