@@ -34,6 +34,9 @@ type Options struct {
 	// OperationsPerVM keeps at most that many finished VirtualMachineOperations per VM; zero means
 	// vmop.DefaultMaxPerVM, negative means no limit.
 	OperationsPerVM int
+	// OperationTimeout fails an operation whose target state KubeVirt has not reached that long after accepting
+	// its signal; zero means vmop.DefaultTimeout, negative waits for ever.
+	OperationTimeout time.Duration
 	// Workers is how many VMs are reconciled at once; 0 means DefaultWorkers.
 	Workers int
 	// Lifecycle overrides the client of KubeVirt's start/stop/restart subresources (tests inject faults with it);
@@ -102,6 +105,10 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	if perVM == 0 {
 		perVM = vmop.DefaultMaxPerVM
 	}
+	timeout := opts.OperationTimeout
+	if timeout == 0 {
+		timeout = vmop.DefaultTimeout
+	}
 	return (&vmop.Reconciler{
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),
@@ -109,5 +116,6 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		Lifecycle: lc,
 		TTL:       max(ttl, 0),
 		MaxPerVM:  max(perVM, 0),
+		Timeout:   max(timeout, 0),
 	}).SetupWithManager(mgr)
 }

@@ -58,9 +58,11 @@ const (
 	OperationReasonNotApplicableForVMPhase   = "NotApplicableForVMPhase"
 	OperationReasonWaitingForOtherOperation  = "WaitingForOtherOperation"
 	OperationReasonSuperseded                = "Superseded"
-	OperationReasonInProgress                = "InProgress"
-	OperationReasonCompleted                 = "OperationCompleted"
-	OperationReasonFailed                    = "OperationFailed"
+	// OperationReasonTimedOut: KubeVirt accepted the signal but did not reach the target state in time (--vmop-timeout).
+	OperationReasonTimedOut   = "TimedOut"
+	OperationReasonInProgress = "InProgress"
+	OperationReasonCompleted  = "OperationCompleted"
+	OperationReasonFailed     = "OperationFailed"
 	// OperationReasonWaitingForVMPhase: the VM is in a passing phase (e.g. Stopping before a Start); the
 	// operation runs once it settles.
 	OperationReasonWaitingForVMPhase = "WaitingForVMPhase"

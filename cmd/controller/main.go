@@ -37,6 +37,9 @@ func main() {
 		"How long finished VirtualMachineOperations are kept after they finished; a negative value keeps them.")
 	flag.IntVar(&opts.OperationsPerVM, "vmop-max-per-vm", vmop.DefaultMaxPerVM,
 		"How many finished VirtualMachineOperations are kept per VM (the newest); a negative value means no limit.")
+	flag.DurationVar(&opts.OperationTimeout, "vmop-timeout", vmop.DefaultTimeout,
+		"How long a VirtualMachineOperation may wait for KubeVirt to reach its target state after accepting its signal "+
+			"before it fails with reason TimedOut; a negative value waits for ever.")
 	flag.IntVar(&opts.Workers, "workers", controllers.DefaultWorkers, "How many VMs are reconciled at once.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine) // --zap-devel, --zap-encoder, --zap-log-level, --zap-stacktrace-level, --zap-time-encoding

@@ -28,10 +28,11 @@ import (
 // IndexVMName is the field index of VirtualMachineOperations by spec.virtualMachineName.
 const IndexVMName = "spec.virtualMachineName"
 
-// Defaults of the cleanup of finished operations.
+// Defaults of the operation timeout and of the cleanup of finished operations.
 const (
 	DefaultTTL      = 24 * time.Hour
 	DefaultMaxPerVM = 10
+	DefaultTimeout  = 10 * time.Minute
 )
 
 // Event reasons.
@@ -55,6 +56,9 @@ type Reconciler struct {
 	TTL time.Duration
 	// MaxPerVM keeps at most that many finished operations per VM (the newest); 0 means no limit.
 	MaxPerVM int
+	// Timeout fails an operation whose target state KubeVirt has not reported that long after it accepted the
+	// signal; 0 means no limit.
+	Timeout time.Duration
 	// Clock returns the current time; nil means time.Now.
 	Clock func() time.Time
 }
@@ -195,6 +199,14 @@ func (r *Reconciler) step(ctx context.Context, op *v1alpha1.VirtualMachineOperat
 			complete(op, now, doneMessage(op, in.vm))
 		case turn.SupersededBy != "":
 			fail(op, now, v1alpha1.OperationReasonSuperseded, supersededMessage(op, in.vm, turn.SupersededBy))
+		case r.Timeout > 0 && op.Status.SignalSentTime != nil:
+			// Without a limit, an operation whose target state never comes (a VMI that cannot be scheduled, a
+			// Start whose VMI keeps failing) would hold the VM's queue for good.
+			left := op.Status.SignalSentTime.Add(r.Timeout).Sub(now.Time)
+			if left > 0 {
+				return ctrl.Result{RequeueAfter: left}, nil
+			}
+			fail(op, now, v1alpha1.OperationReasonTimedOut, timeoutMessage(op, in.vm, r.Timeout))
 		}
 		return ctrl.Result{}, nil
 	}
@@ -337,6 +349,12 @@ func doneMessage(op *v1alpha1.VirtualMachineOperation, vm *v1alpha1.VirtualMachi
 	default:
 		return fmt.Sprintf("VirtualMachine %s runs a new VMI", vm.Name)
 	}
+}
+
+func timeoutMessage(op *v1alpha1.VirtualMachineOperation, vm *v1alpha1.VirtualMachine, limit time.Duration) string {
+	return fmt.Sprintf("KubeVirt accepted the %s request, but VirtualMachine %s still reports phase %s %s later "+
+		"(the operation waits until it %s); the request may still take effect: see the VM's status and events, "+
+		"then create a new operation if needed", verb(op), vm.Name, vm.Status.Phase, limit, goal(op.Spec.Type))
 }
 
 func supersededMessage(op *v1alpha1.VirtualMachineOperation, vm *v1alpha1.VirtualMachine, by string) string {

@@ -307,6 +307,31 @@ var _ = Describe("VirtualMachineOperation", func() {
 		Expect(kv.VMIsCreated(ns, "vm1")).To(Equal(vmis))
 	})
 
+	It("fails an operation whose target state KubeVirt never reports, after the timeout", func(ctx SpecContext) {
+		suiteOp.stop()
+		suiteOp = startOperator(lc, nil, func(r *vmop.Reconciler) { r.Timeout = 3 * time.Second })
+		DeferCleanup(func() { suiteOp.stop(); suiteOp = startOperator(lc, nil) })
+
+		createVM(ctx, ns, "vm1", v1alpha1.RunPolicyManual)
+		stoppedVM(ctx, ns, "vm1")
+		kv.FailNextStarts(ns, "vm1", 100) // every VMI fails before it runs: Manual leaves the VM stopped
+		createOp(ctx, ns, "start", "vm1", start, false)
+		op := finished(ctx, ns, "start")
+		Expect(op.Status.Phase).To(Equal(v1alpha1.OperationFailed), "conditions: %+v", op.Status.Conditions)
+		c := completed(op)
+		Expect(c.Reason).To(Equal(v1alpha1.OperationReasonTimedOut))
+		Expect(c.Message).To(And(ContainSubstring("start request"), ContainSubstring("VirtualMachine vm1"), ContainSubstring("3s")))
+		By("after KubeVirt had accepted the signal, once")
+		Expect(meta.IsStatusConditionTrue(op.Status.Conditions, v1alpha1.OperationConditionSignalSent)).To(BeTrue())
+		Expect(op.Status.CompletionTime.Sub(op.Status.SignalSentTime.Time)).To(BeNumerically(">=", 3*time.Second))
+		Expect(kv.CallsFor(ns, "vm1")).To(HaveLen(1))
+
+		By("freeing the VM's queue for the next operation")
+		kv.FailNextStarts(ns, "vm1", 0)
+		createOp(ctx, ns, "start-again", "vm1", start, false)
+		expectCompleted(finished(ctx, ns, "start-again"))
+	})
+
 	It("keeps finished operations for audit, at most max per VM, and removes them after the TTL", func(ctx SpecContext) {
 		suiteOp.stop()
 		suiteOp = startOperator(lc, nil, func(r *vmop.Reconciler) { r.TTL, r.MaxPerVM = 5*time.Second, 2 })
