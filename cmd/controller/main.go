@@ -18,13 +18,14 @@ import (
 
 func main() {
 	var (
-		metricsAddr, probeAddr, leaderNS string
-		leaderElect                      bool
-		opts                             controllers.Options
-		leaseDuration                    time.Duration
+		metricsAddr, probeAddr, pprofAddr, leaderNS string
+		leaderElect                                 bool
+		opts                                        controllers.Options
+		leaseDuration                               time.Duration
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "Address the Prometheus metrics endpoint binds to; 0 disables it.")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address the /healthz and /readyz probes bind to.")
+	flag.StringVar(&pprofAddr, "pprof-bind-address", "0", "Address Go's /debug/pprof endpoints bind to (profiling); 0 disables them.")
 	flag.BoolVar(&leaderElect, "leader-elect", true, "Elect a leader so that only one replica reconciles at a time.")
 	flag.StringVar(&leaderNS, "leader-election-namespace", "", "Namespace of the leader election Lease (default: the pod's namespace).")
 	flag.DurationVar(&leaseDuration, "leader-election-lease-duration", 15*time.Second, "Duration of the leader election lease.")
@@ -57,6 +58,7 @@ func main() {
 		Cache:                   controllers.CacheOptions(),
 		Metrics:                 metricsserver.Options{BindAddress: metricsAddr},
 		HealthProbeBindAddress:  probeAddr,
+		PprofBindAddress:        pprofAddr,
 		LeaderElection:          leaderElect,
 		LeaderElectionID:        "runpolicy-controller.runpolicy.io",
 		LeaderElectionNamespace: leaderNS,

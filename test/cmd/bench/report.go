@@ -39,8 +39,10 @@ func table(rs []result) string {
 		if r.ResyncWrites > 0 {
 			fmt.Fprintf(&b, "\n  operator writes during the resync after a plain restart (audit log): %s", r.ResyncWritesByKind)
 		}
-		fmt.Fprintf(&b, "\n  operator writes during the reset stream (audit log): %s (failed: %d %v); resets timed out: %d\n",
+		fmt.Fprintf(&b, "\n  operator writes during the reset stream (audit log): %s (failed: %d %v); resets timed out: %d",
 			r.WritesByKind, r.FailedWrites, r.FailedWritesBy, r.ResetsTimedOut)
+		fmt.Fprintf(&b, "\n  operator peak RSS per process: created the VMs %.0f MiB, plain restart %.0f MiB, restart with specs changed + resets %.0f MiB\n",
+			r.OperatorPeakRSSByRun["create"], r.OperatorPeakRSSByRun["resync"], r.OperatorPeakRSSByRun["restart+resets"])
 		for _, ph := range []struct{ key, name string }{{"create", "create"}, {"resync", "resync (plain restart)"},
 			{"restart", "restart (every spec changed)"}, {"resets", "resets"}} {
 			if s, ok := r.ComponentCPUSeconds[ph.key]; ok {
