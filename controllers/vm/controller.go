@@ -326,6 +326,17 @@ func (r *Reconciler) getVMI(ctx context.Context, key types.NamespacedName) (*kvv
 // SetupWithManager registers the controller: it watches our VMs, the KubeVirt VMs and VMIs of the same name,
 // and KubeVirt's launcher pods.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
+	// Launcher pods by their VMI's UID: a label selector alone would scan every launcher pod of the namespace on
+	// each decision.
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &corev1.Pod{}, IndexLauncherVMIUID,
+		func(o client.Object) []string {
+			if uid := o.GetLabels()[LabelCreatedBy]; uid != "" {
+				return []string{uid}
+			}
+			return nil
+		}); err != nil {
+		return err
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&v1alpha1.VirtualMachine{}).
 		// By name rather than by owner: a KubeVirt VM runpolicy does not own yet (a name conflict, an adoption)

@@ -39,6 +39,9 @@ const (
 	LabelVMName    = "vm.kubevirt.io/name"
 )
 
+// IndexLauncherVMIUID is the cache index of launcher pods by their kubevirt.io/created-by label (the VMI's UID).
+const IndexLauncherVMIUID = "launcher.vmiUID"
+
 // podSettleTimeout bounds how long the decision waits for the launcher pod to publish its termination
 // message once the VMI has ended; after that the VMI is judged without it (unknown, never a reboot).
 const podSettleTimeout = 30 * time.Second
@@ -273,7 +276,9 @@ func (r *Reconciler) ended(ctx context.Context, kv *kvv1.VirtualMachine, vmi *kv
 		}
 	}
 	pods := &corev1.PodList{}
-	if err := r.List(ctx, pods, client.InNamespace(vmi.Namespace), client.MatchingLabels{LabelCreatedBy: string(vmi.UID)}); err != nil {
+	// Read only, so the cache's copies are used as they are.
+	if err := r.List(ctx, pods, client.InNamespace(vmi.Namespace), client.MatchingFields{IndexLauncherVMIUID: string(vmi.UID)},
+		client.UnsafeDisableDeepCopy); err != nil {
 		return e, false, err
 	}
 	var msgs []string
