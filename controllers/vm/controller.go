@@ -52,7 +52,7 @@ type Reconciler struct {
 	// Workers is how many VMs are reconciled at once (never the same VM twice at once); 0 means 1.
 	Workers int
 
-	// ownVM and ownKubeVirtVM remember, per VM, the resourceVersion our last write replaced (see cacheBehind).
+	// ownVM and ownKubeVirtVM remember, per VM, the resourceVersion our last write replaced (see writeTracker).
 	ownVM, ownKubeVirtVM writeTracker
 }
 
