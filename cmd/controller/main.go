@@ -4,6 +4,7 @@ package main
 import (
 	"flag"
 	"os"
+	"runtime/debug"
 	"time"
 
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -16,7 +17,15 @@ import (
 	"github.com/runpolicy/runpolicy/internal/policy"
 )
 
+// defaultGCPercent is the Go GC target used unless GOGC is set. The operator's live heap is mostly its informer
+// caches, which grow with the number of VMs; half of Go's default headroom (100) keeps its peak memory near 1.5×
+// that instead of 2× for a little more GC CPU (measured with make bench: peak RSS 71 → 57 MiB at 1,000 VMs).
+const defaultGCPercent = 50
+
 func main() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(defaultGCPercent)
+	}
 	var (
 		metricsAddr, probeAddr, pprofAddr, leaderNS string
 		leaderElect                                 bool
