@@ -10,7 +10,8 @@
 //     one write (the floor) and the operator's mean reconcile time;
 //   - API writes per restart, counted from kube-apiserver's audit log by the operator's user agent, with the
 //     Events apart from the state writes;
-//   - operator peak RSS (VmHWM) and CPU, and the CPU of every other component, to show where time goes.
+//   - operator peak RSS (VmHWM, per operator process) and CPU, the CPU of every other component, to show where
+//     time goes, and the operator's heap profile at the end (heap-N<n>.pprof).
 //
 // It prints a table and writes it, a JSON file and a PNG plot (latency vs N) under -out. Nothing is asserted.
 //
@@ -638,9 +639,6 @@ func (r *run) converge(ctx context.Context, what string, generation int64) error
 	})
 }
 
-// resynced waits until a freshly started operator has reconciled every VM once: its virtualmachine controller
-// counted N reconciles (its cache sync queues every VM; a new process counts from 0), with none queued or running.
-// The VMs' status cannot tell: a resync of a converged VM changes nothing.
 // standInIdle waits until the KubeVirt stand-in's controllers (in this process) have nothing queued or running
 // for a second.
 func (r *run) standInIdle() error {
@@ -672,6 +670,9 @@ func (r *run) standInIdle() error {
 	})
 }
 
+// resynced waits until a freshly started operator has reconciled every VM once: its virtualmachine controller
+// counted N reconciles (its cache sync queues every VM; a new process counts from 0), with none queued or running.
+// The VMs' status cannot tell: a resync of a converged VM changes nothing.
 func (r *run) resynced() error {
 	return r.waitFor("the resync after a plain operator restart", func() (bool, string, error) {
 		m, err := r.scrape()
