@@ -35,9 +35,10 @@ func auditArgs(dir string) (map[string][]string, string, error) {
 	}, log, nil
 }
 
-// startCalls lists, per VM name, when kube-apiserver received a client's start subresource calls.
-func startCalls(path, uaPrefix string) (map[string][]time.Time, error) {
-	out := map[string][]time.Time{}
+// restartCalls lists, per VM name, what one client (user agent prefix) did in kube-apiserver that a restart is
+// made of: its start subresource calls and its runpolicy.io VirtualMachine status writes, in the order received.
+func restartCalls(path, uaPrefix string) (map[string]*vmCalls, error) {
+	out := map[string]*vmCalls{}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -47,12 +48,50 @@ func startCalls(path, uaPrefix string) (map[string][]time.Time, error) {
 	sc.Buffer(make([]byte, 0, 64<<10), 16<<20)
 	for sc.Scan() {
 		var ev auditEvent
-		if json.Unmarshal(sc.Bytes(), &ev) != nil || !strings.HasPrefix(ev.UserAgent, uaPrefix) || ev.ObjectRef.Subresource != "start" {
+		if json.Unmarshal(sc.Bytes(), &ev) != nil || !strings.HasPrefix(ev.UserAgent, uaPrefix) {
 			continue
 		}
-		out[ev.ObjectRef.Name] = append(out[ev.ObjectRef.Name], ev.RequestReceived)
+		c := out[ev.ObjectRef.Name]
+		if c == nil {
+			c = &vmCalls{}
+			out[ev.ObjectRef.Name] = c
+		}
+		call := apiCall{Received: ev.RequestReceived, Done: ev.StageTimestamp}
+		switch {
+		case ev.ObjectRef.Subresource == "start":
+			c.Starts = append(c.Starts, call)
+		case ev.ObjectRef.APIGroup == "runpolicy.io" && ev.ObjectRef.Resource == "virtualmachines" && ev.ObjectRef.Subresource == "status":
+			c.StatusWrites = append(c.StatusWrites, call)
+		}
 	}
 	return out, sc.Err()
+}
+
+// apiCall is one request as kube-apiserver's audit log has it: received, and its response completed.
+type apiCall struct{ Received, Done time.Time }
+
+type vmCalls struct{ Starts, StatusWrites []apiCall }
+
+// startAfter is the first start call received in [from, to].
+func (c *vmCalls) startAfter(from, to time.Time) (apiCall, bool) {
+	for _, s := range c.Starts {
+		if !s.Received.Before(from) && !s.Received.After(to) {
+			return s, true
+		}
+	}
+	return apiCall{}, false
+}
+
+// intentBefore is the last status write received in [from, start): the one recording the restart's intent.
+func (c *vmCalls) intentBefore(from, start time.Time) (apiCall, bool) {
+	var w apiCall
+	found := false
+	for _, s := range c.StatusWrites {
+		if !s.Received.Before(from) && s.Received.Before(start) {
+			w, found = s, true
+		}
+	}
+	return w, found
 }
 
 type auditEvent struct {
@@ -68,6 +107,7 @@ type auditEvent struct {
 		Code int `json:"code"`
 	} `json:"responseStatus"`
 	RequestReceived time.Time `json:"requestReceivedTimestamp"`
+	StageTimestamp  time.Time `json:"stageTimestamp"`
 }
 
 // writeCounts counts the writes of one client (user agent prefix) received in [from, to), by

@@ -7,7 +7,9 @@
 //   - time to converge after an operator restart with every VM's spec changed while it was down, so every VM
 //     needs a write;
 //   - guest reset → new VMI latency (p50/p99) under a stream of resets, beside the apiserver's round trip for
-//     one write (the floor) and the operator's mean reconcile time;
+//     one write (the floor: a ConfigMap patch, and a patch of a runpolicy.io VirtualMachine, the kind of object
+//     the operator writes) and the operator's mean reconcile time; the operator's part (VMI final → its start
+//     call) is split at its status write, from the audit log;
 //   - API writes per restart, counted from kube-apiserver's audit log by the operator's user agent, with the
 //     Events apart from the state writes;
 //   - operator peak RSS (VmHWM, per operator process) and CPU, the CPU of every other component, to show where
@@ -167,8 +169,16 @@ type result struct {
 	FinalToStartP99    float64
 	StartToNewP50      float64 // start call → new VMI created (the stand-in's virt-api + virt-controller)
 	StartToNewP99      float64
-	FloorP50, FloorP99 float64 // one write's round trip
-	ReconcileMean      float64 // operator's mean reconcile time during the reset stream (its own metric)
+	// The operator's part (VMI final → start call) split at its status write recording the intent (audit log):
+	// until that write is received (watch, queue, reconcile), the write itself in kube-apiserver, and from its
+	// response to the start call being received.
+	FinalToIntentP50, FinalToIntentP99 float64
+	IntentWriteP50, IntentWriteP99     float64
+	IntentToStartP50, IntentToStartP99 float64
+	FloorP50, FloorP99                 float64 // one write's round trip (a ConfigMap patch, the cheapest write)
+	// One write of a runpolicy.io VirtualMachine: the kind of write the restart's intent is.
+	VMFloorP50, VMFloorP99 float64
+	ReconcileMean          float64 // operator's mean reconcile time during the reset stream (its own metric)
 	// The operator's writes during the reset stream per reset: all of them, those that are not Events (VM status,
 	// KubeVirt calls), and Events (core or events.k8s.io), which only inform.
 	WritesPerRestart      float64
@@ -350,6 +360,10 @@ func runOne(c config, n int) (res result, err error) {
 	if err != nil {
 		return res, err
 	}
+	res.VMFloorP50, res.VMFloorP99, err = r.vmWriteFloor(ctx)
+	if err != nil {
+		return res, err
+	}
 
 	// 5. Reset stream.
 	rec0, _ := r.scrape()
@@ -373,19 +387,30 @@ func runOne(c config, n int) (res result, err error) {
 	res.Resets, res.ResetsTimedOut = len(lat), timedOut
 	res.ResetP50, res.ResetP99, res.ResetMax = pct(lat, 50), pct(lat, 99), pct(lat, 100)
 	res.FinalToNewP50, res.FinalToNewP99 = pct(f2n, 50), pct(f2n, 99)
-	if starts, err := startCalls(r.auditLog, "runpolicy-controller"); err == nil {
-		var f2s, s2n []float64
+	if calls, err := restartCalls(r.auditLog, "runpolicy-controller"); err == nil {
+		var f2s, s2n, f2i, iw, i2s []float64
 		for _, rc := range recs {
-			for _, t := range starts[rc.name] {
-				if !t.Before(rc.final) && !t.After(rc.created) {
-					f2s = append(f2s, t.Sub(rc.final).Seconds())
-					s2n = append(s2n, rc.created.Sub(t).Seconds())
-					break
-				}
+			c := calls[rc.name]
+			if c == nil {
+				continue
+			}
+			start, ok := c.startAfter(rc.final, rc.created)
+			if !ok {
+				continue
+			}
+			f2s = append(f2s, start.Received.Sub(rc.final).Seconds())
+			s2n = append(s2n, rc.created.Sub(start.Received).Seconds())
+			if intent, ok := c.intentBefore(rc.final, start.Received); ok {
+				f2i = append(f2i, intent.Received.Sub(rc.final).Seconds())
+				iw = append(iw, intent.Done.Sub(intent.Received).Seconds())
+				i2s = append(i2s, start.Received.Sub(intent.Done).Seconds())
 			}
 		}
 		res.FinalToStartP50, res.FinalToStartP99 = pct(f2s, 50), pct(f2s, 99)
 		res.StartToNewP50, res.StartToNewP99 = pct(s2n, 50), pct(s2n, 99)
+		res.FinalToIntentP50, res.FinalToIntentP99 = pct(f2i, 50), pct(f2i, 99)
+		res.IntentWriteP50, res.IntentWriteP99 = pct(iw, 50), pct(iw, 99)
+		res.IntentToStartP50, res.IntentToStartP99 = pct(i2s, 50), pct(i2s, 99)
 	}
 	if dc := rec1.reconcileCount - rec0.reconcileCount; dc > 0 {
 		res.ReconcileMean = (rec1.reconcileSum - rec0.reconcileSum) / dc
@@ -703,17 +728,50 @@ func (r *run) firstWrite(t time.Time) (time.Time, bool) {
 	return first, !first.IsZero()
 }
 
-// writeFloor measures floorN sequential writes (a ConfigMap annotation patch) by an admin client.
+// writeFloor measures floorN sequential writes (a ConfigMap annotation patch) by an admin client: the cheapest
+// write kube-apiserver serves.
 func (r *run) writeFloor(ctx context.Context) (p50, p99 float64, err error) {
 	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: r.ns, Name: "bench-floor"}}
 	if err := r.k8s.Create(ctx, cm); err != nil {
 		return 0, 0, err
 	}
+	return r.patchLatency(ctx, cm)
+}
+
+// vmWriteFloor measures floorN sequential writes of a runpolicy.io VirtualMachine (an annotation patch, which goes
+// through the same decoding, schema validation and field management as the operator's status writes), on an
+// AlwaysOff VM in a namespace of its own so that it counts nowhere else.
+func (r *run) vmWriteFloor(ctx context.Context) (p50, p99 float64, err error) {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: r.ns + "-floor"}}
+	if err := r.k8s.Create(ctx, ns); err != nil {
+		return 0, 0, err
+	}
+	vm := fixture.VM(ns.Name, "floor", v1alpha1.RunPolicyAlwaysOff)
+	if err := r.k8s.Create(ctx, vm); err != nil {
+		return 0, 0, err
+	}
+	// Let the operator create its KubeVirt VM and write its status first: the patches below change nothing it
+	// reads, so its passes on them make no write.
+	if err := r.waitFor("the write-floor VM to converge", func() (bool, string, error) {
+		got := &v1alpha1.VirtualMachine{}
+		if err := r.k8s.Get(ctx, client.ObjectKeyFromObject(vm), got); err != nil {
+			return false, "", err
+		}
+		return got.Status.ObservedGeneration == got.Generation && got.Status.Phase == v1alpha1.VirtualMachineStopped,
+			string(got.Status.Phase), nil
+	}); err != nil {
+		return 0, 0, err
+	}
+	return r.patchLatency(ctx, vm)
+}
+
+// patchLatency times floorN sequential annotation merge patches of obj.
+func (r *run) patchLatency(ctx context.Context, obj client.Object) (p50, p99 float64, err error) {
 	var lat []float64
 	for i := range r.cfg.floorN {
 		patch := fmt.Appendf(nil, `{"metadata":{"annotations":{"bench.runpolicy.io/i":"%d"}}}`, i)
 		t := time.Now()
-		if err := r.k8s.Patch(ctx, cm, client.RawPatch(types.MergePatchType, patch)); err != nil {
+		if err := r.k8s.Patch(ctx, obj, client.RawPatch(types.MergePatchType, patch)); err != nil {
 			return 0, 0, err
 		}
 		lat = append(lat, time.Since(t).Seconds())

@@ -63,7 +63,8 @@ func (c canvas) line(x0, y0, x1, y1 int, col color.Color, width int) {
 	}
 }
 
-// writePlot draws reset→new VMI latency (p50, p99), the write floor and the 2×floor+reconcile budget
+// writePlot draws reset→new VMI latency (p50, p99), the write floor and the 2×floor+reconcile budgets (for the
+// cheapest write and for a runpolicy.io VirtualMachine write)
 // against N (log scale), in milliseconds (log scale).
 func writePlot(path string, rs []result) error {
 	const W, H, left, right, top, bottom = 900, 560, 90, 30, 60, 70
@@ -79,6 +80,7 @@ func writePlot(path string, rs []result) error {
 		{"RESET TO NEW VMI P50", color.RGBA{30, 60, 200, 255}, func(r result) float64 { return r.ResetP50 * 1000 }},
 		{"VMI END TO START CALL P99 (OPERATOR)", color.RGBA{230, 140, 0, 255}, func(r result) float64 { return r.FinalToStartP99 * 1000 }},
 		{"2*FLOOR+RECONCILE", color.RGBA{30, 150, 30, 255}, func(r result) float64 { return (2*r.FloorP50 + r.ReconcileMean) * 1000 }},
+		{"2*VM WRITE FLOOR+RECONCILE", color.RGBA{140, 60, 160, 255}, func(r result) float64 { return (2*r.VMFloorP50 + r.ReconcileMean) * 1000 }},
 		{"WRITE FLOOR P50", color.RGBA{120, 120, 120, 255}, func(r result) float64 { return r.FloorP50 * 1000 }},
 	}
 	var pts []result
