@@ -158,17 +158,20 @@ type result struct {
 	ResyncWrites       int     // the operator's writes in that window: an unchanged VM needs none
 	ResyncWritesByKind string  `json:",omitempty"`
 	ConvergeRestart    float64 // operator restart with every VM's spec changed while it was down → all converged
-	OperatorReadyAfter float64 // in that restart: operator process start → its first write (cache sync + first reconcile)
-	Resets             int
-	ResetsTimedOut     int
-	ResetP50, ResetP99 float64 // reset → new VMI created
-	ResetMax           float64
-	FinalToNewP50      float64 // VMI final (seen by a watch) → new VMI created: the operator's share plus KubeVirt's start
-	FinalToNewP99      float64
-	FinalToStartP50    float64 // VMI final → the operator's start call received by kube-apiserver (audit log)
-	FinalToStartP99    float64
-	StartToNewP50      float64 // start call → new VMI created (the stand-in's virt-api + virt-controller)
-	StartToNewP99      float64
+	// The operator's writes until then: two per VM are needed (the KubeVirt VM and the VM's status).
+	RestartWrites       int
+	RestartWritesByKind string  `json:",omitempty"`
+	OperatorReadyAfter  float64 // in that restart: operator process start → its first write (cache sync + first reconcile)
+	Resets              int
+	ResetsTimedOut      int
+	ResetP50, ResetP99  float64 // reset → new VMI created
+	ResetMax            float64
+	FinalToNewP50       float64 // VMI final (seen by a watch) → new VMI created: the operator's share plus KubeVirt's start
+	FinalToNewP99       float64
+	FinalToStartP50     float64 // VMI final → the operator's start call received by kube-apiserver (audit log)
+	FinalToStartP99     float64
+	StartToNewP50       float64 // start call → new VMI created (the stand-in's virt-api + virt-controller)
+	StartToNewP99       float64
 	// The operator's part (VMI final → start call) split at its status write recording the intent (audit log):
 	// until that write is received (watch, queue, reconcile), the write itself in kube-apiserver, and from its
 	// response to the start call being received.
@@ -346,8 +349,11 @@ func runOne(c config, n int) (res result, err error) {
 	res.OperatorCPUSeconds["restart"] = cpu1["operator"]
 	api1 = r.apiMetrics(ctx)
 	res.APIServerTime["restart"] = topAPITime(api0, api1, 6)
-	log.Printf("bench: N=%d: converged after the operator restart with every spec changed in %.1fs (%s)", n,
-		res.ConvergeRestart, cpu1.since(cpu0))
+	if wc, err := countWrites(r.auditLog, "runpolicy-controller", t0, time.Now()); err == nil {
+		res.RestartWrites, res.RestartWritesByKind = wc.Total, wc.String()
+	}
+	log.Printf("bench: N=%d: converged after the operator restart with every spec changed in %.1fs, %d operator writes (%s)", n,
+		res.ConvergeRestart, res.RestartWrites, cpu1.since(cpu0))
 
 	// The stand-in may still be working through the KubeVirt VMs changed in phase 3 (the operator converged
 	// first): let it finish, so the floor and the reset stream measure a quiet system, not that backlog.

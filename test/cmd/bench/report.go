@@ -43,6 +43,10 @@ func table(rs []result) string {
 		if r.ResyncWrites > 0 {
 			fmt.Fprintf(&b, "\n  operator writes during the resync after a plain restart (audit log): %s", r.ResyncWritesByKind)
 		}
+		if r.RestartWrites > 0 {
+			fmt.Fprintf(&b, "\n  operator writes until converged after the restart with every spec changed (audit log): %d, %.2f per VM: %s",
+				r.RestartWrites, float64(r.RestartWrites)/float64(r.N), r.RestartWritesByKind)
+		}
 		fmt.Fprintf(&b, "\n  operator writes during the reset stream (audit log): %s (failed: %d %v); resets timed out: %d",
 			r.WritesByKind, r.FailedWrites, r.FailedWritesBy, r.ResetsTimedOut)
 		fmt.Fprintf(&b, "\n  operator peak RSS per process: created the VMs %.0f MiB, plain restart %.0f MiB, restart with specs changed + resets %.0f MiB\n",
