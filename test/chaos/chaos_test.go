@@ -17,7 +17,8 @@
 // Checked at the end: every VM is in the state (Running/Stopped, Ready, no VMI left when stopped) its policy
 // and history demand; KubeVirt created exactly as many VMIs per VM as the history demands (so no reset, crash,
 // start or restart was acted on twice, or not at all); no KubeVirt VirtualMachine was deleted (a watch counts
-// deletions, and each keeps its UID). DataVolumes are not modelled by the stand-in.
+// deletions, and each keeps its UID), and no DataVolume either (every other VM has one, created by the stand-in
+// from its dataVolumeTemplates as KubeVirt does).
 package chaos
 
 import (
@@ -99,8 +100,10 @@ type world struct {
 	models map[string]*model
 	counts map[string]int
 	kvUIDs map[string]types.UID
+	dvUIDs map[string]types.UID // per VM that has a DataVolume
 
 	kvVMDeletes atomic.Int64
+	dvDeletes   atomic.Int64
 	conflicts   atomic.Int64
 	stormWrites atomic.Int64
 }
@@ -132,7 +135,7 @@ func TestChaos(t *testing.T) {
 	must(t, err)
 
 	w := &world{t: t, ctx: ctx, env: env, k8s: env.Client, kv: kv, models: map[string]*model{}, counts: map[string]int{},
-		kvUIDs: map[string]types.UID{}}
+		kvUIDs: map[string]types.UID{}, dvUIDs: map[string]types.UID{}}
 	w.lc = &killingLifecycle{Lifecycle: real}
 	w.op = &operator{env: env, lc: w.lc}
 	w.lc.op = w.op
@@ -153,7 +156,12 @@ func TestChaos(t *testing.T) {
 			m.vmis = 1
 		}
 		w.models[name] = m
-		must(t, w.k8s.Create(ctx, fixture.VM(w.ns, name, p)))
+		vm := fixture.VM(w.ns, name, p)
+		if i%2 == 0 { // every other VM has a disk KubeVirt provisions as a DataVolume
+			vm = fixture.WithDataVolume(vm)
+			w.dvUIDs[name] = ""
+		}
+		must(t, w.k8s.Create(ctx, vm))
 	}
 	if bad := w.waitSettled(nil, *settleFlag); len(bad) > 0 {
 		t.Fatalf("the VMs did not settle after creation: %v", bad)
@@ -162,6 +170,11 @@ func TestChaos(t *testing.T) {
 		kvvm := &kvv1.VirtualMachine{}
 		must(t, w.k8s.Get(ctx, client.ObjectKey{Namespace: w.ns, Name: name}, kvvm))
 		w.kvUIDs[name] = kvvm.UID
+	}
+	for name := range w.dvUIDs {
+		dv, err := w.dataVolume(name)
+		must(t, err)
+		w.dvUIDs[name] = dv.UID
 	}
 
 	start := time.Now()
@@ -202,6 +215,16 @@ func TestChaos(t *testing.T) {
 	if d := w.kvVMDeletes.Load(); d > 0 {
 		t.Errorf("%d KubeVirt VirtualMachines were deleted; the user deleted none", d)
 	}
+	for _, name := range slices.Sorted(mapsKeys(w.dvUIDs)) {
+		if dv, err := w.dataVolume(name); err != nil {
+			t.Errorf("%s: DataVolume: %v", name, err)
+		} else if dv.UID != w.dvUIDs[name] {
+			t.Errorf("%s: the DataVolume was deleted and recreated (UID %s, was %s)", name, dv.UID, w.dvUIDs[name])
+		}
+	}
+	if d := w.dvDeletes.Load(); d > 0 {
+		t.Errorf("%d DataVolumes were deleted; the user deleted none", d)
+	}
 
 	w.mu.Lock()
 	keys := slices.Sorted(mapsKeys(w.counts))
@@ -211,8 +234,8 @@ func TestChaos(t *testing.T) {
 	w.mu.Unlock()
 	t.Logf("chaos: operator restarts %d (kills mid-Start: before %d, after %d)", w.op.restarts.Load(), w.lc.killedBefore.Load(), w.lc.killedAfter.Load())
 	t.Logf("chaos: conflict storms wrote %d times, %d conflicts seen by the storm itself", w.stormWrites.Load(), w.conflicts.Load())
-	t.Logf("chaos: VMIs created %d, guest resets %d, KubeVirt VM deletions %d, subresource calls %d, VMs off-model at the end %d",
-		totalVMIs, totalResets, w.kvVMDeletes.Load(), len(kv.Calls()), len(bad))
+	t.Logf("chaos: VMIs created %d, guest resets %d, KubeVirt VM deletions %d, DataVolume deletions %d (of %d), subresource calls %d, VMs off-model at the end %d",
+		totalVMIs, totalResets, w.kvVMDeletes.Load(), w.dvDeletes.Load(), len(w.dvUIDs), len(kv.Calls()), len(bad))
 	t.Logf("chaos: total %s", time.Since(start).Round(time.Second))
 }
 
@@ -498,6 +521,13 @@ func (w *world) waitSettled(names []string, limit time.Duration) []string {
 	}
 }
 
+// dataVolume reads the DataVolume fixture.WithDataVolume gave VM name, past the cache.
+func (w *world) dataVolume(name string) (*metav1.PartialObjectMetadata, error) {
+	dv := &metav1.PartialObjectMetadata{}
+	dv.SetGroupVersionKind(standin.DataVolumeGVK)
+	return dv, w.k8s.Get(w.ctx, client.ObjectKey{Namespace: w.ns, Name: fixture.DataVolumeName(name)}, dv)
+}
+
 func (w *world) startCache() error {
 	c, err := cache.New(w.env.Config, cache.Options{Scheme: w.env.Scheme})
 	if err != nil {
@@ -508,6 +538,15 @@ func (w *world) startCache() error {
 		return err
 	}
 	if _, err := inf.AddEventHandler(deleteCounter{&w.kvVMDeletes}); err != nil {
+		return err
+	}
+	dvs := &metav1.PartialObjectMetadata{}
+	dvs.SetGroupVersionKind(standin.DataVolumeGVK)
+	dvInf, err := c.GetInformer(w.ctx, dvs)
+	if err != nil {
+		return err
+	}
+	if _, err := dvInf.AddEventHandler(deleteCounter{&w.dvDeletes}); err != nil {
 		return err
 	}
 	for _, o := range []client.Object{&v1alpha1.VirtualMachine{}, &kvv1.VirtualMachineInstance{}} {

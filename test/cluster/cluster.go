@@ -93,12 +93,14 @@ func complete(dir string) bool {
 	return true
 }
 
-// CRDs returns runpolicy's CRDs (crds/) and KubeVirt's (test/crds/kubevirt, generated from kubevirt.io/api),
-// the latter completed with what controller-gen cannot know: the status subresource and short names.
+// CRDs returns runpolicy's CRDs (crds/), KubeVirt's (test/crds/kubevirt, generated from kubevirt.io/api), the
+// latter completed with what controller-gen cannot know: the status subresource and short names, and CDI's
+// DataVolume (test/crds/cdi, reduced to its names).
 func CRDs() ([]*apiextv1.CustomResourceDefinition, error) {
 	root := RepoRoot()
 	opts := &envtest.CRDInstallOptions{
-		Paths:              []string{filepath.Join(root, "crds"), filepath.Join(root, "test", "crds", "kubevirt")},
+		Paths: []string{filepath.Join(root, "crds"), filepath.Join(root, "test", "crds", "kubevirt"),
+			filepath.Join(root, "test", "crds", "cdi")},
 		ErrorIfPathMissing: true,
 	}
 	if err := envtest.ReadCRDFiles(opts); err != nil {

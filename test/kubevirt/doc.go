@@ -4,7 +4,9 @@
 //   - virt-controller, VirtualMachine half (kubevirt/kubevirt pkg/virt-controller/watch/vm/vm.go): VM → VMI per
 //     spec.runStrategy (Always, RerunOnFailure, Once, Manual, Halted), status.stateChangeRequests (a Stop only
 //     counts when its UID is the current VMI's), created/ready/runStrategy/startFailure/conditions/printableStatus,
-//     the crash-loop backoff (delay from Options.StartFailureBackoff), finalizers.
+//     the crash-loop backoff (delay from Options.StartFailureBackoff), finalizers, and the DataVolumes of
+//     spec.dataVolumeTemplates (created with the VM as controller owner; CDI's import is not modelled: they are
+//     Succeeded at once and the VMI does not wait for them).
 //   - virt-controller, VMI half, and virt-handler (pkg/virt-controller/watch/vmi/vmi.go, pkg/virt-handler/vm.go):
 //     the virt-launcher pod, phases Pending → Scheduling → Scheduled → Running → Succeeded/Failed, a vanished pod
 //     fails the VMI, a deleted VMI is shut down (ACPI within the grace period, destroyed with grace 0).
@@ -37,7 +39,8 @@
 // gets 5 random ones from kube-apiserver, so the stand-in reads the pod with a GET by name instead of KubeVirt's LIST
 // by label, whose cost grows with the pods in the namespace (quadratic overall in the benchmark).
 //
-// Not modelled: instancetypes/preferences, DataVolumes, live migration, pause, hotplug, RestartRequired,
-// ControllerRevisions, the api-version annotations, firmware UUIDs, events, and KubeVirt's own SubjectAccessReview in
-// virt-api (kube-apiserver still authorizes the subresource calls with RBAC before proxying them).
+// Not modelled: instancetypes/preferences, CDI's import (DataVolumes are created, see above), live migration,
+// pause, hotplug, RestartRequired, ControllerRevisions, the api-version annotations, firmware UUIDs, events, and
+// KubeVirt's own SubjectAccessReview in virt-api (kube-apiserver still authorizes the subresource calls with RBAC
+// before proxying them).
 package kubevirt

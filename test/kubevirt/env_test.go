@@ -33,11 +33,15 @@ func startEnv(apiServerArgs map[string][]string) (*testEnv, error) {
 			return nil, fmt.Errorf("%s missing in %s: run test/cluster/build-assets.sh or set KUBEBUILDER_ASSETS", b, assets)
 		}
 	}
-	opts := &envtest.CRDInstallOptions{Paths: []string{filepath.Join(repoRoot(), "test", "crds", "kubevirt")}, ErrorIfPathMissing: true}
+	opts := &envtest.CRDInstallOptions{Paths: []string{filepath.Join(repoRoot(), "test", "crds", "kubevirt"),
+		filepath.Join(repoRoot(), "test", "crds", "cdi")}, ErrorIfPathMissing: true}
 	if err := envtest.ReadCRDFiles(opts); err != nil {
 		return nil, err
 	}
 	for _, crd := range opts.CRDs {
+		if crd.Spec.Group != "kubevirt.io" {
+			continue
+		}
 		for i := range crd.Spec.Versions {
 			// controller-gen cannot know KubeVirt's CRDs have a status subresource
 			crd.Spec.Versions[i].Subresources = &apiextv1.CustomResourceSubresources{Status: &apiextv1.CustomResourceSubresourceStatus{}}

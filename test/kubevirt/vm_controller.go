@@ -68,6 +68,9 @@ func (r *vmController) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Re
 				return ctrl.Result{}, err
 			}
 		}
+		if err := r.s.ensureDataVolumes(ctx, vm); err != nil {
+			return ctrl.Result{}, err
+		}
 		runStrategy, err := vm.RunStrategy()
 		if err != nil {
 			return ctrl.Result{}, err
