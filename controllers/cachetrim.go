@@ -47,7 +47,8 @@ func trimKubeVirtVM(obj any) (any, error) {
 	return kv, nil
 }
 
-// trimVMI keeps a VMI's metadata (the template-hash annotation) and its phase history; its spec and the
+// trimVMI keeps a VMI's metadata (the template-hash and hook-sidecar annotations), its reboot policy and its phase
+// history; the rest of its spec and the
 // node-level parts of its status go.
 func trimVMI(obj any) (any, error) {
 	vmi, ok := obj.(*kvv1.VirtualMachineInstance)
@@ -56,7 +57,8 @@ func trimVMI(obj any) (any, error) {
 	}
 	vmi.ManagedFields = nil
 	delete(vmi.Annotations, lastApplied)
-	vmi.Spec = kvv1.VirtualMachineInstanceSpec{}
+	// The reboot policy tells whether a guest reboot could have ended the VMI.
+	vmi.Spec = kvv1.VirtualMachineInstanceSpec{Domain: kvv1.DomainSpec{RebootPolicy: vmi.Spec.Domain.RebootPolicy}}
 	vmi.Status = kvv1.VirtualMachineInstanceStatus{
 		Phase:                     vmi.Status.Phase,
 		PhaseTransitionTimestamps: vmi.Status.PhaseTransitionTimestamps,

@@ -24,8 +24,11 @@ import (
 
 // Options configures the reconcilers.
 type Options struct {
-	// HookSidecarImage is the hook sidecar image added to every VMI template; empty adds none.
+	// HookSidecarImage is runpolicy's hook sidecar image; empty adds none.
 	HookSidecarImage string
+	// HookSidecarMode says when the sidecar is added to VMI templates: auto (while KubeVirt's Sidecar feature
+	// gate is on; also when empty), true (always), false (never).
+	HookSidecarMode policy.SidecarMode
 	// Backoff spaces out restarts after consecutive failures; zero means policy.DefaultBackoff.
 	Backoff policy.Backoff
 	// OperationTTL removes finished VirtualMachineOperations that long after they finished; zero means
@@ -92,6 +95,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		APIReader:        mgr.GetAPIReader(),
 		Recorder:         mgr.GetEventRecorder("runpolicy-controller"),
 		HookSidecarImage: opts.HookSidecarImage,
+		SidecarMode:      opts.HookSidecarMode,
 		Lifecycle:        lc,
 		Backoff:          backoff,
 		Workers:          cmp.Or(opts.Workers, DefaultWorkers),

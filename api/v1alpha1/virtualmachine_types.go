@@ -23,6 +23,7 @@ const (
 
 // VirtualMachineSpec is KubeVirt's VirtualMachineSpec with runPolicy in place of running and runStrategy.
 // +kubebuilder:validation:XValidation:rule="!has(self.running)",message="spec.running is not supported: runpolicy.io VirtualMachines are started and stopped by spec.runPolicy (AlwaysOff, AlwaysOn, Manual, AlwaysOnUntilStoppedManually)"
+// +kubebuilder:validation:XValidation:rule="!has(self.template) || !has(self.template.spec) || !has(self.template.spec.domain) || !has(self.template.spec.domain.rebootPolicy) || self.template.spec.domain.rebootPolicy != 'Reboot' || self.runPolicy == 'AlwaysOn' || self.runPolicy == 'AlwaysOff'",message="spec.template.spec.domain.rebootPolicy: Reboot keeps guest reboots inside the guest, which contradicts runPolicy Manual and AlwaysOnUntilStoppedManually (a guest reboot restarts the VM from outside with the current spec): remove it, or set Terminate"
 // +kubebuilder:validation:XValidation:rule="!has(self.runStrategy)",message="spec.runStrategy is not supported: set spec.runPolicy (AlwaysOff, AlwaysOn, Manual, AlwaysOnUntilStoppedManually) instead; runpolicy derives the KubeVirt runStrategy from it"
 type VirtualMachineSpec struct {
 	// runPolicy decides when the VM runs: AlwaysOff, AlwaysOn, Manual or AlwaysOnUntilStoppedManually.
@@ -56,6 +57,10 @@ const (
 	ConditionAwaitingRestart = "AwaitingRestartToApplyConfiguration"
 	// ConditionSynced is True when the KubeVirt VirtualMachine matches this object's spec.
 	ConditionSynced = "Synced"
+	// ConditionRebootsApplyChanges is True when a reboot inside the guest restarts the VM from outside with its
+	// current spec. False says why not (e.g. KubeVirt's Sidecar feature gate is off) and what to do; absent for
+	// AlwaysOff.
+	ConditionRebootsApplyChanges = "RebootsApplyChanges"
 )
 
 // Condition reasons of a VirtualMachine.
@@ -76,20 +81,23 @@ const (
 )
 
 // ShutdownSource says what ended a VMI.
-// +kubebuilder:validation:Enum=guest-reset;guest-shutdown;crash;user;unknown
+// +kubebuilder:validation:Enum=guest-reset;guest-shutdown;host-reset;crash;user;unknown
 type ShutdownSource string
 
 const (
 	ShutdownGuestReset    ShutdownSource = "guest-reset"
 	ShutdownGuestShutdown ShutdownSource = "guest-shutdown"
-	ShutdownCrash         ShutdownSource = "crash"
-	ShutdownUser          ShutdownSource = "user"
-	ShutdownUnknown       ShutdownSource = "unknown"
+	// ShutdownHostReset: the VM was reset through KubeVirt (its reset subresource, virtctl reset), a reboot from
+	// outside.
+	ShutdownHostReset ShutdownSource = "host-reset"
+	ShutdownCrash     ShutdownSource = "crash"
+	ShutdownUser      ShutdownSource = "user"
+	ShutdownUnknown   ShutdownSource = "unknown"
 )
 
 // LastShutdown records how the last VMI ended.
 type LastShutdown struct {
-	// source is what ended the VMI: guest-reset, guest-shutdown, crash, user or unknown.
+	// source is what ended the VMI: guest-reset, guest-shutdown, host-reset (virtctl reset), crash, user or unknown.
 	// +required
 	Source ShutdownSource `json:"source"`
 	// reason is the detail behind source: the QEMU SHUTDOWN reason from the hook sidecar, or why none was found.
@@ -107,7 +115,7 @@ type LastShutdown struct {
 
 // VirtualMachineStatus is the observed state of a VirtualMachine.
 type VirtualMachineStatus struct {
-	// conditions: Ready, AwaitingRestartToApplyConfiguration, Synced.
+	// conditions: Ready, AwaitingRestartToApplyConfiguration, Synced, RebootsApplyChanges.
 	// +optional
 	// +listType=map
 	// +listMapKey=type

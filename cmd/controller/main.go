@@ -60,7 +60,10 @@ func main() {
 	flag.StringVar(&leaderNS, "leader-election-namespace", "", "Namespace of the leader election Lease (default: the pod's namespace).")
 	flag.DurationVar(&leaseDuration, "leader-election-lease-duration", 15*time.Second, "Duration of the leader election lease.")
 	flag.StringVar(&opts.HookSidecarImage, "hook-sidecar-image", "",
-		"Hook sidecar image added to every VMI template (hooks.kubevirt.io/hookSidecars); empty adds none.")
+		"runpolicy's hook sidecar image, added to VMI templates (hooks.kubevirt.io/hookSidecars) as --hook-sidecar says; empty adds none.")
+	sidecarMode := flag.String("hook-sidecar", string(policy.SidecarAuto),
+		"When to add the hook sidecar: auto (while KubeVirt's Sidecar feature gate is on), true (always; KubeVirt refuses "+
+			"the VMs without the gate) or false (never: guest reboots stay inside the guest).")
 	flag.DurationVar(&opts.Backoff.Base, "restart-backoff-base", policy.DefaultBackoff.Base,
 		"First delay before restarting an AlwaysOnUntilStoppedManually VM after consecutive failures; it doubles each time.")
 	flag.DurationVar(&opts.Backoff.Max, "restart-backoff-max", policy.DefaultBackoff.Max, "Longest restart backoff delay.")
@@ -77,6 +80,12 @@ func main() {
 	flag.Parse()                        // --kubeconfig is registered by controller-runtime
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 	log := ctrl.Log.WithName("setup")
+	mode, err := policy.ParseSidecarMode(*sidecarMode)
+	if err != nil {
+		log.Error(err, "Bad --hook-sidecar")
+		os.Exit(2)
+	}
+	opts.HookSidecarMode = mode
 
 	cfg, err := ctrl.GetConfig()
 	if err != nil {

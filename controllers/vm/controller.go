@@ -39,8 +39,11 @@ const (
 type Reconciler struct {
 	client.Client
 	Recorder recorder.EventRecorder
-	// HookSidecarImage, when set, is added to the VMI template as a KubeVirt hook sidecar.
+	// HookSidecarImage is runpolicy's hook sidecar image; empty means none is configured.
 	HookSidecarImage string
+	// SidecarMode decides whether the sidecar goes into VMI templates (auto: while KubeVirt's Sidecar feature gate
+	// is on); empty means auto.
+	SidecarMode policy.SidecarMode
 	// APIReader reads past the cache where a stale read could repeat a request; nil means the cached client.
 	APIReader client.Reader
 	// Lifecycle calls KubeVirt's start/stop/restart subresources.
@@ -51,6 +54,12 @@ type Reconciler struct {
 	Clock func() time.Time
 	// Workers is how many VMs are reconciled at once (never the same VM twice at once); 0 means 1.
 	Workers int
+
+	// mode is the hook-sidecar decision last reported (log line, metric); see noteSidecar.
+	mode struct {
+		sync.Mutex
+		last *policy.Sidecar
+	}
 
 	// ownVM and ownKubeVirtVM remember, per VM, the resourceVersion our last write replaced (see writeTracker).
 	ownVM, ownKubeVirtVM writeTracker
@@ -101,6 +110,7 @@ const cacheRecheck = time.Second
 // +kubebuilder:rbac:groups=kubevirt.io,resources=virtualmachines,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups=kubevirt.io,resources=virtualmachineinstances,verbs=get;list;watch;delete
 // +kubebuilder:rbac:groups=subresources.kubevirt.io,resources=virtualmachines/start;virtualmachines/stop;virtualmachines/restart,verbs=update
+// +kubebuilder:rbac:groups=kubevirt.io,resources=kubevirts,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
@@ -132,12 +142,16 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if err != nil {
 		return ctrl.Result{}, err
 	}
+	kvcfg, sc, err := r.sidecarPlan(ctx)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
 
 	before := vm.Status.DeepCopy()
 	var syncErr error
 	var pass powerPass
 	if vm.DeletionTimestamp == nil {
-		kv, syncErr = r.syncKubeVirtVM(ctx, vm, kv, vmi)
+		kv, syncErr = r.syncKubeVirtVM(ctx, vm, kv, vmi, kvcfg, sc)
 		if pass, err = r.reconcilePower(ctx, vm, kv, vmi); err != nil {
 			return ctrl.Result{}, err
 		}
@@ -147,6 +161,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		desiredHash = TemplateHash(vm.Spec.Template)
 	}
 	deriveStatus(vm, kv, vmi, desiredHash, r.now())
+	r.setRebootCondition(vm, vmi, kvcfg, sc)
 	if syncErr == nil {
 		vm.Status.ObservedGeneration = vm.Generation
 	}
@@ -200,7 +215,7 @@ func (e transientError) Unwrap() error { return e.error }
 // syncKubeVirtVM applies the desired KubeVirt VM and records the Synced condition. It returns the KubeVirt VM as
 // the server has it afterwards.
 func (r *Reconciler) syncKubeVirtVM(ctx context.Context, vm *v1alpha1.VirtualMachine, kv *kvv1.VirtualMachine,
-	vmi *kvv1.VirtualMachineInstance) (*kvv1.VirtualMachine, error) {
+	vmi *kvv1.VirtualMachineInstance, kvcfg policy.KubeVirtConfig, sc policy.Sidecar) (*kvv1.VirtualMachine, error) {
 	log := ctrl.LoggerFrom(ctx)
 
 	adopting := false
@@ -229,7 +244,11 @@ func (r *Reconciler) syncKubeVirtVM(ctx context.Context, vm *v1alpha1.VirtualMac
 	}
 	strategy := policy.RunStrategy(vm.Spec.RunPolicy, policy.Bootstrapping(vm.Spec.RunPolicy, entering, current, vmiActive(vmi)))
 
-	desired, err := desiredKubeVirtVM(vm, strategy, r.HookSidecarImage)
+	hookImage := ""
+	if sc.Add {
+		hookImage = r.HookSidecarImage
+	}
+	desired, err := desiredKubeVirtVM(vm, strategy, hookImage, policy.SetRebootPolicy(vm.Spec.RunPolicy, sc, kvcfg, userRebootPolicy(vm)))
 	if err != nil {
 		setCondition(vm, v1alpha1.ConditionSynced, metav1.ConditionFalse, v1alpha1.ReasonApplyFailed, err.Error())
 		return kv, err
@@ -344,25 +363,22 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&kvv1.VirtualMachine{}, handler.EnqueueRequestsFromMapFunc(sameName)).
 		Watches(&kvv1.VirtualMachineInstance{}, handler.EnqueueRequestsFromMapFunc(sameName)).
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(launcherPodVM)).
+		// KubeVirt's configuration (its Sidecar feature gate) decides what every VM's KubeVirt VM looks like.
+		Watches(&kvv1.KubeVirt{}, handler.EnqueueRequestsFromMapFunc(r.kubeVirtConfigChanged)).
 		Named("virtualmachine").
 		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.Workers, 1)}).
 		Complete(r)
 }
 
-// launcherPodVM maps a virt-launcher pod to the VM of the same name as its VMI.
+// launcherPodVM maps a virt-launcher pod to the VM of the same name as its VMI, the pod's controller owner.
+// KubeVirt's vm.kubevirt.io/name label is no guide: it holds the VMI's hostname (spec.hostname, or the name cut at
+// the first dot), not its name.
 func launcherPodVM(_ context.Context, o client.Object) []ctrl.Request {
-	name := o.GetLabels()[LabelVMName]
-	if name == "" {
-		for _, ref := range o.GetOwnerReferences() {
-			if ref.Kind == "VirtualMachineInstance" {
-				name = ref.Name
-			}
-		}
-	}
-	if name == "" {
+	ref := metav1.GetControllerOfNoCopy(o)
+	if ref == nil || ref.Kind != "VirtualMachineInstance" || ref.Name == "" {
 		return nil
 	}
-	return []ctrl.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: name}}}
+	return []ctrl.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: ref.Name}}}
 }
 
 func sameName(_ context.Context, o client.Object) []ctrl.Request {

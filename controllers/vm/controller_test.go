@@ -3,6 +3,7 @@ package vm_test
 import (
 	"context"
 	"encoding/json"
+	"strings"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
@@ -252,6 +253,20 @@ var _ = Describe("Admission", func() {
 		Entry("no template", map[string]any{"runPolicy": "Manual"}, []string{"spec.template", "Required"}),
 		Entry("malformed template", map[string]any{"template": map[string]any{"spec": map[string]any{"domain": "big"}}},
 			[]string{"spec.template.spec.domain", "must be of type object"}),
+		Entry("rebootPolicy Reboot with Manual", map[string]any{"runPolicy": "Manual", "template": rebootPolicyTemplate("Reboot")},
+			[]string{"spec.template.spec.domain.rebootPolicy", "Reboot", "runPolicy Manual"}),
+		Entry("rebootPolicy Reboot with the default policy", map[string]any{"template": rebootPolicyTemplate("Reboot")},
+			[]string{"spec.template.spec.domain.rebootPolicy", "AlwaysOnUntilStoppedManually"}),
+	)
+
+	DescribeTable("accepts a rebootPolicy that agrees with the policy",
+		func(ctx SpecContext, policy, rebootPolicy string) {
+			Expect(raw(ctx, "VirtualMachine", map[string]any{"metadata": map[string]any{"name": strings.ToLower(policy + "-" + rebootPolicy)},
+				"spec": map[string]any{"runPolicy": policy, "template": rebootPolicyTemplate(rebootPolicy)}})).To(Succeed())
+		},
+		Entry("Terminate with Manual", "Manual", "Terminate"),
+		Entry("Reboot with AlwaysOn (KubeVirt restarts nothing: the user's choice)", "AlwaysOn", "Reboot"),
+		Entry("Terminate with AlwaysOn", "AlwaysOn", "Terminate"),
 	)
 
 	op := func(name string, spec map[string]any) map[string]any {
@@ -279,6 +294,10 @@ var _ = Describe("Admission", func() {
 		Expect(err.Error()).To(ContainSubstring("spec is immutable"))
 	})
 })
+
+func rebootPolicyTemplate(p string) map[string]any {
+	return map[string]any{"spec": map[string]any{"domain": map[string]any{"devices": map[string]any{}, "rebootPolicy": p}}}
+}
 
 func eventReasons(ctx context.Context, g Gomega, ns, name string) []string {
 	list := &eventsv1.EventList{}

@@ -75,8 +75,24 @@ func withHookSidecar(current, image string) (string, error) {
 	return string(out), nil
 }
 
-// desiredKubeVirtVM builds the KubeVirt VirtualMachine runpolicy applies for vm.
-func desiredKubeVirtVM(vm *v1alpha1.VirtualMachine, strategy kvv1.VirtualMachineRunStrategy, hookImage string) (*kvv1.VirtualMachine, error) {
+// hasHookSidecar tells whether a hook-sidecar annotation value lists image.
+func hasHookSidecar(annotation, image string) bool {
+	var list []hookSidecar
+	if annotation == "" || image == "" || json.Unmarshal([]byte(annotation), &list) != nil {
+		return false
+	}
+	for _, s := range list {
+		if s.Image == image {
+			return true
+		}
+	}
+	return false
+}
+
+// desiredKubeVirtVM builds the KubeVirt VirtualMachine runpolicy applies for vm: hookImage, when set, is added as
+// a hook sidecar; rebootTerminate sets spec.domain.rebootPolicy: Terminate (policy.SetRebootPolicy).
+func desiredKubeVirtVM(vm *v1alpha1.VirtualMachine, strategy kvv1.VirtualMachineRunStrategy, hookImage string,
+	rebootTerminate bool) (*kvv1.VirtualMachine, error) {
 	spec := *vm.Spec.VirtualMachineSpec.DeepCopy()
 	spec.Running = nil
 	spec.RunStrategy = ptr.To(strategy)
@@ -97,6 +113,9 @@ func desiredKubeVirtVM(vm *v1alpha1.VirtualMachine, strategy kvv1.VirtualMachine
 		ann[AnnotationHookSidecars] = v
 	}
 	spec.Template.ObjectMeta.Annotations = ann
+	if rebootTerminate && spec.Template.Spec.Domain.RebootPolicy == nil {
+		spec.Template.Spec.Domain.RebootPolicy = ptr.To(kvv1.RebootPolicyTerminate)
+	}
 
 	kv := &kvv1.VirtualMachine{
 		TypeMeta: metav1.TypeMeta{APIVersion: kvv1.SchemeGroupVersion.String(), Kind: "VirtualMachine"},

@@ -25,6 +25,7 @@ import (
 const (
 	EventGuestReset    = "GuestReset"
 	EventGuestShutdown = "GuestShutdown"
+	EventHostReset     = "HostReset"
 	EventCrashed       = "Crashed"
 	EventStopped       = "Stopped"
 	EventRestarting    = "Restarting"
@@ -36,7 +37,6 @@ const (
 	LabelLauncher  = "kubevirt.io"
 	LauncherValue  = "virt-launcher"
 	LabelCreatedBy = "kubevirt.io/created-by"
-	LabelVMName    = "vm.kubevirt.io/name"
 )
 
 // IndexLauncherVMIUID is the cache index of launcher pods by their kubevirt.io/created-by label (the VMI's UID).
@@ -181,6 +181,34 @@ func actingPolicy(p v1alpha1.RunPolicy, kv *kvv1.VirtualMachine) v1alpha1.RunPol
 	return p
 }
 
+// stoppedByUser tells whether the VMI was stopped through KubeVirt: a Stop request for its UID, or a deletion.
+// Under runStrategy Always (and RerunOnFailure) KubeVirt itself deletes an ended VMI within milliseconds to
+// replace it, so there a deletion says nothing about who stopped it and the termination message decides. Under
+// Manual and Halted, KubeVirt never deletes an ended VMI by itself.
+func stoppedByUser(kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance) bool {
+	for _, req := range kv.Status.StateChangeRequests {
+		if req.Action == kvv1.StopRequest && req.UID != nil && *req.UID == vmi.UID {
+			return true
+		}
+	}
+	return vmi.DeletionTimestamp != nil && !kubeVirtReplaces(kv)
+}
+
+// rebootsStayInGuest tells whether a guest reboot could not have ended the VMI: without any hook sidecar and
+// without rebootPolicy Terminate, KubeVirt runs QEMU with on_reboot=restart.
+func rebootsStayInGuest(vmi *kvv1.VirtualMachineInstance) bool {
+	rp := vmi.Spec.Domain.RebootPolicy
+	return vmi.Annotations[AnnotationHookSidecars] == "" && (rp == nil || *rp != kvv1.RebootPolicyTerminate)
+}
+
+// kubeVirtReplaces tells whether KubeVirt's runStrategy deletes and recreates an ended VMI by itself.
+func kubeVirtReplaces(kv *kvv1.VirtualMachine) bool {
+	if kv.Spec.RunStrategy == nil {
+		return kv.Spec.Running != nil && *kv.Spec.Running
+	}
+	return *kv.Spec.RunStrategy == kvv1.RunStrategyAlways || *kv.Spec.RunStrategy == kvv1.RunStrategyRerunOnFailure
+}
+
 // startPending tells whether KubeVirt holds a Start request it has not acted on yet.
 func startPending(kv *kvv1.VirtualMachine) bool {
 	for _, req := range kv.Status.StateChangeRequests {
@@ -268,13 +296,8 @@ func (r *Reconciler) cleanupAct(vmi *kvv1.VirtualMachineInstance) func(context.C
 // ended gathers what is known about how vmi ended. settled is false while the launcher pod is still
 // terminating and may yet publish the hook sidecar's message.
 func (r *Reconciler) ended(ctx context.Context, kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance, now time.Time) (policy.Ended, bool, error) {
-	e := policy.Ended{Failed: vmi.Status.Phase == kvv1.Failed, Cause: shutdown.CauseUnknown}
-	e.StoppedByUser = vmi.DeletionTimestamp != nil
-	for _, req := range kv.Status.StateChangeRequests {
-		if req.Action == kvv1.StopRequest && req.UID != nil && *req.UID == vmi.UID {
-			e.StoppedByUser = true
-		}
-	}
+	e := policy.Ended{Failed: vmi.Status.Phase == kvv1.Failed, Cause: shutdown.CauseUnknown,
+		StoppedByUser: stoppedByUser(kv, vmi), RebootsStayInGuest: rebootsStayInGuest(vmi)}
 	pods := &corev1.PodList{}
 	// Read only, so the cache's copies are used as they are.
 	if err := r.List(ctx, pods, client.InNamespace(vmi.Namespace), client.MatchingFields{IndexLauncherVMIUID: string(vmi.UID)},
@@ -332,6 +355,8 @@ func reasonText(e policy.Ended) string {
 	switch {
 	case e.StoppedByUser:
 		return "The VMI was stopped through KubeVirt"
+	case e.Cause == shutdown.CauseUnknown && !e.Failed && e.RebootsStayInGuest:
+		return "The VMI ended cleanly and ran without a hook sidecar, so guest reboots stayed inside the guest: a guest poweroff"
 	case e.Cause == shutdown.CauseUnknown && e.Failed:
 		return "The VMI failed and no shutdown reason was recorded (crash, lost launcher pod or missing hook sidecar)"
 	case e.Cause == shutdown.CauseUnknown:
@@ -347,6 +372,8 @@ func eventReason(s v1alpha1.ShutdownSource) string {
 		return EventGuestReset
 	case v1alpha1.ShutdownGuestShutdown:
 		return EventGuestShutdown
+	case v1alpha1.ShutdownHostReset:
+		return EventHostReset
 	case v1alpha1.ShutdownUser:
 		return EventStopped
 	default:

@@ -46,6 +46,10 @@ func setCondition(vm *v1alpha1.VirtualMachine, t string, s metav1.ConditionStatu
 	})
 }
 
+func removeCondition(vm *v1alpha1.VirtualMachine, t string) {
+	meta.RemoveStatusCondition(&vm.Status.Conditions, t)
+}
+
 // deriveStatus fills the parts of status that follow from the KubeVirt VM and VMI alone.
 func deriveStatus(vm *v1alpha1.VirtualMachine, kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance, desiredHash string, now time.Time) {
 	backoff := vm.Status.RestartNotBefore != nil && vm.Status.RestartNotBefore.After(now) && !vmiActive(vmi)

@@ -40,6 +40,9 @@ var _ = BeforeSuite(func() {
 	env, err = cluster.Start(cluster.Options{GarbageCollector: true})
 	Expect(err).NotTo(HaveOccurred())
 	k8s = env.Client
+	// KubeVirt's configuration as virt-operator keeps it: the KubeVirt CR, here with the Sidecar feature gate on
+	// (the degraded-mode specs turn it off and back on).
+	setKubeVirtConfig(context.Background(), "v1.8.0", "Sidecar")
 
 	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
 		Scheme:  env.Scheme,

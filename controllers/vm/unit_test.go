@@ -42,7 +42,7 @@ func TestApplyObjectDropsNullsAndStatus(t *testing.T) {
 	vm := &v1alpha1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Name: "a", Namespace: "b", UID: "u"}}
 	vm.Spec.RunPolicy = v1alpha1.RunPolicyManual
 	vm.Spec.Template = &kvv1.VirtualMachineInstanceTemplateSpec{}
-	kv, err := desiredKubeVirtVM(vm, kvv1.RunStrategyManual, "")
+	kv, err := desiredKubeVirtVM(vm, kvv1.RunStrategyManual, "", false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,5 +206,95 @@ func TestRestartDone(t *testing.T) {
 		if got := restartDone(old, c.kv, c.vmi); got != c.want {
 			t.Errorf("%s: restartDone = %v, want %v", c.name, got, c.want)
 		}
+	}
+}
+
+// KubeVirt's vm.kubevirt.io/name label holds the VMI's hostname, not its name: the pod maps to its VMI's VM by
+// its controller owner.
+func TestLauncherPodVM(t *testing.T) {
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "virt-launcher-web.prod-abcde",
+		Labels: map[string]string{"kubevirt.io": "virt-launcher", "vm.kubevirt.io/name": "web", "kubevirt.io/created-by": "uid-1"},
+		OwnerReferences: []metav1.OwnerReference{
+			{APIVersion: "v1", Kind: "ConfigMap", Name: "other"},
+			{APIVersion: "kubevirt.io/v1", Kind: "VirtualMachineInstance", Name: "web.prod", UID: "uid-1", Controller: ptr.To(true)},
+		}}}
+	got := launcherPodVM(t.Context(), pod)
+	if len(got) != 1 || got[0].Namespace != "ns" || got[0].Name != "web.prod" {
+		t.Fatalf("launcherPodVM = %v, want ns/web.prod (the VMI's name)", got)
+	}
+	pod.OwnerReferences = pod.OwnerReferences[:1]
+	if got := launcherPodVM(t.Context(), pod); len(got) != 0 {
+		t.Fatalf("a pod no VMI controls must map to no VM, got %v", got)
+	}
+}
+
+func TestStoppedByUser(t *testing.T) {
+	vmi := func(deleting bool) *kvv1.VirtualMachineInstance {
+		v := &kvv1.VirtualMachineInstance{ObjectMeta: metav1.ObjectMeta{UID: "vmi-1"}, Status: kvv1.VirtualMachineInstanceStatus{Phase: kvv1.Succeeded}}
+		if deleting {
+			v.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+		}
+		return v
+	}
+	kv := func(rs kvv1.VirtualMachineRunStrategy, stopUID string) *kvv1.VirtualMachine {
+		k := &kvv1.VirtualMachine{Spec: kvv1.VirtualMachineSpec{RunStrategy: ptr.To(rs)}}
+		if stopUID != "" {
+			k.Status.StateChangeRequests = []kvv1.VirtualMachineStateChangeRequest{{Action: kvv1.StopRequest, UID: ptr.To(types.UID(stopUID))}}
+		}
+		return k
+	}
+	cases := []struct {
+		name string
+		kv   *kvv1.VirtualMachine
+		vmi  *kvv1.VirtualMachineInstance
+		want bool
+	}{
+		// KubeVirt's Always strategy deletes an ended VMI itself, and the deletion may be seen before the end.
+		{"Always: KubeVirt replacing an ended VMI is not a user's stop", kv(kvv1.RunStrategyAlways, ""), vmi(true), false},
+		{"RerunOnFailure: same", kv(kvv1.RunStrategyRerunOnFailure, ""), vmi(true), false},
+		{"Always: a Stop request for this VMI is", kv(kvv1.RunStrategyAlways, "vmi-1"), vmi(true), true},
+		{"Manual: a deletion is a stop", kv(kvv1.RunStrategyManual, ""), vmi(true), true},
+		{"Halted: a deletion is a stop", kv(kvv1.RunStrategyHalted, ""), vmi(true), true},
+		{"Manual: a Stop request for another VMI is not", kv(kvv1.RunStrategyManual, "vmi-0"), vmi(false), false},
+		{"Manual: ended by itself", kv(kvv1.RunStrategyManual, ""), vmi(false), false},
+	}
+	for _, c := range cases {
+		if got := stoppedByUser(c.kv, c.vmi); got != c.want {
+			t.Errorf("%s: stoppedByUser = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+func TestRebootsStayInGuest(t *testing.T) {
+	vmi := &kvv1.VirtualMachineInstance{}
+	if !rebootsStayInGuest(vmi) {
+		t.Error("no sidecar, no rebootPolicy: QEMU reboots in place")
+	}
+	vmi.Annotations = map[string]string{AnnotationHookSidecars: `[{"image":"any"}]`}
+	if rebootsStayInGuest(vmi) {
+		t.Error("any hook sidecar may end the VMI on a reboot")
+	}
+	vmi.Annotations = nil
+	vmi.Spec.Domain.RebootPolicy = ptr.To(kvv1.RebootPolicyTerminate)
+	if rebootsStayInGuest(vmi) {
+		t.Error("rebootPolicy Terminate ends the VMI on a reboot")
+	}
+}
+
+func TestDesiredKubeVirtVMRebootPolicy(t *testing.T) {
+	vm := &v1alpha1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Name: "a", Namespace: "b", UID: "u"}}
+	vm.Spec.Template = &kvv1.VirtualMachineInstanceTemplateSpec{}
+	kv, err := desiredKubeVirtVM(vm, kvv1.RunStrategyAlways, "", true)
+	if err != nil || kv.Spec.Template.Spec.Domain.RebootPolicy == nil || *kv.Spec.Template.Spec.Domain.RebootPolicy != kvv1.RebootPolicyTerminate {
+		t.Fatalf("rebootPolicy not set: %v", err)
+	}
+	if _, ok := kv.Spec.Template.ObjectMeta.Annotations[AnnotationHookSidecars]; ok {
+		t.Fatal("no hook image: no sidecar annotation")
+	}
+	if vm.Spec.Template.Spec.Domain.RebootPolicy != nil {
+		t.Fatal("the user's VM must not be changed")
+	}
+	if TemplateHash(vm.Spec.Template) != kv.Spec.Template.ObjectMeta.Annotations[AnnotationTemplateHash] {
+		t.Fatal("the template hash is the user's template's")
 	}
 }

@@ -303,7 +303,8 @@ func (r *Reconciler) send(ctx context.Context, op *v1alpha1.VirtualMachineOperat
 }
 
 // permanent tells the refusals a retry cannot fix: a bad request, an invalid body, or no permission.
-// Conflicts (KubeVirt's "already underway", a failed JSON-patch test) and unavailability are retried; the phase
+// KubeVirt's "stop/start already underway" (HTTP 500 from virt-api), conflicts (a failed JSON-patch test, 409) and
+// unavailability are retried; the phase
 // rules are evaluated again on each retry, so a VM that moved on fails the operation with NotApplicableForVMPhase.
 func permanent(err error) bool {
 	return apierrors.IsBadRequest(err) || apierrors.IsInvalid(err) || apierrors.IsForbidden(err) ||

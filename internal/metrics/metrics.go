@@ -13,6 +13,7 @@ import (
 const (
 	VMRestartsName    = "runpolicy_vm_restarts_total"
 	VMOPDurationName  = "runpolicy_vmop_duration_seconds"
+	DegradedName      = "runpolicy_hook_sidecar_degraded"
 	labelPolicy       = "policy"
 	labelReason       = "reason"
 	labelType         = "type"
@@ -38,10 +39,28 @@ var (
 		// KubeVirt's grace period (default 3 min), a waiting operation longer.
 		Buckets: prometheus.ExponentialBuckets(0.5, 2, 12),
 	}, []string{labelType, labelResult})
+
+
+	// Degraded is 1 while runpolicy runs without its hook sidecar (KubeVirt's Sidecar feature gate off, or the
+	// sidecar turned off): guest reboots then stay inside the guest and do not apply pending changes. The operator
+	// logs the reason once per change; every affected VM says it in its RebootsApplyChanges condition.
+	Degraded = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: DegradedName,
+		Help: "1 while runpolicy cannot tell guest reboots from poweroffs because its hook sidecar is not used (see the VMs' RebootsApplyChanges condition).",
+	})
 )
 
 func init() {
-	crmetrics.Registry.MustRegister(VMRestarts, VMOPDuration)
+	crmetrics.Registry.MustRegister(VMRestarts, VMOPDuration, Degraded)
+}
+
+// SidecarDegraded sets the degraded-mode gauge.
+func SidecarDegraded(degraded bool) {
+	v := 0.0
+	if degraded {
+		v = 1
+	}
+	Degraded.Set(v)
 }
 
 // RestartRequested counts one restart of a VM with runPolicy policy whose VMI ended for reason.

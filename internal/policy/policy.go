@@ -66,8 +66,13 @@ type Ended struct {
 	Failed bool
 	// Cause is what the hook sidecar's termination message says (CauseUnknown without a message).
 	Cause shutdown.Cause
-	// StoppedByUser is true when the VMI was being deleted or KubeVirt had a Stop request for it.
+	// StoppedByUser is true when KubeVirt had a Stop request for the VMI, or someone deleted it while KubeVirt's
+	// runStrategy does not delete ended VMIs by itself.
 	StoppedByUser bool
+	// RebootsStayInGuest is true when a guest reboot could not have ended the VMI: it ran without any hook sidecar
+	// and without rebootPolicy Terminate, so QEMU rebooted in place (KubeVirt's on_reboot=restart). A clean end
+	// without a recorded reason is then a guest poweroff.
+	RebootsStayInGuest bool
 }
 
 // Source maps an ended VMI to the shutdown source reported in status.lastShutdown.
@@ -79,8 +84,12 @@ func (e Ended) Source() v1alpha1.ShutdownSource {
 		return v1alpha1.ShutdownGuestReset
 	case e.Cause == shutdown.CauseGuestShutdown:
 		return v1alpha1.ShutdownGuestShutdown
+	case e.Cause == shutdown.CauseHostReset:
+		return v1alpha1.ShutdownHostReset
 	case e.Cause == shutdown.CauseGuestPanic, e.Cause == shutdown.CauseHost, e.Failed:
 		return v1alpha1.ShutdownCrash
+	case e.Cause == shutdown.CauseUnknown && e.RebootsStayInGuest:
+		return v1alpha1.ShutdownGuestShutdown
 	default:
 		return v1alpha1.ShutdownUnknown
 	}
@@ -94,6 +103,9 @@ type Decision struct {
 	Message string
 }
 
+// hostResetMessage explains the restart after a reset asked through KubeVirt: a reboot from outside.
+const hostResetMessage = "The VM was reset through KubeVirt (virtctl reset): restarting with the current spec"
+
 // Decide applies the policy table (DESIGN.md, "after guest reset / poweroff / crash") to an ended VMI.
 func Decide(p v1alpha1.RunPolicy, e Ended) Decision {
 	src := e.Source()
@@ -103,15 +115,20 @@ func Decide(p v1alpha1.RunPolicy, e Ended) Decision {
 		// Halted and Always: KubeVirt itself keeps the VM off or restarts it (with its own backoff).
 		d.Action, d.Message = ActionNone, fmt.Sprintf("KubeVirt handles a %s VM (%s)", p, src)
 	case v1alpha1.RunPolicyManual:
-		if src == v1alpha1.ShutdownGuestReset {
+		switch src {
+		case v1alpha1.ShutdownGuestReset:
 			d.Action, d.Message = ActionRestart, "The guest rebooted: restarting with the current spec"
-		} else {
+		case v1alpha1.ShutdownHostReset:
+			d.Action, d.Message = ActionRestart, hostResetMessage
+		default:
 			d.Action, d.Message = ActionStayStopped, fmt.Sprintf("The VM ended (%s) and stays stopped under runPolicy Manual", src)
 		}
 	case v1alpha1.RunPolicyAlwaysOnUntilStoppedManually:
 		switch src {
 		case v1alpha1.ShutdownGuestReset:
 			d.Action, d.Message = ActionRestart, "The guest rebooted: restarting with the current spec"
+		case v1alpha1.ShutdownHostReset:
+			d.Action, d.Message = ActionRestart, hostResetMessage
 		case v1alpha1.ShutdownGuestShutdown, v1alpha1.ShutdownUser:
 			d.Action, d.Message = ActionStayStopped, fmt.Sprintf("The VM was stopped (%s) and stays stopped", src)
 		default: // crash, unknown: never guessed as a reboot, but the policy wants the VM back
@@ -129,7 +146,8 @@ type Backoff struct {
 	Max  time.Duration
 }
 
-// DefaultBackoff matches KubeVirt's crash-loop backoff range (10 s doubling up to 5 min).
+// DefaultBackoff starts at KubeVirt's first crash-loop delay and ends at its cap: 10 s doubling up to 5 min
+// (KubeVirt's own grows as 10·n² s plus up to 50% jitter, capped at 300 s; pkg/virt-controller/watch/vm).
 var DefaultBackoff = Backoff{Base: 10 * time.Second, Max: 5 * time.Minute}
 
 // Delay returns the wait before the restart that follows the n-th consecutive failure (n ≥ 1).
