@@ -64,6 +64,7 @@ func trimVMI(obj any) (any, error) {
 		PhaseTransitionTimestamps: vmi.Status.PhaseTransitionTimestamps,
 		Conditions:                vmi.Status.Conditions,
 		NodeName:                  vmi.Status.NodeName,
+		ActivePods:                vmi.Status.ActivePods,
 		Reason:                    vmi.Status.Reason,
 	}
 	return vmi, nil

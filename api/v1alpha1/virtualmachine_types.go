@@ -169,6 +169,7 @@ type VirtualMachineStatus struct {
 }
 
 // VirtualMachine is a KubeVirt virtual machine whose power state follows a runPolicy.
+// +kubebuilder:validation:XValidation:rule="self.metadata.name.size() <= 63",message="metadata.name must be at most 63 characters: KubeVirt puts the VM's name into the labels of its VMI and launcher pod, which are limited to 63"
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=rvm,categories=runpolicy

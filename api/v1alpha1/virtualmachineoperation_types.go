@@ -20,7 +20,8 @@ type VirtualMachineOperationSpec struct {
 	// virtualMachineName is the runpolicy.io VirtualMachine, in the operation's namespace, to act on.
 	// +required
 	// +kubebuilder:validation:MinLength=1
-	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",message="spec.virtualMachineName must be the name of a VirtualMachine in this namespace: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit (a DNS-1123 subdomain)"
 	VirtualMachineName string `json:"virtualMachineName"`
 
 	// type is the action: Start, Stop or Restart.
@@ -53,7 +54,10 @@ const (
 
 // Condition reasons of a VirtualMachineOperation.
 const (
-	OperationReasonVirtualMachineNotFound    = "VirtualMachineNotFound"
+	OperationReasonVirtualMachineNotFound = "VirtualMachineNotFound"
+	// OperationReasonVirtualMachineNotManaged: a kubevirt.io VirtualMachine of that name exists that the runpolicy
+	// VirtualMachine does not control (a name conflict); runpolicy never acts on it.
+	OperationReasonVirtualMachineNotManaged  = "VirtualMachineNotManaged"
 	OperationReasonNotApplicableForRunPolicy = "NotApplicableForRunPolicy"
 	OperationReasonNotApplicableForVMPhase   = "NotApplicableForVMPhase"
 	OperationReasonWaitingForOtherOperation  = "WaitingForOtherOperation"

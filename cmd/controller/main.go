@@ -102,6 +102,9 @@ func main() {
 		LeaderElectionID:        "runpolicy-controller.runpolicy.io",
 		LeaderElectionNamespace: leaderNS,
 		LeaseDuration:           &leaseDuration,
+		// Hand the lease over on SIGTERM (a rolling update) instead of letting the next replica wait for it to
+		// expire; safe because the process exits as soon as the manager has stopped.
+		LeaderElectionReleaseOnCancel: true,
 	})
 	if err != nil {
 		log.Error(err, "Creating the manager failed")

@@ -277,6 +277,23 @@ var _ = Describe("Admission", func() {
 		Expect(apierrors.IsInvalid(err)).To(BeTrue(), "got %v", err)
 		Expect(err.Error()).To(ContainSubstring("spec.force is not allowed with type Start"))
 	})
+	DescribeTable("refuses an operation whose virtualMachineName cannot name a VM",
+		func(ctx SpecContext, name string) {
+			err := raw(ctx, "VirtualMachineOperation", op("bad-name", map[string]any{"virtualMachineName": name, "type": "Restart"}))
+			Expect(apierrors.IsInvalid(err)).To(BeTrue(), "got %v", err)
+			Expect(err.Error()).To(ContainSubstring("spec.virtualMachineName"))
+		},
+		Entry("a path", "../x"), Entry("dot-dot", ".."), Entry("an escaped slash", "a%2Fb"), Entry("upper case", "Web"),
+		Entry("longer than a VM name may be", strings.Repeat("a", 64)),
+	)
+	It("refuses a VirtualMachine name KubeVirt's labels cannot carry", func(ctx SpecContext) {
+		err := raw(ctx, "VirtualMachine", map[string]any{"metadata": map[string]any{"name": strings.Repeat("v", 64)},
+			"spec": map[string]any{"template": template}})
+		Expect(apierrors.IsInvalid(err)).To(BeTrue(), "got %v", err)
+		Expect(err.Error()).To(ContainSubstring("at most 63 characters"))
+		Expect(raw(ctx, "VirtualMachine", map[string]any{"metadata": map[string]any{"name": strings.Repeat("v", 63)},
+			"spec": map[string]any{"template": template}})).To(Succeed())
+	})
 	It("refuses an unknown operation type", func(ctx SpecContext) {
 		err := raw(ctx, "VirtualMachineOperation", op("pause", map[string]any{"virtualMachineName": "vm", "type": "Pause"}))
 		Expect(apierrors.IsInvalid(err)).To(BeTrue(), "got %v", err)

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -54,19 +55,14 @@ func TemplateHash(t *kvv1.VirtualMachineInstanceTemplateSpec) string {
 	return hex.EncodeToString(sum[:8])
 }
 
-// withHookSidecar returns the hook-sidecar annotation value with runpolicy's sidecar added, keeping the user's
-// own sidecars.
+// withHookSidecar returns the hook-sidecar annotation value with runpolicy's sidecar appended after the user's own
+// sidecars. runpolicy's entry is always the last one: an entry of the user's that merely names the same image is
+// the user's, and its container's termination message is never read (ourSidecarContainer).
 func withHookSidecar(current, image string) (string, error) {
 	var list []json.RawMessage
 	if current != "" {
 		if err := json.Unmarshal([]byte(current), &list); err != nil {
 			return "", fmt.Errorf("template annotation %s is not a JSON list: %w", AnnotationHookSidecars, err)
-		}
-	}
-	for _, raw := range list {
-		var s hookSidecar
-		if json.Unmarshal(raw, &s) == nil && s.Image == image {
-			return current, nil
 		}
 	}
 	ours, _ := json.Marshal(hookSidecar{Image: image, ImagePullPolicy: "IfNotPresent"})
@@ -75,18 +71,33 @@ func withHookSidecar(current, image string) (string, error) {
 	return string(out), nil
 }
 
-// hasHookSidecar tells whether a hook-sidecar annotation value lists image.
-func hasHookSidecar(annotation, image string) bool {
+// ourSidecarContainer is the name of the container KubeVirt runs for runpolicy's entry of a VMI's hook-sidecar
+// annotation (hook-sidecar-N for the N-th entry, pkg/virt-controller/services/template.go), or "" when the last
+// entry is not runpolicy's.
+func ourSidecarContainer(annotation, image string) string {
 	var list []hookSidecar
-	if annotation == "" || image == "" || json.Unmarshal([]byte(annotation), &list) != nil {
-		return false
+	if annotation == "" || image == "" || json.Unmarshal([]byte(annotation), &list) != nil || len(list) == 0 ||
+		imageRepository(list[len(list)-1].Image) != imageRepository(image) {
+		return ""
 	}
-	for _, s := range list {
-		if s.Image == image {
-			return true
-		}
+	return fmt.Sprintf("hook-sidecar-%d", len(list)-1)
+}
+
+// imageRepository strips an image reference's tag and digest, so that VMIs started before an upgrade of the
+// operator (an older sidecar tag) are still recognised.
+func imageRepository(ref string) string {
+	if i := strings.Index(ref, "@"); i >= 0 {
+		ref = ref[:i]
 	}
-	return false
+	if i := strings.LastIndex(ref, ":"); i > strings.LastIndex(ref, "/") {
+		ref = ref[:i]
+	}
+	return ref
+}
+
+// hasHookSidecar tells whether a hook-sidecar annotation value carries runpolicy's sidecar (image).
+func hasHookSidecar(annotation, image string) bool {
+	return ourSidecarContainer(annotation, image) != ""
 }
 
 // desiredKubeVirtVM builds the KubeVirt VirtualMachine runpolicy applies for vm: hookImage, when set, is added as

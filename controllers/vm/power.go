@@ -75,7 +75,8 @@ func (r *Reconciler) reconcilePower(ctx context.Context, vm *v1alpha1.VirtualMac
 		st.RestartCount++
 		st.RestartNotBefore = nil
 	}
-	if kv == nil || vmi == nil || !vmi.IsFinal() {
+	// A KubeVirt VM of the same name that is not ours (a name conflict) is never acted on: no restart, no cleanup.
+	if kv == nil || !metav1.IsControlledBy(kv, vm) || vmi == nil || !vmi.IsFinal() {
 		return powerPass{}, nil
 	}
 	uid := string(vmi.UID)
@@ -304,11 +305,18 @@ func (r *Reconciler) ended(ctx context.Context, kv *kvv1.VirtualMachine, vmi *kv
 		client.UnsafeDisableDeepCopy); err != nil {
 		return e, false, err
 	}
+	// Only what KubeVirt wrote counts: the launcher pods virt-controller recorded for this VMI (anyone allowed to
+	// create pods can make one with the same labels), and in them only runpolicy's own sidecar container (a user's
+	// sidecars, compute, or a user's entry reusing runpolicy's image write what they like).
+	ours := ourSidecarContainer(vmi.Annotations[AnnotationHookSidecars], r.HookSidecarImage)
 	var msgs []string
 	terminating := false
 	for i := range pods.Items {
 		p := &pods.Items[i]
-		m, done := terminationMessages(p)
+		if _, ok := vmi.Status.ActivePods[p.UID]; !ok {
+			continue
+		}
+		m, done := terminationMessages(p, ours)
 		msgs = append(msgs, m...)
 		if !done {
 			terminating = true
@@ -321,21 +329,25 @@ func (r *Reconciler) ended(ctx context.Context, kv *kvv1.VirtualMachine, vmi *kv
 	return e, true, nil
 }
 
-// terminationMessages returns the termination messages of a pod's containers (current state, else the last
-// terminated state) and whether every container has terminated.
-func terminationMessages(p *corev1.Pod) ([]string, bool) {
+// terminationMessages returns the termination message of the pod's container named container (current state,
+// else the last terminated state; none when container is "") and whether every container has terminated.
+func terminationMessages(p *corev1.Pod, container string) ([]string, bool) {
 	var msgs []string
 	done := p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
 	allTerminated := len(p.Status.ContainerStatuses) > 0
 	for _, cs := range p.Status.ContainerStatuses {
+		var term *corev1.ContainerStateTerminated
 		switch {
 		case cs.State.Terminated != nil:
-			msgs = append(msgs, cs.State.Terminated.Message)
+			term = cs.State.Terminated
 		case cs.LastTerminationState.Terminated != nil:
-			msgs = append(msgs, cs.LastTerminationState.Terminated.Message)
+			term = cs.LastTerminationState.Terminated
 			allTerminated = false
 		default:
 			allTerminated = false
+		}
+		if term != nil && container != "" && cs.Name == container {
+			msgs = append(msgs, term.Message)
 		}
 	}
 	return msgs, done || allTerminated

@@ -29,9 +29,10 @@ func TestWithHookSidecar(t *testing.T) {
 	if err := json.Unmarshal([]byte(got), &list); err != nil || len(list) != 2 || list[0]["image"] != "user/sidecar:2" || list[1]["image"] != img {
 		t.Fatalf("user's sidecar must be kept and ours appended: %s", got)
 	}
-	again, _ := withHookSidecar(got, img)
-	if again != got {
-		t.Fatalf("adding twice changed the value: %s", again)
+	// A user's entry naming runpolicy's image stays the user's: runpolicy's own is appended after it, last.
+	copied, _ := withHookSidecar(`[{"image":"example/hook:1"}]`, img)
+	if ourSidecarContainer(copied, img) != "hook-sidecar-1" {
+		t.Fatalf("runpolicy's entry must be the last one: %s", copied)
 	}
 	if _, err := withHookSidecar("{bad", img); err == nil {
 		t.Fatal("malformed annotation accepted")
@@ -107,9 +108,47 @@ func TestTerminationMessages(t *testing.T) {
 		{"no statuses yet", corev1.Pod{}, 0, false},
 	}
 	for _, c := range cases {
-		msgs, done := terminationMessages(&c.pod)
+		msgs, done := terminationMessages(&c.pod, "hook-sidecar-0")
 		if len(msgs) != c.wantMsgs || done != c.wantDone {
 			t.Errorf("%s: got %d messages, done=%v; want %d, %v", c.name, len(msgs), done, c.wantMsgs, c.wantDone)
+		}
+	}
+}
+
+// Only runpolicy's own sidecar container is read: compute, a user's sidecar or a user's entry reusing runpolicy's
+// image can write any termination message.
+func TestTerminationMessagesOnlyOurs(t *testing.T) {
+	forged := `{"event":"SHUTDOWN","guest":true,"reason":"guest-reset"}`
+	real := `{"event":"SHUTDOWN","guest":true,"reason":"guest-shutdown"}`
+	term := func(name, msg string) corev1.ContainerStatus {
+		return corev1.ContainerStatus{Name: name, State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{Message: msg}}}
+	}
+	pod := &corev1.Pod{Status: corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{
+		term("compute", forged), term("hook-sidecar-0", forged), term("hook-sidecar-1", real)}}}
+	msgs, done := terminationMessages(pod, "hook-sidecar-1")
+	if len(msgs) != 1 || msgs[0] != real || !done {
+		t.Fatalf("got %q, done=%v; want only hook-sidecar-1's message", msgs, done)
+	}
+	if msgs, _ := terminationMessages(pod, ""); len(msgs) != 0 {
+		t.Fatalf("no sidecar of runpolicy's: no message may be read, got %q", msgs)
+	}
+}
+
+func TestOurSidecarContainer(t *testing.T) {
+	const img = "registry.example:5000/runpolicy/hook-sidecar:v2"
+	cases := map[string]string{
+		``:                     "",
+		`[{"image":"user/x"}]`: "",
+		`[{"image":"registry.example:5000/runpolicy/hook-sidecar:v2"}]`:                    "hook-sidecar-0",
+		`[{"image":"user/x"},{"image":"registry.example:5000/runpolicy/hook-sidecar:v1"}]`: "hook-sidecar-1", // started before an upgrade
+		`[{"image":"registry.example:5000/runpolicy/hook-sidecar@sha256:ab"}]`:             "hook-sidecar-0",
+		`[{"image":"registry.example:5000/runpolicy/hook-sidecar:v2"},{"image":"user/x"}]`: "", // not last: a user's
+		`not json`: "",
+		`[{"image":"registry.example:5000/runpolicy/hook-sidecar-evil:v2"}]`: "",
+	}
+	for ann, want := range cases {
+		if got := ourSidecarContainer(ann, img); got != want {
+			t.Errorf("ourSidecarContainer(%s) = %q, want %q", ann, got, want)
 		}
 	}
 }

@@ -185,6 +185,10 @@ func (r *Reconciler) step(ctx context.Context, op *v1alpha1.VirtualMachineOperat
 				"at an existing one with a new operation", vmName, op.Namespace))
 		return ctrl.Result{}, nil
 	}
+	if msg := notOurs(in.vm, in.kv); msg != "" {
+		fail(op, now, v1alpha1.OperationReasonVirtualMachineNotManaged, msg)
+		return ctrl.Result{}, nil
+	}
 	view := ViewOf(in.kv, in.vmi)
 	self := OpOf(op)
 	all := make([]Op, 0, len(in.siblings))
@@ -255,6 +259,17 @@ func (r *Reconciler) step(ctx context.Context, op *v1alpha1.VirtualMachineOperat
 	return r.send(ctx, op, in.vm)
 }
 
+// notOurs explains why runpolicy must not act on the KubeVirt VM of vm's name: it exists and vm does not control
+// it (a name conflict, or an adoption not done yet). "" means it is vm's (or not created yet).
+func notOurs(vm *v1alpha1.VirtualMachine, kv *kvv1.VirtualMachine) string {
+	if kv == nil || metav1.IsControlledBy(kv, vm) {
+		return ""
+	}
+	return fmt.Sprintf("The kubevirt.io VirtualMachine %s is not managed by the runpolicy VirtualMachine %s (its Synced "+
+		"condition says NameConflict): runpolicy acts only on the KubeVirt VMs it controls; annotate it with %s=true to "+
+		"let runpolicy take it over, then create a new operation", kv.Name, vm.Name, "runpolicy.io/adopt")
+}
+
 // send re-reads the operation and KubeVirt's state uncached, then calls the subresource.
 func (r *Reconciler) send(ctx context.Context, op *v1alpha1.VirtualMachineOperation, vm *v1alpha1.VirtualMachine) (ctrl.Result, error) {
 	log := ctrl.LoggerFrom(ctx)
@@ -270,6 +285,9 @@ func (r *Reconciler) send(ctx context.Context, op *v1alpha1.VirtualMachineOperat
 		return ctrl.Result{}, err
 	}
 	now := r.now()
+	if in.vm == nil || notOurs(in.vm, in.kv) != "" {
+		return ctrl.Result{Requeue: true}, nil // decide again from the cache's view (the VM went or is not ours)
+	}
 	if SignalTaken(op.Spec.Type, types.UID(op.Status.TargetVMIUID), ViewOf(in.kv, in.vmi)) {
 		r.signalSent(op, vm, now)
 		return ctrl.Result{}, nil
