@@ -275,6 +275,8 @@ func TestBadValuesFail(t *testing.T) {
 		{"image.pullPolicy=Sometimes", "pullPolicy"},
 		{"replicaCount=3", "replicaCount"}, // a typo: unknown keys are refused
 		{"hookSidecar.image.repository=", "repository"},
+		{"hookSidecar.enabled=sometimes", "/hookSidecar/enabled"},
+		{"kubevirtGuard.enabled=yes", "/kubevirtGuard/enabled"},
 		{"leaderElection.enabled=false", "leaderElection.enabled"}, // two replicas, no leader
 		{"serviceAccount.create=false", "serviceAccount.name"},
 		{"metrics.serviceMonitor.enabled=true,metrics.service.enabled=false", "metrics.service.enabled"},
