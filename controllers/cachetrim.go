@@ -3,6 +3,9 @@ package controllers
 import (
 	corev1 "k8s.io/api/core/v1"
 	kvv1 "kubevirt.io/api/core/v1"
+
+	"github.com/runpolicy/runpolicy/api/v1alpha1"
+	"github.com/runpolicy/runpolicy/controllers/vm"
 )
 
 // The cache keeps one copy of every launcher pod, KubeVirt VM and VMI in the cluster, so it keeps only what the
@@ -30,6 +33,17 @@ func trimLauncherPod(obj any) (any, error) {
 	}
 	pod.Status = corev1.PodStatus{Phase: pod.Status.Phase, ContainerStatuses: statuses}
 	return pod, nil
+}
+
+// trimVM keeps what the reconcilers read of a runpolicy VirtualMachine (vm.TrimForCache): without it, the
+// templates users store (a cloud-init script, many disks: megabytes each) would decide the operator's memory.
+func trimVM(obj any) (any, error) {
+	v, ok := obj.(*v1alpha1.VirtualMachine)
+	if !ok {
+		return obj, nil
+	}
+	vm.TrimForCache(v)
+	return v, nil
 }
 
 // trimKubeVirtVM keeps a KubeVirt VM's metadata, its run strategy and its status; the VMI template and the

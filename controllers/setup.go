@@ -60,8 +60,8 @@ func NewScheme() *runtime.Scheme {
 }
 
 // CacheOptions limits the manager's caches to what runpolicy reads: of all pods, only KubeVirt's launcher pods, and
-// of those and of KubeVirt's VMs and VMIs only the fields the reconcilers use (cachetrim.go); managedFields of
-// every object are dropped.
+// of those, of KubeVirt's VMs and VMIs and of runpolicy's own VMs only the fields the reconcilers use (cachetrim.go);
+// managedFields of every object are dropped.
 func CacheOptions() cache.Options {
 	return cache.Options{
 		DefaultTransform: cache.TransformStripManagedFields(),
@@ -70,6 +70,7 @@ func CacheOptions() cache.Options {
 				Label:     labels.SelectorFromSet(labels.Set{vm.LabelLauncher: vm.LauncherValue}),
 				Transform: trimLauncherPod,
 			},
+			&v1alpha1.VirtualMachine{}:     {Transform: trimVM},
 			&kvv1.VirtualMachine{}:         {Transform: trimKubeVirtVM},
 			&kvv1.VirtualMachineInstance{}: {Transform: trimVMI},
 		},

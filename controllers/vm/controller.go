@@ -156,11 +156,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 			return ctrl.Result{}, err
 		}
 	}
-	desiredHash := ""
-	if vm.Spec.Template != nil {
-		desiredHash = TemplateHash(vm.Spec.Template)
-	}
-	deriveStatus(vm, kv, vmi, desiredHash, r.now())
+	deriveStatus(vm, kv, vmi, templateHashOf(vm), r.now())
 	r.setRebootCondition(vm, vmi, kvcfg, sc)
 	if syncErr == nil {
 		vm.Status.ObservedGeneration = vm.Generation
@@ -248,7 +244,25 @@ func (r *Reconciler) syncKubeVirtVM(ctx context.Context, vm *v1alpha1.VirtualMac
 	if sc.Add {
 		hookImage = r.HookSidecarImage
 	}
-	desired, err := desiredKubeVirtVM(vm, strategy, hookImage, policy.SetRebootPolicy(vm.Spec.RunPolicy, sc, kvcfg, userRebootPolicy(vm)))
+	inputs := applyInputs{UID: string(vm.UID), SpecHash: specHashOf(vm), RunStrategy: string(strategy), HookImage: hookImage,
+		RebootTerminate: policy.SetRebootPolicy(vm.Spec.RunPolicy, sc, kvcfg, userRebootPolicy(vm)), Format: applyFormat}
+	// Skip the write when the KubeVirt VM is as runpolicy last applied it: same inputs (hash), and no spec change by
+	// anyone since (generation). A reconcile then costs no API write at all.
+	if kv != nil && !adopting && kv.Annotations[AnnotationAppliedHash] == inputs.hash() && kv.Generation == vm.Status.KubeVirtGeneration {
+		setCondition(vm, v1alpha1.ConditionSynced, metav1.ConditionTrue, v1alpha1.ReasonSynced,
+			fmt.Sprintf("KubeVirt VirtualMachine is up to date (runStrategy %s)", strategy))
+		return kv, nil
+	}
+	// The cache keeps no template: applying needs the VM as the API server has it.
+	full := vm
+	if trimmed(vm) {
+		full = &v1alpha1.VirtualMachine{}
+		if err := r.reader().Get(ctx, client.ObjectKeyFromObject(vm), full); err != nil {
+			return kv, transientError{err}
+		}
+		inputs.SpecHash = SpecHash(&full.Spec)
+	}
+	desired, err := desiredKubeVirtVM(full, strategy, hookImage, inputs.RebootTerminate)
 	if err != nil {
 		setCondition(vm, v1alpha1.ConditionSynced, metav1.ConditionFalse, v1alpha1.ReasonApplyFailed, err.Error())
 		return kv, err
@@ -257,15 +271,7 @@ func (r *Reconciler) syncKubeVirtVM(ctx context.Context, vm *v1alpha1.VirtualMac
 	if err != nil {
 		return kv, transientError{err}
 	}
-	// Skip the write when the KubeVirt VM is as runpolicy last applied it: same desired object (hash), and no spec
-	// change by anyone since (generation). A reconcile then costs no API write at all.
-	hash := objectHash(obj)
-	obj.SetAnnotations(mergeMaps(obj.GetAnnotations(), map[string]string{AnnotationAppliedHash: hash}))
-	if kv != nil && !adopting && kv.Annotations[AnnotationAppliedHash] == hash && kv.Generation == vm.Status.KubeVirtGeneration {
-		setCondition(vm, v1alpha1.ConditionSynced, metav1.ConditionTrue, v1alpha1.ReasonSynced,
-			fmt.Sprintf("KubeVirt VirtualMachine is up to date (runStrategy %s)", strategy))
-		return kv, nil
-	}
+	obj.SetAnnotations(mergeMaps(obj.GetAnnotations(), map[string]string{AnnotationAppliedHash: inputs.hash()}))
 	if kv == nil {
 		log.Info("Creating KubeVirt VirtualMachine", "VirtualMachine", klog.KObj(vm), "runStrategy", strategy)
 	} else if current != strategy {

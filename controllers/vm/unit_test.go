@@ -2,6 +2,7 @@ package vm
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -335,5 +336,37 @@ func TestDesiredKubeVirtVMRebootPolicy(t *testing.T) {
 	}
 	if TemplateHash(vm.Spec.Template) != kv.Spec.Template.ObjectMeta.Annotations[AnnotationTemplateHash] {
 		t.Fatal("the template hash is the user's template's")
+	}
+}
+
+// The cache's copy of a VM must not grow with what users store in its template.
+func TestTrimForCache(t *testing.T) {
+	vm := &v1alpha1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Name: "big", Annotations: map[string]string{
+		corev1.LastAppliedConfigAnnotation: strings.Repeat("x", 1<<20), "team": "a"}}}
+	vm.Spec.RunPolicy = v1alpha1.RunPolicyManual
+	vm.Spec.Template = &kvv1.VirtualMachineInstanceTemplateSpec{}
+	vm.Spec.Template.Spec.Domain.RebootPolicy = ptr.To(kvv1.RebootPolicyTerminate)
+	vm.Spec.Template.ObjectMeta.Annotations = map[string]string{"cloud-init": strings.Repeat("y", 1<<20)}
+	vm.Spec.DataVolumeTemplates = []kvv1.DataVolumeTemplateSpec{{ObjectMeta: metav1.ObjectMeta{Name: "disk"}}}
+	full := vm.DeepCopy()
+
+	TrimForCache(vm)
+	b, _ := json.Marshal(vm)
+	if len(b) > 2048 {
+		t.Fatalf("trimmed VM is %d bytes: %s", len(b), b[:200])
+	}
+	if specHashOf(vm) != SpecHash(&full.Spec) || templateHashOf(vm) != TemplateHash(full.Spec.Template) {
+		t.Fatal("the hashes must be those of the full spec and template")
+	}
+	if vm.Spec.RunPolicy != v1alpha1.RunPolicyManual || userRebootPolicy(vm) == nil || vm.Annotations["team"] != "a" || !trimmed(vm) {
+		t.Fatalf("what decisions read must stay: %+v", vm)
+	}
+	again := vm.DeepCopy()
+	TrimForCache(again)
+	if specHashOf(again) != specHashOf(vm) {
+		t.Fatal("trimming twice must not change the hashes")
+	}
+	if trimmed(full) || specHashOf(full) != SpecHash(&full.Spec) || templateHashOf(full) != TemplateHash(full.Spec.Template) {
+		t.Fatal("an untrimmed VM hashes its own spec")
 	}
 }
