@@ -308,8 +308,10 @@ func (r *Reconciler) ended(ctx context.Context, kv *kvv1.VirtualMachine, vmi *kv
 	// Only what KubeVirt wrote counts: the launcher pods virt-controller recorded for this VMI (anyone allowed to
 	// create pods can make one with the same labels), and in them only runpolicy's own sidecar container (a user's
 	// sidecars, compute, or a user's entry reusing runpolicy's image write what they like).
+	// virt-controller records every pod the VMI controls, so a pod made with a controller reference to the VMI gets
+	// in too: when the recorded pods disagree, the cause is unknown, never guessed.
 	ours := ourSidecarContainer(vmi.Annotations[AnnotationHookSidecars], r.HookSidecarImage)
-	var msgs []string
+	var causes []shutdown.Cause
 	terminating := false
 	for i := range pods.Items {
 		p := &pods.Items[i]
@@ -317,16 +319,31 @@ func (r *Reconciler) ended(ctx context.Context, kv *kvv1.VirtualMachine, vmi *kv
 			continue
 		}
 		m, done := terminationMessages(p, ours)
-		msgs = append(msgs, m...)
+		if c := shutdown.Parse(strings.Join(m, "\n")).Cause; c != shutdown.CauseUnknown {
+			causes = append(causes, c)
+		}
 		if !done {
 			terminating = true
 		}
 	}
-	e.Cause = shutdown.Parse(strings.Join(msgs, "\n")).Cause
+	e.Cause = agreed(causes)
 	if e.Cause == shutdown.CauseUnknown && terminating && now.Sub(finishedAt(vmi, now)) < podSettleTimeout {
 		return e, false, nil
 	}
 	return e, true, nil
+}
+
+// agreed is the cause all launcher pods agree on; unknown when there is none or they disagree.
+func agreed(causes []shutdown.Cause) shutdown.Cause {
+	if len(causes) == 0 {
+		return shutdown.CauseUnknown
+	}
+	for _, c := range causes[1:] {
+		if c != causes[0] {
+			return shutdown.CauseUnknown
+		}
+	}
+	return causes[0]
 }
 
 // terminationMessages returns the termination message of the pod's container named container (current state,

@@ -13,6 +13,7 @@ import (
 	kvv1 "kubevirt.io/api/core/v1"
 
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
+	"github.com/runpolicy/runpolicy/internal/shutdown"
 )
 
 func TestWithHookSidecar(t *testing.T) {
@@ -368,5 +369,22 @@ func TestTrimForCache(t *testing.T) {
 	}
 	if trimmed(full) || specHashOf(full) != SpecHash(&full.Spec) || templateHashOf(full) != TemplateHash(full.Spec.Template) {
 		t.Fatal("an untrimmed VM hashes its own spec")
+	}
+}
+
+func TestAgreed(t *testing.T) {
+	reset, off := shutdown.CauseGuestReset, shutdown.CauseGuestShutdown
+	for _, c := range []struct {
+		in   []shutdown.Cause
+		want shutdown.Cause
+	}{
+		{nil, shutdown.CauseUnknown},
+		{[]shutdown.Cause{reset}, reset},
+		{[]shutdown.Cause{off, off}, off},
+		{[]shutdown.Cause{off, reset}, shutdown.CauseUnknown}, // a forged pod among the VMI's: never guessed
+	} {
+		if got := agreed(c.in); got != c.want {
+			t.Errorf("agreed(%v) = %s, want %s", c.in, got, c.want)
+		}
 	}
 }
