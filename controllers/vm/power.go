@@ -54,7 +54,7 @@ type powerPass struct {
 	act func(ctx context.Context) error
 }
 
-// reconcilePower applies the policy to an ended VMI (DESIGN.md's behaviour table). It updates vm.Status in
+// reconcilePower applies the policy to an ended VMI (docs/behaviour.md). It updates vm.Status in
 // memory; side effects that must only happen once the decision is recorded are returned in act.
 //
 // Idempotency: a restart of VMI X is recorded in status.restartingVMIUID before KubeVirt is asked to start,

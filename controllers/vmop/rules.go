@@ -43,7 +43,7 @@ func StateOf(vmi *kvv1.VirtualMachineInstance) VMIState {
 	}
 }
 
-// PolicyAllows applies DESIGN.md's "Operations" table. When the policy refuses the operation, the message names
+// PolicyAllows applies the "Operations" table of docs/behaviour.md. When the policy refuses the operation, the message names
 // the VM, the policy and what would work instead.
 func PolicyAllows(vm string, p v1alpha1.RunPolicy, t v1alpha1.VirtualMachineOperationType) (bool, string) {
 	switch p {

@@ -19,7 +19,7 @@ var (
 	}
 )
 
-// FuzzDecide checks DESIGN.md's behaviour table on arbitrary inputs (seeds in testdata/fuzz/FuzzDecide): AlwaysOn
+// FuzzDecide checks the behaviour table of docs/behaviour.md on arbitrary inputs (seeds in testdata/fuzz/FuzzDecide): AlwaysOn
 // and AlwaysOff never act (KubeVirt does); a reboot is never guessed — Restart only for a guest reset; a user's
 // stop never restarts; a guest poweroff never restarts; Backoff.Delay is monotonic in n and never exceeds Max.
 //

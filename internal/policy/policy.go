@@ -12,7 +12,7 @@ import (
 	"github.com/runpolicy/runpolicy/internal/shutdown"
 )
 
-// RunStrategy is the KubeVirt runStrategy a policy maps to (DESIGN.md, "Policy → KubeVirt runStrategy").
+// RunStrategy is the KubeVirt runStrategy a policy maps to (docs/behaviour.md, "Policy → KubeVirt runStrategy").
 //
 // AlwaysOnUntilStoppedManually is Manual, except while it still has to be started: a VM created with that
 // policy, or moved to it while stopped, gets Always until its first VMI exists (bootstrapping). The start is
@@ -106,7 +106,7 @@ type Decision struct {
 // hostResetMessage explains the restart after a reset asked through KubeVirt: a reboot from outside.
 const hostResetMessage = "The VM was reset through KubeVirt (virtctl reset): restarting with the current spec"
 
-// Decide applies the policy table (DESIGN.md, "after guest reset / poweroff / crash") to an ended VMI.
+// Decide applies the policy table (docs/behaviour.md) to an ended VMI.
 func Decide(p v1alpha1.RunPolicy, e Ended) Decision {
 	src := e.Source()
 	d := Decision{Source: src}

@@ -10,7 +10,7 @@ import (
 	"github.com/runpolicy/runpolicy/internal/shutdown"
 )
 
-// The rows of DESIGN.md's "Policy → KubeVirt runStrategy" table.
+// The rows of the "Policy → KubeVirt runStrategy" table in docs/behaviour.md.
 func TestRunStrategy(t *testing.T) {
 	cases := []struct {
 		policy        v1alpha1.RunPolicy
