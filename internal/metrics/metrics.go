@@ -40,7 +40,6 @@ var (
 		Buckets: prometheus.ExponentialBuckets(0.5, 2, 12),
 	}, []string{labelType, labelResult})
 
-
 	// Degraded is 1 while runpolicy runs without its hook sidecar (KubeVirt's Sidecar feature gate off, or the
 	// sidecar turned off): guest reboots then stay inside the guest and do not apply pending changes. The operator
 	// logs the reason once per change; every affected VM says it in its RebootsApplyChanges condition.
