@@ -77,6 +77,10 @@ func CacheOptions() cache.Options {
 	}
 }
 
+// The metrics endpoint asks kube-apiserver who its client is and whether it may GET /metrics.
+// +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
+// +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
+
 // Setup registers every runpolicy reconciler with mgr.
 func Setup(mgr ctrl.Manager, opts Options) error {
 	var lc kubevirt.Lifecycle = opts.Lifecycle

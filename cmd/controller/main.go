@@ -11,11 +11,13 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/runpolicy/runpolicy/controllers"
 	"github.com/runpolicy/runpolicy/controllers/vmop"
 	"github.com/runpolicy/runpolicy/internal/policy"
+	"github.com/runpolicy/runpolicy/internal/version"
 )
 
 // defaultGCPercent is the Go GC target used unless GOGC is set. The operator's live heap is mostly its informer
@@ -40,6 +42,17 @@ func softMemoryLimit(getenv func(string) string) (int64, bool) {
 	return limit / 10 * 9, true
 }
 
+// MetricsOptions serves the metrics endpoint the way kubebuilder's scaffolding does: over HTTPS, to clients that
+// Kubernetes authenticates and authorizes for GET /metrics (the chart's metrics-reader ClusterRole), unless secure
+// is false.
+func MetricsOptions(addr string, secure bool, certDir string) metricsserver.Options {
+	o := metricsserver.Options{BindAddress: addr, SecureServing: secure, CertDir: certDir}
+	if secure {
+		o.FilterProvider = filters.WithAuthenticationAndAuthorization
+	}
+	return o
+}
+
 func main() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(defaultGCPercent)
@@ -49,11 +62,16 @@ func main() {
 	}
 	var (
 		metricsAddr, probeAddr, pprofAddr, leaderNS string
-		leaderElect                                 bool
+		metricsCertDir                              string
+		leaderElect, metricsSecure                  bool
 		opts                                        controllers.Options
 		leaseDuration                               time.Duration
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "Address the Prometheus metrics endpoint binds to; 0 disables it.")
+	flag.BoolVar(&metricsSecure, "metrics-secure", true, "Serve metrics over HTTPS to clients Kubernetes authenticates and "+
+		"authorizes for GET /metrics (TokenReview, SubjectAccessReview); false serves plain HTTP to anyone.")
+	flag.StringVar(&metricsCertDir, "metrics-cert-dir", "", "Directory with tls.crt and tls.key for the metrics endpoint "+
+		"(reloaded when they change); empty uses a self-signed certificate made at start.")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address the /healthz and /readyz probes bind to.")
 	flag.StringVar(&pprofAddr, "pprof-bind-address", "0", "Address Go's /debug/pprof endpoints bind to (profiling); 0 disables them.")
 	flag.BoolVar(&leaderElect, "leader-elect", true, "Elect a leader so that only one replica reconciles at a time.")
@@ -95,7 +113,7 @@ func main() {
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                  controllers.NewScheme(),
 		Cache:                   controllers.CacheOptions(),
-		Metrics:                 metricsserver.Options{BindAddress: metricsAddr},
+		Metrics:                 MetricsOptions(metricsAddr, metricsSecure, metricsCertDir),
 		HealthProbeBindAddress:  probeAddr,
 		PprofBindAddress:        pprofAddr,
 		LeaderElection:          leaderElect,
@@ -122,7 +140,7 @@ func main() {
 		log.Error(err, "Adding the ready check failed")
 		os.Exit(1)
 	}
-	log.Info("Starting the manager", "leaderElection", leaderElect)
+	log.Info("Starting the manager", "version", version.Version, "leaderElection", leaderElect)
 	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {
 		log.Error(err, "The manager stopped with an error")
 		os.Exit(1)
