@@ -13,6 +13,7 @@ import (
 	kvv1 "kubevirt.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/runpolicy/runpolicy/api/v1alpha1"
 	"github.com/runpolicy/runpolicy/controllers"
 	"github.com/runpolicy/runpolicy/controllers/vm"
 	"github.com/runpolicy/runpolicy/test/fixture"
@@ -22,9 +23,10 @@ import (
 // VM on runStrategy Halted or Always.
 const virtAPIUser = "system:serviceaccount:kubevirt:kubevirt-apiserver"
 
-// checkKubeVirtGuard checks the chart's ValidatingAdmissionPolicy on runpolicy's KubeVirt VMs: a runStrategy
-// change by anyone but the operator is refused with a message naming the policy and what to do instead; the
-// operator's own changes, and everything else anyone does, pass.
+// checkKubeVirtGuard checks the chart's ValidatingAdmissionPolicies: a runStrategy change of runpolicy's KubeVirt
+// VMs by anyone but the operator is refused with a message naming the policy and what to do instead (the operator's
+// own changes, and everything else anyone does, pass); a status write of a runpolicy VM by anyone but the operator
+// is refused.
 func checkKubeVirtGuard(ctx context.Context, t *testing.T, g Gomega, cfg *rest.Config, ns, operator string) {
 	t.Helper()
 	as := func(user string) client.Client {
@@ -67,6 +69,18 @@ func checkKubeVirtGuard(ctx context.Context, t *testing.T, g Gomega, cfg *rest.C
 			To(Succeed(), "%s: other changes by KubeVirt pass", c.policy)
 		g.Expect(patch(op, name, `{"spec":{"runStrategy":"`+c.to+`"}}`)).To(Succeed(), "%s: the operator sets runStrategy", c.policy)
 	}
+
+	// Status is the operator's trusted state: nobody else writes it, not even with the rights to.
+	someone := as("someone")
+	rvm := fixture.VM(ns, "guard-status", v1alpha1.RunPolicyAlwaysOff)
+	g.Expect(someone.Create(ctx, rvm)).To(Succeed())
+	defer func() { g.Expect(client.IgnoreNotFound(someone.Delete(ctx, rvm))).To(Succeed()) }()
+	forged := rvm.DeepCopy()
+	forged.Status.HandledVMIUID = "forged"
+	err := someone.Status().Patch(ctx, forged, client.MergeFrom(rvm))
+	g.Expect(apierrors.IsForbidden(err) || apierrors.IsInvalid(err)).To(BeTrue(), "a status write by someone else must be refused, got %v", err)
+	g.Expect(err.Error()).To(ContainSubstring("written by the runpolicy operator only"))
+	g.Expect(op.Status().Patch(ctx, forged, client.MergeFrom(rvm))).To(Succeed(), "the operator writes status")
 
 	unmanaged := &kvv1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "guard-theirs"},
 		Spec: kvv1.VirtualMachineSpec{RunStrategy: ptr.To(kvv1.RunStrategyHalted), Template: fixture.VM(ns, "guard-theirs", "").Spec.Template}}
