@@ -98,6 +98,7 @@ func main() {
 	flag.Parse()                        // --kubeconfig is registered by controller-runtime
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 	log := ctrl.Log.WithName("setup")
+	log.Info("Starting runpolicy", "version", version.Version)
 	mode, err := policy.ParseSidecarMode(*sidecarMode)
 	if err != nil {
 		log.Error(err, "Bad --hook-sidecar")
@@ -140,7 +141,7 @@ func main() {
 		log.Error(err, "Adding the ready check failed")
 		os.Exit(1)
 	}
-	log.Info("Starting the manager", "version", version.Version, "leaderElection", leaderElect)
+	log.Info("Starting the manager", "leaderElection", leaderElect)
 	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {
 		log.Error(err, "The manager stopped with an error")
 		os.Exit(1)

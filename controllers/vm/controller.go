@@ -33,6 +33,8 @@ const (
 	EventAdopted            = "Adopted"
 	EventRunStrategyChanged = "RunStrategyChanged"
 	EventSyncFailed         = "SyncFailed"
+	// EventForeignChangesReverted: someone changed the KubeVirt VM's spec directly; runpolicy wrote its own back.
+	EventForeignChangesReverted = "ForeignChangesReverted"
 )
 
 // Reconciler keeps a KubeVirt VirtualMachine in line with each runpolicy.io VirtualMachine.
@@ -281,6 +283,7 @@ func (r *Reconciler) syncKubeVirtVM(ctx context.Context, vm *v1alpha1.VirtualMac
 	if kv != nil {
 		replaced = kv.ResourceVersion
 	}
+	wantSpec, _ := runtime.DeepCopyJSON(obj.Object)["spec"].(map[string]any)
 	if err := r.Apply(ctx, client.ApplyConfigurationFromUnstructured(obj), client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
 		msg := fmt.Sprintf("Applying the KubeVirt VirtualMachine failed: %v", err)
 		if !isSyncFailure(vm, msg) {
@@ -292,6 +295,20 @@ func (r *Reconciler) syncKubeVirtVM(ctx context.Context, vm *v1alpha1.VirtualMac
 			return kv, err // only a spec change helps: no retry loop
 		}
 		return kv, transientError{err}
+	}
+	// runpolicy owns the KubeVirt VM: what others added to its spec (server-side apply keeps it) is reverted, so
+	// the next boot is the runpolicy VM's spec and nothing else.
+	liveSpec, _ := obj.Object["spec"].(map[string]any)
+	if foreign := foreignFields(wantSpec, liveSpec); len(foreign) > 0 {
+		obj.Object["spec"] = revertedSpec(wantSpec, liveSpec)
+		obj.SetManagedFields(nil) // the server keeps and updates them
+		if err := r.Update(ctx, obj, client.FieldOwner(FieldOwner)); err != nil {
+			return kv, transientError{fmt.Errorf("reverting changes made outside runpolicy (%s): %w", summarize(foreign, 5), err)}
+		}
+		log.Info("Reverted changes made to the KubeVirt VirtualMachine outside runpolicy", "VirtualMachine", klog.KObj(vm),
+			"fields", foreign)
+		r.Recorder.Eventf(vm, nil, corev1.EventTypeWarning, EventForeignChangesReverted, "Update",
+			"Reverted changes made to the KubeVirt VirtualMachine outside runpolicy: %s", summarize(foreign, 5))
 	}
 	applied := &kvv1.VirtualMachine{}
 	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(obj.Object, applied); err != nil {

@@ -8,6 +8,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	kvv1 "kubevirt.io/api/core/v1"
@@ -386,5 +387,38 @@ func TestAgreed(t *testing.T) {
 		if got := agreed(c.in); got != c.want {
 			t.Errorf("agreed(%v) = %s, want %s", c.in, got, c.want)
 		}
+	}
+}
+
+func TestForeignFields(t *testing.T) {
+	want := map[string]any{"runStrategy": "Manual", "template": map[string]any{"spec": map[string]any{
+		"domain":  map[string]any{"devices": map[string]any{"disks": []any{map[string]any{"name": "root"}}}},
+		"volumes": []any{map[string]any{"name": "root"}}}}}
+	live := runtime.DeepCopyJSON(want)
+	tmpl := live["template"].(map[string]any)["spec"].(map[string]any)
+	tmpl["domain"].(map[string]any)["firmware"] = map[string]any{"uuid": "u-1", "serial": "s-1"}
+	tmpl["domain"].(map[string]any)["machine"] = map[string]any{"type": "q35"}
+	tmpl["architecture"] = "amd64"
+	tmpl["terminationGracePeriodSeconds"] = nil
+	if got := foreignFields(want, live); len(got) != 0 {
+		t.Fatalf("KubeVirt's own defaults are not foreign: %v", got)
+	}
+	tmpl["nodeSelector"] = map[string]any{"pool": "gpu"}
+	tmpl["volumes"] = append(tmpl["volumes"].([]any), map[string]any{"name": "stolen", "secret": map[string]any{"secretName": "s"}})
+	tmpl["domain"].(map[string]any)["devices"].(map[string]any)["disks"].([]any)[0].(map[string]any)["bootOrder"] = int64(1)
+	got := foreignFields(want, live)
+	wantPaths := []string{"spec.template.spec.domain.devices.disks.0.bootOrder", "spec.template.spec.nodeSelector.pool", "spec.template.spec.volumes"}
+	if strings.Join(got, ",") != strings.Join(wantPaths, ",") {
+		t.Fatalf("foreignFields = %v, want %v", got, wantPaths)
+	}
+	back := revertedSpec(want, live)
+	if f := foreignFields(want, back); len(f) != 0 {
+		t.Fatalf("the reverted spec still has foreign fields: %v", f)
+	}
+	if v, _ := lookup(back, []string{"template", "spec", "domain", "firmware", "uuid"}); v != "u-1" {
+		t.Fatalf("KubeVirt's firmware UUID must be kept, got %v", v)
+	}
+	if _, ok := lookup(want, []string{"template", "spec", "domain", "firmware"}); ok {
+		t.Fatal("revertedSpec must not change its input")
 	}
 }

@@ -28,6 +28,7 @@ func QMPArgs(socketPath string) []string {
 //   - <on_reboot>destroy</on_reboot>: a reboot inside the guest ends QEMU (libvirt turns it into
 //     set-action reboot=shutdown), so KubeVirt sees the VMI finish and runpolicy can start a new one;
 //   - a <qemu:commandline> adding a QMP monitor on qmpSocket, which the sidecar's monitor reads SHUTDOWN events from.
+//     qmpSocket is the path as QEMU in the compute container sees it (Config.QMPSockets), not the sidecar's own.
 //
 // Everything else is kept. Applying it again to its own output changes nothing (the monitor is added once).
 func MutateDomain(domainXML []byte, qmpSocket string) ([]byte, error) {

@@ -14,7 +14,8 @@ import (
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden.xml from the current output")
 
-const testQMPSocket = "/var/run/kubevirt-hooks/runpolicy.qmp"
+// testQMPSocket is the path the domain names in a launcher pod: the compute container's view (Config.QMPSockets).
+const testQMPSocket = "/var/run/kubevirt-hooks/hook-sidecar-0/runpolicy.qmp"
 
 func TestMutateDomainGolden(t *testing.T) {
 	inputs, err := filepath.Glob("testdata/*.input.xml")
@@ -150,8 +151,8 @@ func TestQMPArgs(t *testing.T) {
 		path string
 		want []string
 	}{
-		{"/var/run/kubevirt-hooks/runpolicy.qmp", []string{
-			"-chardev", "socket,id=runpolicy-qmp,path=/var/run/kubevirt-hooks/runpolicy.qmp,server=on,wait=off",
+		{"/var/run/kubevirt-hooks/hook-sidecar-0/runpolicy.qmp", []string{
+			"-chardev", "socket,id=runpolicy-qmp,path=/var/run/kubevirt-hooks/hook-sidecar-0/runpolicy.qmp,server=on,wait=off",
 			"-mon", "chardev=runpolicy-qmp,mode=control",
 		}},
 		{"/tmp/a,b.qmp", []string{

@@ -19,7 +19,7 @@ var ErrStoppedBeforeQEMU = errors.New("stopped before QEMU's QMP monitor came up
 
 // MonitorConfig configures Monitor.
 type MonitorConfig struct {
-	// QMPSocket is the path of the monitor socket the hook added to QEMU's command line.
+	// QMPSocket is the path of the monitor socket the hook added to QEMU's command line, as this container sees it.
 	QMPSocket string
 	// ConnectTimeout bounds how long to wait for QEMU to create and accept on the socket.
 	ConnectTimeout time.Duration
@@ -29,8 +29,6 @@ type MonitorConfig struct {
 	Log *TerminationLog
 	// Logger logs progress and errors.
 	Logger *slog.Logger
-	// OnConnected, when set, is called once the QMP session is negotiated (tests use it to start a paused guest).
-	OnConnected func()
 }
 
 // Monitor waits for QEMU's QMP socket, negotiates capabilities and appends every SHUTDOWN event to the termination
@@ -47,9 +45,6 @@ func Monitor(ctx context.Context, cfg MonitorConfig) error {
 	}
 	defer func() { _ = conn.Close() }()
 	logger.Info("Connected to QEMU's QMP monitor", "socket", cfg.QMPSocket, "greeting", string(conn.Greeting))
-	if cfg.OnConnected != nil {
-		cfg.OnConnected()
-	}
 
 	for {
 		ev, err := conn.NextEvent()

@@ -10,43 +10,47 @@ import (
 	"github.com/runpolicy/runpolicy/internal/shutdown"
 )
 
-// TestQEMUGuest boots the tiny guest under real QEMU with the monitor the hook adds and checks what the sidecar
-// writes to its termination log for an in-guest reboot, an in-guest poweroff, and a SIGTERM from outside.
+// TestQEMUGuest boots the tiny guest under real QEMU with the monitor the hook adds, the sidecar in the launcher
+// pod's hooks layout (startSidecar), and checks what the sidecar writes to its termination log for an in-guest
+// reboot, an in-guest poweroff, a QMP system_reset from outside (virtctl reset) and a SIGTERM from outside.
 func TestQEMUGuest(t *testing.T) {
 	g := requireGuest(t)
 	tests := []struct {
-		action     string
+		name, action string
+		// reset sends QMP system_reset once the guest has booted, as libvirt does for KubeVirt's reset subresource.
+		reset bool
+		// sigterm stops the sidecar and QEMU from outside, as a pod deletion does.
 		sigterm    bool
 		wantCause  shutdown.Cause
 		wantGuest  bool
 		wantReason string
 	}{
-		{action: "reboot", wantCause: shutdown.CauseGuestReset, wantGuest: true, wantReason: "guest-reset"},
-		{action: "poweroff", wantCause: shutdown.CauseGuestShutdown, wantGuest: true, wantReason: "guest-shutdown"},
-		{action: "hang", sigterm: true, wantCause: shutdown.CauseHost, wantGuest: false, wantReason: "host-signal"},
+		{name: "reboot", action: "reboot", wantCause: shutdown.CauseGuestReset, wantGuest: true, wantReason: "guest-reset"},
+		{name: "poweroff", action: "poweroff", wantCause: shutdown.CauseGuestShutdown, wantGuest: true, wantReason: "guest-shutdown"},
+		{name: "system_reset", action: "hang", reset: true, wantCause: shutdown.CauseHostReset, wantGuest: false,
+			wantReason: "host-qmp-system-reset"},
+		{name: "sigterm", action: "hang", sigterm: true, wantCause: shutdown.CauseHost, wantGuest: false, wantReason: "host-signal"},
 	}
 	for _, tt := range tests {
-		t.Run(tt.action, func(t *testing.T) {
+		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			dir := t.TempDir()
 			serial := filepath.Join(dir, "serial.log")
 			ctl := filepath.Join(dir, "ctl.qmp")
-			sc := startSidecar(t, dir, bootTimeout)
-			domain := sc.defineDomain(t, g.baseDomain("tiny-"+tt.action, tt.action, serial))
+			sc := startSidecar(t, bootTimeout)
+			domain := sc.defineDomain(t, g.baseDomain("tiny-"+tt.name, tt.action, serial))
 
 			q := startQEMU(t, g.qemu, g.qemuArgs(t, domain, tt.action, ctl, serial))
-			select {
-			case <-sc.connected:
-			case <-q.exited:
-				t.Fatalf("qemu exited before the monitor connected: %v", q.err)
-			case <-time.After(bootTimeout):
-				t.Fatal("the monitor did not connect to QEMU")
-			}
-			cont(t, ctl)
-			if tt.sigterm {
+			sc.waitConnected(t, q.exited)
+			qmpExecute(t, ctl, "cont")
+			switch {
+			case tt.reset:
+				waitBooted(t, serial, tt.action, q.exited)
+				qmpExecute(t, ctl, "system_reset")
+			case tt.sigterm:
 				// Pod deletion: the sidecar is told to stop too, but once connected it keeps reading until QEMU
 				// exits, so the stop is still recorded.
-				sc.stop()
+				sc.stop(t)
 				if err := q.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 					t.Fatal(err)
 				}
@@ -78,13 +82,13 @@ func TestQEMUGuest(t *testing.T) {
 }
 
 // TestQEMUDiesAtStart: QEMU gets the hook's arguments but fails to start (its kernel does not exist). The sidecar
-// must not hang: it reports a clear error once its connect timeout passes.
+// must not hang: it exits 1 with a clear error once its connect timeout passes.
 func TestQEMUDiesAtStart(t *testing.T) {
 	g := requireGuest(t)
 	g.kernel = filepath.Join(t.TempDir(), "no-such-kernel")
 	dir := t.TempDir()
 	serial := filepath.Join(dir, "serial.log")
-	sc := startSidecar(t, dir, 3*time.Second)
+	sc := startSidecar(t, 3*time.Second)
 	domain := sc.defineDomain(t, g.baseDomain("tiny-broken", "reboot", serial))
 
 	q := startQEMU(t, g.qemu, g.qemuArgs(t, domain, "reboot", filepath.Join(dir, "ctl.qmp"), serial))
@@ -96,12 +100,11 @@ func TestQEMUDiesAtStart(t *testing.T) {
 	case <-time.After(bootTimeout):
 		t.Fatal("qemu did not exit")
 	}
-	err := sc.wait(t)
-	if err == nil {
-		t.Fatal("sidecar exited cleanly although QEMU never ran")
+	if code := exitCode(sc.wait(t)); code != 1 {
+		t.Fatalf("sidecar exit code %d although QEMU never ran, want 1", code)
 	}
-	if !strings.Contains(err.Error(), "runpolicy.qmp was not usable within 3s") {
-		t.Errorf("error %q does not say what went wrong", err)
+	if log := sc.logs.String(); !strings.Contains(log, "runpolicy.qmp was not usable within 3s") {
+		t.Errorf("the sidecar's log does not say what went wrong:\n%s", log)
 	}
 	if res := sc.result(t); len(res.Events) != 0 {
 		t.Errorf("termination log has events: %+v", res.Events)

@@ -78,7 +78,7 @@ func startServer(t *testing.T, h *Hooks) string {
 // supports (v1alpha3, then v1alpha2, as pkg/hooks/manager.go does), call OnDefineDomain with the domain XML.
 func TestHookProtocol(t *testing.T) {
 	logger, logs := testLogger(t)
-	qmpSocket := "/var/run/kubevirt-hooks/runpolicy.qmp"
+	qmpSocket := "/var/run/kubevirt-hooks/hook-sidecar-0/runpolicy.qmp"
 	socket := startServer(t, &Hooks{QMPSocket: qmpSocket, Logger: logger})
 	conn := dialLikeVirtLauncher(t, socket)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

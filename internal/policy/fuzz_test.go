@@ -15,12 +15,13 @@ var (
 	}
 	fuzzCauses = []shutdown.Cause{
 		shutdown.CauseGuestReset, shutdown.CauseGuestShutdown, shutdown.CauseGuestPanic, shutdown.CauseHost,
-		shutdown.CauseUnknown,
+		shutdown.CauseUnknown, shutdown.CauseHostReset,
 	}
 )
 
 // FuzzDecide checks the behaviour table of docs/behaviour.md on arbitrary inputs (seeds in testdata/fuzz/FuzzDecide): AlwaysOn
-// and AlwaysOff never act (KubeVirt does); a reboot is never guessed — Restart only for a guest reset; a user's
+// and AlwaysOff never act (KubeVirt does); a reboot is never guessed — Restart only for a guest reset or a reset
+// through KubeVirt; a user's
 // stop never restarts; a guest poweroff never restarts; Backoff.Delay is monotonic in n and never exceeds Max.
 //
 // policyIdx/causeIdx beyond the known values pick arbitrary strings (policy) or the raw cause text, so
@@ -67,8 +68,8 @@ func FuzzDecide(f *testing.F) {
 			if d.Action != ActionNone {
 				t.Fatalf("Decide(%q, %+v) = %s: KubeVirt acts for this policy, runpolicy must not", p, e, d.Action)
 			}
-		case d.Action == ActionRestart && (cause != shutdown.CauseGuestReset || user):
-			t.Fatalf("Decide(%q, %+v) = Restart without a guest reset (a reboot is never guessed)", p, e)
+		case d.Action == ActionRestart && (cause != shutdown.CauseGuestReset && cause != shutdown.CauseHostReset || user):
+			t.Fatalf("Decide(%q, %+v) = Restart without a guest reset or a reset through KubeVirt (a reboot is never guessed)", p, e)
 		case user && restarts:
 			t.Fatalf("Decide(%q, %+v) = %s after a user's stop", p, e, d.Action)
 		case cause == shutdown.CauseGuestShutdown && restarts:

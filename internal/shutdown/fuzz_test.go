@@ -7,8 +7,9 @@ import (
 )
 
 // FuzzParse checks the parser's promises on arbitrary termination messages (seeds in testdata/fuzz/FuzzParse):
-// it never panics; a guest cause comes only from a guest:true SHUTDOWN line with that reason; a host-signal line
-// appended after a guest event never changes the cause; no valid SHUTDOWN line means CauseUnknown.
+// it never panics; a guest cause comes only from a guest:true SHUTDOWN line with that reason; HostReset only from
+// a host-qmp-system-reset line; a host-signal line appended after the decisive event never changes the cause; no
+// valid SHUTDOWN line means CauseUnknown.
 func FuzzParse(f *testing.F) {
 	line := func(guest bool, reason string) string {
 		return string(Event{Event: EventShutdown, Guest: guest, Reason: reason}.Line())
@@ -21,6 +22,10 @@ func FuzzParse(f *testing.F) {
 		line(true, QEMUGuestShutdown) + line(false, "host-signal"),
 		line(false, "host-signal") + line(true, QEMUGuestShutdown),
 		line(true, "subsystem-reset") + line(false, "host-qmp-quit"),
+		line(false, QEMUHostReset) + line(false, "host-signal"),
+		line(false, "host-signal") + line(false, QEMUHostReset),
+		line(false, QEMUHostReset) + line(true, QEMUGuestReset),
+		line(true, QEMUHostReset),
 		`{"event":"SHUTDOWN","guest":true}`,
 		`{"event":"SHUTDOWN","guest":"true","reason":"guest-reset"}`,
 		`{"EVENT":"SHUTDOWN","Guest":true,"REASON":"guest-reset"}`,
@@ -45,9 +50,13 @@ func FuzzParse(f *testing.F) {
 			if !res.Event.Guest || res.Event.Reason != want || res.Event.Event != EventShutdown {
 				t.Fatalf("cause %s from event %+v", res.Cause, res.Event)
 			}
-		case CauseHost:
+		case CauseHostReset:
 			// The reason decides, not the guest flag: a (malformed) guest:true host-* line is still not a guest event.
-			if !strings.HasPrefix(res.Event.Reason, "host-") {
+			if res.Event.Reason != QEMUHostReset {
+				t.Fatalf("cause HostReset from event %+v", res.Event)
+			}
+		case CauseHost:
+			if !strings.HasPrefix(res.Event.Reason, "host-") || res.Event.Reason == QEMUHostReset {
 				t.Fatalf("cause Host from event %+v", res.Event)
 			}
 		default:
@@ -90,8 +99,23 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 
-		// libvirt's host-signal after the guest event must not hide it.
-		if res.Cause == CauseGuestReset || res.Cause == CauseGuestShutdown || res.Cause == CauseGuestPanic {
+		// No guest event at all: a host cause comes from the first host-* line.
+		if res.Cause == CauseHost || res.Cause == CauseHostReset {
+			for _, ev := range res.Events {
+				if ev.Guest && (ev.Reason == QEMUGuestReset || ev.Reason == QEMUGuestShutdown || ev.Reason == QEMUGuestPanic) {
+					t.Fatalf("cause %s although guest event %+v is present", res.Cause, ev)
+				}
+				if strings.HasPrefix(ev.Reason, "host-") {
+					if ev != res.Event {
+						t.Fatalf("cause %s from %+v, but the first host event is %+v", res.Cause, res.Event, ev)
+					}
+					break
+				}
+			}
+		}
+
+		// libvirt's host-signal after the decisive event (the guest's, or a host reset) must not hide it.
+		if res.Cause != CauseUnknown {
 			sep := "\n"
 			if strings.HasSuffix(msg, "\n") {
 				sep = ""

@@ -28,6 +28,9 @@ const (
 	QEMUGuestReset    = "guest-reset"
 	QEMUGuestShutdown = "guest-shutdown"
 	QEMUGuestPanic    = "guest-panic"
+	// QEMUHostReset is QMP system_reset (libvirt's virDomainReset, KubeVirt's reset subresource, virtctl reset)
+	// while the reboot action is shutdown (on_reboot=destroy): QEMU ends with this reason instead of resetting.
+	QEMUHostReset = "host-qmp-system-reset"
 )
 
 // Event is one line of the termination message.
@@ -54,6 +57,9 @@ const (
 	CauseGuestShutdown Cause = "GuestShutdown"
 	// CauseGuestPanic: the guest kernel panicked (pvpanic); treated as a crash.
 	CauseGuestPanic Cause = "GuestPanic"
+	// CauseHostReset: QEMU was reset from outside, e.g. KubeVirt's reset subresource / virtctl reset: a reboot
+	// asked from outside.
+	CauseHostReset Cause = "HostReset"
 	// CauseHost: QEMU was stopped from outside (signal, QMP quit, host error) with no guest event before.
 	CauseHost Cause = "Host"
 	// CauseUnknown: no usable event (no message, sidecar missing, garbage).
@@ -70,7 +76,8 @@ type Result struct {
 }
 
 // Parse reads every JSON line of msg. The first guest-initiated SHUTDOWN decides the cause; host events count
-// only when no guest event is present. Lines that are not SHUTDOWN events are ignored, never guessed at.
+// only when no guest event is present, and then the first one decides: host-qmp-system-reset is CauseHostReset,
+// any other host-* reason CauseHost. Lines that are not SHUTDOWN events are ignored, never guessed at.
 func Parse(msg string) Result {
 	var res Result
 	sc := bufio.NewScanner(strings.NewReader(msg))
@@ -104,10 +111,15 @@ func Parse(msg string) Result {
 		return res
 	}
 	for _, ev := range res.Events {
-		if strings.HasPrefix(ev.Reason, "host-") {
+		switch {
+		case ev.Reason == QEMUHostReset:
+			res.Cause, res.Event = CauseHostReset, ev
+		case strings.HasPrefix(ev.Reason, "host-"):
 			res.Cause, res.Event = CauseHost, ev
-			return res
+		default:
+			continue
 		}
+		return res
 	}
 	return res
 }

@@ -1,0 +1,129 @@
+package vm
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/runtime"
+)
+
+// kubeVirtDefaults are the spec fields KubeVirt itself adds to a VirtualMachine: its VM mutator (machine type,
+// architecture) and virt-controller's firmware synchronizer (pkg/virt-controller/watch/vm/firmware.go). They are
+// kept when runpolicy reverts foreign changes; anything else in the spec that runpolicy did not apply is foreign.
+var kubeVirtDefaults = [][]string{
+	{"template", "spec", "domain", "firmware", "uuid"},
+	{"template", "spec", "domain", "firmware", "serial"},
+	{"template", "spec", "domain", "machine", "type"},
+	{"template", "spec", "architecture"},
+}
+
+// foreignFields lists the paths under spec that the live KubeVirt VM has and runpolicy's apply did not set,
+// KubeVirt's own defaults excepted. Server-side apply keeps such fields (another field manager owns them), so a
+// direct patch of the KubeVirt VM (a nodeSelector, a disk) or a previous owner's template would survive every apply.
+func foreignFields(want, live map[string]any) []string {
+	var out []string
+	report := func(path []string) {
+		if !isDefault(path) {
+			out = append(out, "spec."+strings.Join(path, "."))
+		}
+	}
+	// wanted tells whether runpolicy's apply has the path at all.
+	var walk func(path []string, w any, wanted bool, l any)
+	walk = func(path []string, w any, wanted bool, l any) {
+		if isEmpty(l) {
+			return
+		}
+		switch lv := l.(type) {
+		case map[string]any:
+			wm, _ := w.(map[string]any)
+			for k, v := range lv {
+				wv, ok := wm[k]
+				walk(append(slices.Clone(path), k), wv, ok, v)
+			}
+		case []any:
+			wl, _ := w.([]any)
+			if !wanted || len(wl) != len(lv) {
+				report(path)
+				return
+			}
+			for i := range lv {
+				walk(append(slices.Clone(path), strconv.Itoa(i)), wl[i], true, lv[i])
+			}
+		default:
+			if !wanted {
+				report(path)
+			}
+		}
+	}
+	walk(nil, want, true, live)
+	slices.Sort(out)
+	return out
+}
+
+func isDefault(path []string) bool {
+	for _, d := range kubeVirtDefaults {
+		if slices.Equal(d, path) {
+			return true
+		}
+	}
+	return false
+}
+
+func isEmpty(v any) bool {
+	switch t := v.(type) {
+	case nil:
+		return true
+	case map[string]any:
+		return len(t) == 0
+	case []any:
+		return len(t) == 0
+	}
+	return false
+}
+
+// revertedSpec is want with KubeVirt's own defaults carried over from live: the spec runpolicy writes back when
+// foreignFields found something.
+func revertedSpec(want, live map[string]any) map[string]any {
+	spec := runtime.DeepCopyJSON(want)
+	for _, d := range kubeVirtDefaults {
+		v, ok := lookup(live, d)
+		if !ok {
+			continue
+		}
+		m := spec
+		for _, k := range d[:len(d)-1] {
+			next, ok := m[k].(map[string]any)
+			if !ok {
+				next = map[string]any{}
+				m[k] = next
+			}
+			m = next
+		}
+		m[d[len(d)-1]] = runtime.DeepCopyJSONValue(v)
+	}
+	return spec
+}
+
+func lookup(m map[string]any, path []string) (any, bool) {
+	var cur any = m
+	for _, k := range path {
+		mm, ok := cur.(map[string]any)
+		if !ok {
+			return nil, false
+		}
+		if cur, ok = mm[k]; !ok {
+			return nil, false
+		}
+	}
+	return cur, true
+}
+
+// summarize names at most n paths.
+func summarize(paths []string, n int) string {
+	if len(paths) <= n {
+		return strings.Join(paths, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(paths[:n], ", "), len(paths)-n)
+}
