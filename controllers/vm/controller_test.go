@@ -177,6 +177,32 @@ var _ = Describe("VirtualMachine → KubeVirt VirtualMachine", func() {
 			Should(Equal(kvv1.RunStrategyAlways))
 	})
 
+	// Server-side apply keeps fields another field manager set: runpolicy reverts them, so the next boot is the
+	// runpolicy VM's spec and nothing else.
+	It("reverts fields others added to the KubeVirt VM's spec", func(ctx SpecContext) {
+		obj := newVM(ns, "vm4", v1alpha1.RunPolicyManual)
+		Expect(k8s.Create(ctx, obj)).To(Succeed())
+		var kv *kvv1.VirtualMachine
+		Eventually(func(g Gomega) { kv = kubevirtVM(ctx, ns, "vm4")(g) }).Should(Succeed())
+		patch := []byte(`{"spec":{"template":{"spec":{"nodeSelector":{"pool":"gpu"},` +
+			`"volumes":[{"name":"root","containerDisk":{"image":"quay.io/containerdisks/fedora:41"}},{"name":"stolen","secret":{"secretName":"db"}}]}}}}`)
+		Expect(k8s.Patch(ctx, kv, client.RawPatch(types.MergePatchType, patch), client.FieldOwner("someone"))).To(Succeed())
+		Eventually(func(g Gomega) {
+			kv := kubevirtVM(ctx, ns, "vm4")(g)
+			g.Expect(kv.Spec.Template.Spec.NodeSelector).To(BeEmpty())
+			g.Expect(kv.Spec.Template.Spec.Volumes).To(HaveLen(1))
+			g.Expect(kv.Spec.Template.Spec.Volumes[0].Name).To(Equal("root"))
+		}).Should(Succeed())
+		Eventually(func(g Gomega) []string { return eventReasons(ctx, g, ns, "vm4") }).Should(ContainElement(vm.EventForeignChangesReverted))
+		Eventually(condition(ctx, client.ObjectKeyFromObject(obj), v1alpha1.ConditionSynced)).Should(HaveField("Status", metav1.ConditionTrue))
+		By("a VM nobody touches is never rewritten")
+		untouched := newVM(ns, "vm5", v1alpha1.RunPolicyManual)
+		Expect(k8s.Create(ctx, untouched)).To(Succeed())
+		Eventually(condition(ctx, client.ObjectKeyFromObject(untouched), v1alpha1.ConditionSynced)).Should(HaveField("Status", metav1.ConditionTrue))
+		Consistently(func(g Gomega) []string { return eventReasons(ctx, g, ns, "vm5") }, "2s").
+			ShouldNot(ContainElement(vm.EventForeignChangesReverted))
+	})
+
 	It("does not take over a KubeVirt VM it did not create, unless asked to", func(ctx SpecContext) {
 		theirs := &kvv1.VirtualMachine{
 			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "legacy"},
