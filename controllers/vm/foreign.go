@@ -10,8 +10,9 @@ import (
 )
 
 // kubeVirtDefaults are the spec fields KubeVirt itself adds to a VirtualMachine: its VM mutator (machine type,
-// architecture) and virt-controller's firmware synchronizer (pkg/virt-controller/watch/vm/firmware.go). They are
-// kept when runpolicy reverts foreign changes; anything else in the spec that runpolicy did not apply is foreign.
+// architecture, kubevirt.io/ template annotations: isDefault) and, from v1.9, virt-controller's firmware
+// synchronizer (pkg/virt-controller/watch/vm/firmware.go). They are kept when runpolicy reverts foreign changes;
+// anything else in the spec that runpolicy did not apply is foreign.
 var kubeVirtDefaults = [][]string{
 	{"template", "spec", "domain", "firmware", "uuid"},
 	{"template", "spec", "domain", "firmware", "serial"},
@@ -68,7 +69,10 @@ func isDefault(path []string) bool {
 			return true
 		}
 	}
-	return false
+	// KubeVirt's own annotations and labels on the template (e.g. kubevirt.io/pci-topology-version, added by
+	// KubeVirt v1.8's VM mutator); KubeVirt refuses kubevirt.io/ labels from anyone else.
+	return len(path) == 4 && path[0] == "template" && path[1] == "metadata" &&
+		(path[2] == "annotations" || path[2] == "labels") && strings.HasPrefix(path[3], "kubevirt.io/")
 }
 
 func isEmpty(v any) bool {
@@ -87,7 +91,17 @@ func isEmpty(v any) bool {
 // foreignFields found something.
 func revertedSpec(want, live map[string]any) map[string]any {
 	spec := runtime.DeepCopyJSON(want)
-	for _, d := range kubeVirtDefaults {
+	defaults := slices.Clone(kubeVirtDefaults)
+	for _, kind := range []string{"annotations", "labels"} {
+		if m, ok := lookup(live, []string{"template", "metadata", kind}); ok {
+			for k := range m.(map[string]any) {
+				if p := []string{"template", "metadata", kind, k}; isDefault(p) {
+					defaults = append(defaults, p)
+				}
+			}
+		}
+	}
+	for _, d := range defaults {
 		v, ok := lookup(live, d)
 		if !ok {
 			continue

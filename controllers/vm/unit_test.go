@@ -400,6 +400,7 @@ func TestForeignFields(t *testing.T) {
 	tmpl["domain"].(map[string]any)["machine"] = map[string]any{"type": "q35"}
 	tmpl["architecture"] = "amd64"
 	tmpl["terminationGracePeriodSeconds"] = nil
+	live["template"].(map[string]any)["metadata"] = map[string]any{"annotations": map[string]any{"kubevirt.io/pci-topology-version": "v3"}}
 	if got := foreignFields(want, live); len(got) != 0 {
 		t.Fatalf("KubeVirt's own defaults are not foreign: %v", got)
 	}
@@ -417,6 +418,9 @@ func TestForeignFields(t *testing.T) {
 	}
 	if v, _ := lookup(back, []string{"template", "spec", "domain", "firmware", "uuid"}); v != "u-1" {
 		t.Fatalf("KubeVirt's firmware UUID must be kept, got %v", v)
+	}
+	if v, _ := lookup(back, []string{"template", "metadata", "annotations", "kubevirt.io/pci-topology-version"}); v != "v3" {
+		t.Fatalf("KubeVirt's template annotations must be kept, got %v", v)
 	}
 	if _, ok := lookup(want, []string{"template", "spec", "domain", "firmware"}); ok {
 		t.Fatal("revertedSpec must not change its input")

@@ -1,0 +1,293 @@
+package e2e
+
+import (
+	"context"
+
+	. "github.com/onsi/ginkgo/v2"
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+	kvv1 "kubevirt.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/runpolicy/runpolicy/api/v1alpha1"
+	"github.com/runpolicy/runpolicy/internal/policy"
+	"github.com/runpolicy/runpolicy/internal/shutdown"
+	"github.com/runpolicy/runpolicy/test/fixture"
+)
+
+// What real KubeVirt (v1.8's virt-controller and virt-api, with their webhooks) shows, and runpolicy's answer to it.
+
+func rebootsCondition(g Gomega, ctx context.Context, key client.ObjectKey) *metav1.Condition {
+	c := meta.FindStatusCondition(getVM(ctx, g, key).Status.Conditions, v1alpha1.ConditionRebootsApplyChanges)
+	g.Expect(c).NotTo(BeNil())
+	return c
+}
+
+func vmEventReasons(ctx context.Context, g Gomega, ns, name string) []string {
+	list := &eventsv1.EventList{}
+	g.Expect(k8s.List(ctx, list, client.InNamespace(ns))).To(Succeed())
+	var out []string
+	for _, e := range list.Items {
+		if e.Regarding.Name == name && e.Regarding.Kind == "VirtualMachine" && e.Regarding.APIVersion == v1alpha1.GroupVersion.String() {
+			out = append(out, e.Reason)
+		}
+	}
+	return out
+}
+
+func hasHookSidecars(kvvm *kvv1.VirtualMachine) bool {
+	_, ok := kvvm.Spec.Template.ObjectMeta.Annotations["hooks.kubevirt.io/hookSidecars"]
+	return ok
+}
+
+var _ = Describe("KubeVirt's Sidecar feature gate", Ordered, func() {
+	var ns string
+	BeforeAll(func(ctx SpecContext) {
+		ns = newNamespace(ctx)
+		Expect(env.KubeVirt.SetFeatureGates(ctx, nil)).To(Succeed())
+		DeferCleanup(func(ctx SpecContext) { Expect(env.KubeVirt.SetFeatureGates(ctx, []string{"Sidecar"})).To(Succeed()) })
+	})
+
+	It("is off by default, and then KubeVirt refuses any VM whose template names a hook sidecar", func(ctx SpecContext) {
+		theirs := &kvv1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "with-sidecar"},
+			Spec: kvv1.VirtualMachineSpec{RunStrategy: ptr.To(kvv1.RunStrategyHalted),
+				Template: fixture.VM(ns, "with-sidecar", "").Spec.Template}}
+		theirs.Spec.Template.ObjectMeta.Annotations = map[string]string{"hooks.kubevirt.io/hookSidecars": `[{"image":"` + hookImage + `"}]`}
+		err := k8s.Create(ctx, theirs)
+		Expect(err).To(MatchError(ContainSubstring("sidecar feature gate is not enabled")))
+	})
+
+	It("runs runpolicy's VMs without the sidecar, in a degraded mode every VM shows", func(ctx SpecContext) {
+		obj := fixture.VM(ns, "degraded", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)
+		Expect(k8s.Create(ctx, obj)).To(Succeed())
+		startAndWait(ctx, obj)
+		key := client.ObjectKeyFromObject(obj)
+		kvvm := &kvv1.VirtualMachine{}
+		Expect(k8s.Get(ctx, key, kvvm)).To(Succeed())
+		Expect(hasHookSidecars(kvvm)).To(BeFalse())
+		Eventually(func(g Gomega) {
+			c := rebootsCondition(g, ctx, key)
+			g.Expect(c.Status).To(Equal(metav1.ConditionFalse))
+			g.Expect(c.Reason).To(Equal(policy.ReasonFeatureGateDisabled))
+			g.Expect(c.Message).To(ContainSubstring("KubeVirt CR kubevirt/kubevirt"))
+		}).Should(Succeed())
+	})
+
+	It("leaves a guest reboot inside the guest: the VMI keeps running", func(ctx SpecContext) {
+		key := client.ObjectKey{Namespace: ns, Name: "degraded"}
+		before, err := getVMI(ctx, key)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(kv.GuestReboot(ctx, ns, "degraded")).To(Succeed())
+		Consistently(func(g Gomega) {
+			vmi, err := getVMI(ctx, key)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(vmi.UID).To(Equal(before.UID))
+			g.Expect(vmi.Status.Phase).To(Equal(kvv1.Running))
+		}, "2s").Should(Succeed())
+	})
+
+	It("keeps the VM stopped after a guest poweroff: without a sidecar a clean end is a poweroff", func(ctx SpecContext) {
+		key := client.ObjectKey{Namespace: ns, Name: "degraded"}
+		created := kv.VMIsCreated(ns, "degraded")
+		Expect(kv.GuestPoweroff(ctx, ns, "degraded")).To(Succeed())
+		Eventually(func(g Gomega) {
+			vm := getVM(ctx, g, key)
+			g.Expect(vm.Status.Phase).To(Equal(v1alpha1.VirtualMachineStopped))
+			g.Expect(vm.Status.LastShutdown).NotTo(BeNil())
+			g.Expect(vm.Status.LastShutdown.Source).To(Equal(v1alpha1.ShutdownGuestShutdown))
+		}).Should(Succeed())
+		Consistently(func() int { return kv.VMIsCreated(ns, "degraded") }, "2s").Should(Equal(created))
+	})
+
+	It("adds the sidecar once the gate is on; the next start has it and its reboots restart the VM", func(ctx SpecContext) {
+		Expect(env.KubeVirt.SetFeatureGates(ctx, []string{"Sidecar"})).To(Succeed())
+		key := client.ObjectKey{Namespace: ns, Name: "degraded"}
+		Eventually(func(g Gomega) {
+			kvvm := &kvv1.VirtualMachine{}
+			g.Expect(k8s.Get(ctx, key, kvvm)).To(Succeed())
+			g.Expect(hasHookSidecars(kvvm)).To(BeTrue())
+			g.Expect(rebootsCondition(g, ctx, key).Status).To(Equal(metav1.ConditionTrue))
+		}).Should(Succeed())
+		Expect(lc.Lifecycle.Start(ctx, ns, "degraded")).To(Succeed())
+		Eventually(func(g Gomega) v1alpha1.VirtualMachinePhase { return getVM(ctx, g, key).Status.Phase }).
+			Should(Equal(v1alpha1.VirtualMachineRunning))
+		Expect(kv.GuestReboot(ctx, ns, "degraded")).To(Succeed())
+		Eventually(func(g Gomega) {
+			vm := getVM(ctx, g, key)
+			g.Expect(vm.Status.LastShutdown).NotTo(BeNil())
+			g.Expect(vm.Status.LastShutdown.Source).To(Equal(v1alpha1.ShutdownGuestReset))
+			g.Expect(vm.Status.RestartCount).To(BeEquivalentTo(1))
+			g.Expect(vm.Status.Phase).To(Equal(v1alpha1.VirtualMachineRunning))
+		}).Should(Succeed())
+	})
+})
+
+var _ = Describe("Smaller differences real KubeVirt shows", func() {
+	var ns string
+	BeforeEach(func(ctx SpecContext) { ns = newNamespace(ctx) })
+
+	// Under runStrategy Always virt-controller deletes an ended VMI within milliseconds, so the operator may see the
+	// deletion before (or with) the end: that is KubeVirt replacing it, not a user's stop.
+	It("records an AlwaysOn VM's guest poweroff as such, not as a user's stop", func(ctx SpecContext) {
+		obj := fixture.VM(ns, "on", v1alpha1.RunPolicyAlwaysOn)
+		Expect(k8s.Create(ctx, obj)).To(Succeed())
+		startAndWait(ctx, obj)
+		vmi, err := getVMI(ctx, client.ObjectKeyFromObject(obj))
+		Expect(err).NotTo(HaveOccurred())
+		Expect(kv.GuestPoweroff(ctx, ns, "on")).To(Succeed())
+		Eventually(func(g Gomega) {
+			ls := getVM(ctx, g, client.ObjectKeyFromObject(obj)).Status.LastShutdown
+			g.Expect(ls).NotTo(BeNil())
+			g.Expect(ls.VMIUID).To(Equal(string(vmi.UID)))
+			g.Expect(ls.Source).To(Equal(v1alpha1.ShutdownGuestShutdown))
+		}).Should(Succeed())
+	})
+
+	// KubeVirt's VM mutator and virt-controller may add their defaults (machine type, architecture, from v1.9 the
+	// firmware UUID and serial) to the VM's spec: those are not foreign changes to revert.
+	It("keeps KubeVirt's own defaults on the KubeVirt VM and reverts a user's direct change", func(ctx SpecContext) {
+		obj := fixture.VM(ns, "owned", v1alpha1.RunPolicyManual)
+		Expect(k8s.Create(ctx, obj)).To(Succeed())
+		startAndWait(ctx, obj)
+		key := client.ObjectKeyFromObject(obj)
+		Consistently(func(g Gomega) []string { return vmEventReasons(ctx, g, ns, "owned") }, "3s").
+			ShouldNot(ContainElement("ForeignChangesReverted"))
+		kvvm := &kvv1.VirtualMachine{}
+		Expect(k8s.Get(ctx, key, kvvm)).To(Succeed())
+		Expect(k8s.Patch(ctx, kvvm, client.RawPatch(types.MergePatchType, []byte(`{"spec":{"template":{"spec":{"nodeSelector":{"pool":"gpu"}}}}}`)),
+			client.FieldOwner("kubectl-edit"))).To(Succeed())
+		Eventually(func(g Gomega) map[string]string {
+			g.Expect(k8s.Get(ctx, key, kvvm)).To(Succeed())
+			return kvvm.Spec.Template.Spec.NodeSelector
+		}).Should(BeEmpty())
+		Eventually(func(g Gomega) []string { return vmEventReasons(ctx, g, ns, "owned") }).Should(ContainElement("ForeignChangesReverted"))
+	})
+
+	// KubeVirt's vm.kubevirt.io/name label on launcher pods is the VMI's hostname, not its name.
+	It("maps launcher pods to their VM with spec.hostname set and a dotted name", func(ctx SpecContext) {
+		obj := fixture.VM(ns, "web.prod", v1alpha1.RunPolicyManual)
+		obj.Spec.Template.Spec.Hostname = "other"
+		Expect(k8s.Create(ctx, obj)).To(Succeed())
+		startAndWait(ctx, obj)
+		pods, err := kv.LauncherPods(ctx, ns, "web.prod")
+		Expect(err).NotTo(HaveOccurred())
+		Expect(pods).NotTo(BeEmpty())
+		Expect(pods[0].Labels).To(HaveKeyWithValue("vm.kubevirt.io/name", "other"))
+		Expect(kv.GuestReboot(ctx, ns, "web.prod")).To(Succeed())
+		Eventually(func(g Gomega) {
+			vm := getVM(ctx, g, client.ObjectKeyFromObject(obj))
+			g.Expect(vm.Status.RestartCount).To(BeEquivalentTo(1))
+			g.Expect(vm.Status.Phase).To(Equal(v1alpha1.VirtualMachineRunning))
+		}).Should(Succeed())
+	})
+
+	// virtctl reset: KubeVirt's reset subresource, QMP system_reset; with on_reboot=destroy QEMU exits with
+	// host-qmp-system-reset. A reset asked from outside is a reboot from outside.
+	DescribeTable("restarts a VM reset through KubeVirt, and says so",
+		func(ctx SpecContext, p v1alpha1.RunPolicy) {
+			obj := fixture.VM(ns, "reset", p)
+			Expect(k8s.Create(ctx, obj)).To(Succeed())
+			startAndWait(ctx, obj)
+			Expect(kv.HostReset(ctx, ns, "reset")).To(Succeed())
+			Eventually(func(g Gomega) {
+				vm := getVM(ctx, g, client.ObjectKeyFromObject(obj))
+				g.Expect(vm.Status.LastShutdown).NotTo(BeNil())
+				g.Expect(vm.Status.LastShutdown.Source).To(Equal(v1alpha1.ShutdownHostReset))
+				g.Expect(vm.Status.RestartCount).To(BeEquivalentTo(1))
+				g.Expect(vm.Status.Phase).To(Equal(v1alpha1.VirtualMachineRunning))
+			}).Should(Succeed())
+			Expect(kv.VMIsCreated(ns, "reset")).To(Equal(2))
+		},
+		Entry("Manual", v1alpha1.RunPolicyManual),
+		Entry("AlwaysOnUntilStoppedManually", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually),
+	)
+})
+
+var _ = Describe("Trust only what KubeVirt wrote", func() {
+	var ns string
+	BeforeEach(func(ctx SpecContext) { ns = newNamespace(ctx) })
+
+	// A user allowed to create pods can label one as the VMI's launcher pod and have it terminate with any
+	// message. Only the pods virt-controller recorded in the VMI's status.activePods count; it records every pod
+	// the VMI controls, so one that claims that too makes the cause unknown — never a guessed reboot.
+	DescribeTable("ignores forged launcher pods claiming a guest reset after a poweroff",
+		func(ctx SpecContext, controllerRef bool, sources ...v1alpha1.ShutdownSource) {
+			obj := fixture.VM(ns, "victim", v1alpha1.RunPolicyManual)
+			Expect(k8s.Create(ctx, obj)).To(Succeed())
+			startAndWait(ctx, obj)
+			vmi, err := getVMI(ctx, client.ObjectKeyFromObject(obj))
+			Expect(err).NotTo(HaveOccurred())
+			reset := string(shutdown.Event{Event: shutdown.EventShutdown, Guest: true, Reason: shutdown.QEMUGuestReset}.Line())
+			for i := range 3 {
+				forged := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, GenerateName: "virt-launcher-victim-",
+					Labels: map[string]string{"kubevirt.io": "virt-launcher", "kubevirt.io/created-by": string(vmi.UID),
+						"vm.kubevirt.io/name": "victim"}},
+					Spec: corev1.PodSpec{NodeName: "elsewhere", Containers: []corev1.Container{
+						{Name: "hook-sidecar-0", Image: hookImage}, {Name: "compute", Image: "x"}}}}
+				if controllerRef {
+					forged.OwnerReferences = []metav1.OwnerReference{{APIVersion: "kubevirt.io/v1", Kind: "VirtualMachineInstance",
+						Name: vmi.Name, UID: vmi.UID, Controller: ptr.To(true)}}
+				}
+				Expect(k8s.Create(ctx, forged)).To(Succeed(), "forged pod %d", i)
+				forged.Status = corev1.PodStatus{Phase: corev1.PodSucceeded, ContainerStatuses: []corev1.ContainerStatus{
+					{Name: "hook-sidecar-0", State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{Message: reset}}},
+					{Name: "compute", State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{Message: reset}}},
+				}}
+				Expect(k8s.Status().Update(ctx, forged)).To(Succeed())
+			}
+			Expect(kv.GuestPoweroff(ctx, ns, "victim")).To(Succeed())
+			Eventually(func(g Gomega) {
+				vm := getVM(ctx, g, client.ObjectKeyFromObject(obj))
+				g.Expect(vm.Status.LastShutdown).NotTo(BeNil())
+				g.Expect(vm.Status.LastShutdown.Source).To(BeElementOf(sources))
+				g.Expect(vm.Status.Phase).To(Equal(v1alpha1.VirtualMachineStopped))
+			}).Should(Succeed())
+			Consistently(func() int { return kv.VMIsCreated(ns, "victim") }, "2s").Should(Equal(1), "a forged reset restarted the VM")
+		},
+		Entry("labels only: not among the VMI's pods", false, v1alpha1.ShutdownGuestShutdown),
+		// virt-controller may record it among the VMI's pods; the pods then disagree.
+		Entry("with a controller reference to the VMI", true, v1alpha1.ShutdownGuestShutdown, v1alpha1.ShutdownUnknown),
+	)
+
+	// A runpolicy VM whose name is taken by someone else's KubeVirt VM must not become a handle on that VM.
+	It("never stops, restarts or cleans up a KubeVirt VM it does not control", func(ctx SpecContext) {
+		theirs := &kvv1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "theirs"},
+			Spec: kvv1.VirtualMachineSpec{RunStrategy: ptr.To(kvv1.RunStrategyManual), Template: fixture.VM(ns, "theirs", "").Spec.Template}}
+		Expect(k8s.Create(ctx, theirs)).To(Succeed())
+		Expect(lc.Lifecycle.Start(ctx, ns, "theirs")).To(Succeed())
+		Eventually(func(g Gomega) kvv1.VirtualMachineInstancePhase {
+			vmi, err := getVMI(ctx, client.ObjectKeyFromObject(theirs))
+			g.Expect(err).NotTo(HaveOccurred())
+			return vmi.Status.Phase
+		}).Should(Equal(kvv1.Running))
+		running, err := getVMI(ctx, client.ObjectKeyFromObject(theirs))
+		Expect(err).NotTo(HaveOccurred())
+
+		Expect(k8s.Create(ctx, fixture.VM(ns, "theirs", v1alpha1.RunPolicyManual))).To(Succeed())
+		stop := &v1alpha1.VirtualMachineOperation{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "stop-theirs"},
+			Spec: v1alpha1.VirtualMachineOperationSpec{VirtualMachineName: "theirs", Type: v1alpha1.OperationStop}}
+		Expect(k8s.Create(ctx, stop)).To(Succeed())
+		Eventually(func(g Gomega) {
+			g.Expect(k8s.Get(ctx, client.ObjectKeyFromObject(stop), stop)).To(Succeed())
+			g.Expect(stop.Status.Phase).To(Equal(v1alpha1.OperationFailed))
+			c := meta.FindStatusCondition(stop.Status.Conditions, v1alpha1.OperationConditionCompleted)
+			g.Expect(c).NotTo(BeNil())
+			g.Expect(c.Reason).To(Equal(v1alpha1.OperationReasonVirtualMachineNotManaged))
+		}).Should(Succeed())
+
+		By("their guest powers off: runpolicy neither cleans up nor judges their VMI")
+		Expect(kv.GuestPoweroff(ctx, ns, "theirs")).To(Succeed())
+		Consistently(func(g Gomega) {
+			vmi, err := getVMI(ctx, client.ObjectKeyFromObject(theirs))
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(vmi.UID).To(Equal(running.UID))
+			g.Expect(vmi.DeletionTimestamp).To(BeNil())
+			g.Expect(getVM(ctx, g, client.ObjectKeyFromObject(theirs)).Status.LastShutdown).To(BeNil())
+		}, "3s").Should(Succeed())
+	})
+})
