@@ -17,6 +17,7 @@ import (
 	"github.com/runpolicy/runpolicy/controllers"
 	"github.com/runpolicy/runpolicy/controllers/vm"
 	"github.com/runpolicy/runpolicy/test/fixture"
+	"github.com/runpolicy/runpolicy/test/kubevirt"
 )
 
 // virtAPIUser is the identity virt-api patches a VM's runStrategy with when it serves virtctl start or stop of a
@@ -87,4 +88,46 @@ func checkKubeVirtGuard(ctx context.Context, t *testing.T, g Gomega, cfg *rest.C
 	g.Expect(virtAPI.Create(ctx, unmanaged)).To(Succeed())
 	defer func() { g.Expect(client.IgnoreNotFound(op.Delete(ctx, unmanaged))).To(Succeed()) }()
 	g.Expect(patch(virtAPI, "guard-theirs", `{"spec":{"runStrategy":"Manual"}}`)).To(Succeed(), "KubeVirt VMs runpolicy does not manage are not its business")
+}
+
+// checkVirtctlObeysPolicy calls virt-api's start and stop subresources as virtctl does, as a namespace user would,
+// on runpolicy VMs whose policy forbids them: real virt-api turns them into runStrategy changes, which the chart's
+// policy refuses with the policy named, so nothing flaps (no VMI is created for an AlwaysOff VM, the AlwaysOn VMI
+// keeps running).
+func checkVirtctlObeysPolicy(ctx context.Context, t *testing.T, g Gomega, cfg *rest.Config, admin client.Client, ns string) {
+	t.Helper()
+	rc, err := kubevirt.NewSubresourceClient(cfg)
+	g.Expect(err).NotTo(HaveOccurred())
+	off, on := fixture.VM(ns, "virtctl-off", v1alpha1.RunPolicyAlwaysOff), fixture.VM(ns, "virtctl-on", v1alpha1.RunPolicyAlwaysOn)
+	for _, vm := range []*v1alpha1.VirtualMachine{off, on} {
+		g.Expect(admin.Create(ctx, vm)).To(Succeed())
+		defer func() { g.Expect(client.IgnoreNotFound(admin.Delete(ctx, vm))).To(Succeed()) }()
+	}
+	g.Eventually(func(g Gomega) {
+		for _, vm := range []*v1alpha1.VirtualMachine{off, on} {
+			got := &v1alpha1.VirtualMachine{}
+			g.Expect(admin.Get(ctx, client.ObjectKeyFromObject(vm), got)).To(Succeed())
+			want := map[v1alpha1.RunPolicy]v1alpha1.VirtualMachinePhase{v1alpha1.RunPolicyAlwaysOff: v1alpha1.VirtualMachineStopped,
+				v1alpha1.RunPolicyAlwaysOn: v1alpha1.VirtualMachineRunning}[vm.Spec.RunPolicy]
+			g.Expect(got.Status.Phase).To(Equal(want), vm.Name)
+		}
+	}).Should(Succeed())
+	running := &kvv1.VirtualMachineInstance{}
+	g.Expect(admin.Get(ctx, client.ObjectKeyFromObject(on), running)).To(Succeed())
+
+	err = kubevirt.PutVMSubresource(ctx, rc, ns, off.Name, "start", &kvv1.StartOptions{})
+	g.Expect(err).To(HaveOccurred(), "virtctl start of an AlwaysOff VM")
+	g.Expect(err.Error()).To(ContainSubstring("runPolicy AlwaysOff"))
+	err = kubevirt.PutVMSubresource(ctx, rc, ns, on.Name, "stop", &kvv1.StopOptions{})
+	g.Expect(err).To(HaveOccurred(), "virtctl stop of an AlwaysOn VM")
+	g.Expect(err.Error()).To(ContainSubstring("runPolicy AlwaysOn"))
+	g.Consistently(func(g Gomega) {
+		g.Expect(apierrors.IsNotFound(admin.Get(ctx, client.ObjectKeyFromObject(off), &kvv1.VirtualMachineInstance{}))).
+			To(BeTrue(), "a VMI was started for the AlwaysOff VM")
+		vmi := &kvv1.VirtualMachineInstance{}
+		g.Expect(admin.Get(ctx, client.ObjectKeyFromObject(on), vmi)).To(Succeed())
+		g.Expect(vmi.UID).To(Equal(running.UID))
+		g.Expect(vmi.DeletionTimestamp).To(BeNil(), "the AlwaysOn VMI was stopped")
+	}, "3s").Should(Succeed())
+	t.Logf("virtctl refusals as virt-api answers them: %v", err)
 }

@@ -32,6 +32,7 @@ import (
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
 	"github.com/runpolicy/runpolicy/controllers"
 	"github.com/runpolicy/runpolicy/internal/metrics"
+	"github.com/runpolicy/runpolicy/internal/policy"
 	"github.com/runpolicy/runpolicy/test/cluster"
 	"github.com/runpolicy/runpolicy/test/fixture"
 	standin "github.com/runpolicy/runpolicy/test/kubevirt"
@@ -55,17 +56,19 @@ func TestInstallAndRunAsServiceAccount(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	dir := t.TempDir()
-	args, err := standin.APIServerArgs(dir)
+	env, err := cluster.Start(cluster.Options{KubeVirt: &cluster.KubeVirtOptions{FeatureGates: []string{"Sidecar"}}})
 	g.Expect(err).NotTo(HaveOccurred())
-	env, err := cluster.Start(cluster.Options{APIServerArgs: args})
-	g.Expect(err).NotTo(HaveOccurred())
-	defer func() { g.Expect(env.Stop()).To(Succeed()) }()
+	defer func() {
+		if t.Failed() {
+			env.MarkFailed()
+		}
+		g.Expect(env.Stop()).To(Succeed())
+	}()
 	scheme := controllers.NewScheme()
 	g.Expect(apiextv1.AddToScheme(scheme)).To(Succeed())
 	admin, err := client.New(env.Config, client.Options{Scheme: scheme})
 	g.Expect(err).NotTo(HaveOccurred())
-	kv, err := standin.Start(ctx, env.Config, standin.Options{CertDir: dir})
+	kv, err := standin.Start(ctx, env.Config, standin.Options{AuditLog: env.AuditLog})
 	g.Expect(err).NotTo(HaveOccurred())
 	defer func() { g.Expect(kv.Stop()).To(Succeed()) }()
 
@@ -216,6 +219,10 @@ func TestInstallAndRunAsServiceAccount(t *testing.T) {
 	t.Log("the operator met no refusal on the way")
 	g.Expect(logs.String()).NotTo(ContainSubstring("forbidden"), "a permission the operator needs is missing from the chart")
 
+	t.Log("runStrategy changes of runpolicy's KubeVirt VMs by others are refused, with the policy named")
+	checkKubeVirtGuard(ctx, t, g, env.Config, ns.Name, user)
+	checkVirtctlObeysPolicy(ctx, t, g, env.Config, admin, ns.Name)
+
 	t.Log("what the ServiceAccount must not do is refused")
 	sac, err := client.New(cfg, client.Options{Scheme: scheme})
 	g.Expect(err).NotTo(HaveOccurred())
@@ -280,6 +287,8 @@ func optionsFromArgs(t *testing.T, args []string) operatorOptions {
 		switch name {
 		case "hook-sidecar-image":
 			o.HookSidecarImage = val
+		case "hook-sidecar":
+			o.HookSidecarMode, err = policy.ParseSidecarMode(val)
 		case "leader-election-namespace":
 			o.leaderNS = val
 		case "restart-backoff-base":
@@ -295,8 +304,8 @@ func optionsFromArgs(t *testing.T, args []string) operatorOptions {
 			t.Fatalf("flag %s: %v", a, err)
 		}
 	}
-	if o.HookSidecarImage == "" || o.leaderNS == "" {
-		t.Fatalf("the chart's Deployment lacks --hook-sidecar-image or --leader-election-namespace: %v", args)
+	if o.HookSidecarImage == "" || o.HookSidecarMode != policy.SidecarAuto || o.leaderNS == "" {
+		t.Fatalf("the chart's Deployment lacks --hook-sidecar-image, --hook-sidecar=auto or --leader-election-namespace: %v", args)
 	}
 	return o
 }
