@@ -14,7 +14,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/klog/v2"
 	kvv1 "kubevirt.io/api/core/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -99,6 +98,10 @@ func (w *writeTracker) behind(key types.NamespacedName, rv string) bool {
 	return false
 }
 
+// retrySoon is how soon a pass whose status write conflicted, or whose cache was behind, runs again: the watch
+// event of the newer object usually comes first.
+const retrySoon = 200 * time.Millisecond
+
 // cacheCatchUp bounds how long a pass waits for the cache to show runpolicy's own write.
 const cacheCatchUp = 10 * time.Second
 
@@ -137,7 +140,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		kvVersion = kv.ResourceVersion
 	}
 	if r.ownVM.behind(req.NamespacedName, vm.ResourceVersion) || r.ownKubeVirtVM.behind(req.NamespacedName, kvVersion) {
-		log.V(1).Info("Cache is behind runpolicy's own write, waiting for it", "VirtualMachine", klog.KObj(vm))
+		log.V(1).Info("Cache is behind runpolicy's own write, waiting for it")
 		return ctrl.Result{RequeueAfter: cacheRecheck}, nil
 	}
 	vmi, err := r.getVMI(ctx, req.NamespacedName)
@@ -150,13 +153,13 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	}
 
 	before := vm.Status.DeepCopy()
-	var syncErr error
+	var syncErr, powerErr error
 	var pass powerPass
 	if vm.DeletionTimestamp == nil {
 		kv, syncErr = r.syncKubeVirtVM(ctx, vm, kv, vmi, kvcfg, sc)
-		if pass, err = r.reconcilePower(ctx, vm, kv, vmi); err != nil {
-			return ctrl.Result{}, err
-		}
+		// A failed read in the power pass must not drop the status of an apply that succeeded: the pass fails
+		// before it records a decision, so status is written and the error retried after.
+		pass, powerErr = r.reconcilePower(ctx, vm, kv, vmi)
 	}
 	deriveStatus(vm, kv, vmi, templateHashOf(vm), r.now())
 	r.setRebootCondition(vm, vmi, kvcfg, sc)
@@ -169,14 +172,17 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		replaced := vm.ResourceVersion
 		if err := r.Status().Update(ctx, vm); err != nil {
 			if apierrors.IsConflict(err) {
-				log.V(1).Info("Status update conflicted, requeueing", "VirtualMachine", klog.KObj(vm))
-				return ctrl.Result{Requeue: true}, nil
+				log.V(1).Info("Status update conflicted, requeueing")
+				return ctrl.Result{RequeueAfter: retrySoon}, nil
 			}
 			return ctrl.Result{}, err
 		}
 		if vm.ResourceVersion != replaced { // a write that changed nothing leaves the version as it was
 			r.ownVM.wrote(req.NamespacedName, replaced)
 		}
+	}
+	if powerErr != nil {
+		return ctrl.Result{}, powerErr
 	}
 	if pass.act != nil {
 		if err := pass.act(ctx); err != nil {
@@ -275,9 +281,9 @@ func (r *Reconciler) syncKubeVirtVM(ctx context.Context, vm *v1alpha1.VirtualMac
 	}
 	obj.SetAnnotations(mergeMaps(obj.GetAnnotations(), map[string]string{AnnotationAppliedHash: inputs.hash()}))
 	if kv == nil {
-		log.Info("Creating KubeVirt VirtualMachine", "VirtualMachine", klog.KObj(vm), "runStrategy", strategy)
+		log.Info("Creating KubeVirt VirtualMachine", "runStrategy", strategy)
 	} else if current != strategy {
-		log.Info("Changing runStrategy", "VirtualMachine", klog.KObj(vm), "from", current, "to", strategy)
+		log.Info("Changing runStrategy", "from", current, "to", strategy)
 	}
 	replaced := ""
 	if kv != nil {
@@ -291,7 +297,7 @@ func (r *Reconciler) syncKubeVirtVM(ctx context.Context, vm *v1alpha1.VirtualMac
 		}
 		setCondition(vm, v1alpha1.ConditionSynced, metav1.ConditionFalse, v1alpha1.ReasonApplyFailed, msg)
 		if apierrors.IsInvalid(err) || apierrors.IsBadRequest(err) || apierrors.IsForbidden(err) {
-			log.Info("KubeVirt refused the VirtualMachine", "VirtualMachine", klog.KObj(vm), "reason", err.Error())
+			log.Info("KubeVirt refused the VirtualMachine", "reason", err.Error())
 			return kv, err // only a spec change helps: no retry loop
 		}
 		return kv, transientError{err}
@@ -305,7 +311,7 @@ func (r *Reconciler) syncKubeVirtVM(ctx context.Context, vm *v1alpha1.VirtualMac
 		if err := r.Update(ctx, obj, client.FieldOwner(FieldOwner)); err != nil {
 			return kv, transientError{fmt.Errorf("reverting changes made outside runpolicy (%s): %w", summarize(foreign, 5), err)}
 		}
-		log.Info("Reverted changes made to the KubeVirt VirtualMachine outside runpolicy", "VirtualMachine", klog.KObj(vm),
+		log.Info("Reverted changes made to the KubeVirt VirtualMachine outside runpolicy",
 			"fields", foreign)
 		r.Recorder.Eventf(vm, nil, corev1.EventTypeWarning, EventForeignChangesReverted, "Update",
 			"Reverted changes made to the KubeVirt VirtualMachine outside runpolicy: %s", summarize(foreign, 5))

@@ -134,7 +134,7 @@ func (r *Reconciler) reconcilePower(ctx context.Context, vm *v1alpha1.VirtualMac
 			}
 			r.Recorder.Eventf(vm, vmi, eventType(d.Source), eventReason(d.Source), "Shutdown", "%s", msg)
 		}
-		log.Info("VMI ended", "VirtualMachine", klog.KObj(vm), "VirtualMachineInstance", klog.KObj(vmi),
+		log.Info("VMI ended", "VirtualMachineInstance", klog.KObj(vmi),
 			"source", d.Source, "action", d.Action)
 	}
 
@@ -229,7 +229,7 @@ func stopsByPolicy(p v1alpha1.RunPolicy) bool {
 // accepted it.
 func (r *Reconciler) restartAct(vm *v1alpha1.VirtualMachine, uid, evType, evReason, msg string) func(context.Context) error {
 	return func(ctx context.Context) error {
-		ctrl.LoggerFrom(ctx).Info("Restarting VMI", "VirtualMachine", klog.KObj(vm), "endedVMI", uid)
+		ctrl.LoggerFrom(ctx).Info("Restarting VMI", "endedVMI", uid)
 		if err := r.Lifecycle.Start(ctx, vm.Namespace, vm.Name); err != nil {
 			r.Recorder.Eventf(vm, nil, corev1.EventTypeWarning, EventRestartFailed, "Start", "Restart failed: %v", err)
 			return err

@@ -71,6 +71,10 @@ type Reconciler struct {
 // +kubebuilder:rbac:groups=subresources.kubevirt.io,resources=virtualmachines/start;virtualmachines/stop;virtualmachines/restart,verbs=update
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
+// retrySoon is how soon a pass whose status write conflicted, or whose cache was behind, runs again: the watch
+// event of the newer object usually comes first.
+const retrySoon = 200 * time.Millisecond
+
 // Reconcile fetches the operation, its VM, the KubeVirt VM and VMI and its sibling operations, decides, sends at
 // most one signal and writes status once.
 func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
@@ -97,8 +101,8 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if !equality.Semantic.DeepEqual(before, &op.Status) {
 		if err := r.Status().Update(ctx, op); err != nil {
 			if apierrors.IsConflict(err) {
-				log.V(1).Info("Status update conflicted, requeueing", "VirtualMachineOperation", klog.KObj(op))
-				return ctrl.Result{Requeue: true}, nil
+				log.V(1).Info("Status update conflicted, requeueing")
+				return ctrl.Result{RequeueAfter: retrySoon}, nil
 			}
 			return ctrl.Result{}, errors.Join(err, stepErr)
 		}
@@ -222,7 +226,7 @@ func (r *Reconciler) step(ctx context.Context, op *v1alpha1.VirtualMachineOperat
 	if signalPrepared(op) && SignalTaken(t, types.UID(op.Status.TargetVMIUID), view) {
 		// A pass that sent the signal ended before it could record it (see RULES.md, "Exactly once"): whatever
 		// changed since, the signal is out, so the operation is InProgress.
-		ctrl.LoggerFrom(ctx).Info("KubeVirt already took the signal; recording it", "VirtualMachineOperation", klog.KObj(op))
+		ctrl.LoggerFrom(ctx).Info("KubeVirt already took the signal; recording it")
 		r.signalSent(op, in.vm, now)
 		return ctrl.Result{}, nil
 	}
@@ -278,7 +282,7 @@ func (r *Reconciler) send(ctx context.Context, op *v1alpha1.VirtualMachineOperat
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if fresh.ResourceVersion != op.ResourceVersion {
-		return ctrl.Result{Requeue: true}, nil // the cache is behind: decide again on the current object
+		return ctrl.Result{RequeueAfter: retrySoon}, nil // the cache is behind: decide again on the current object
 	}
 	in, err := r.gather(ctx, r.APIReader, op)
 	if err != nil {
@@ -286,7 +290,7 @@ func (r *Reconciler) send(ctx context.Context, op *v1alpha1.VirtualMachineOperat
 	}
 	now := r.now()
 	if in.vm == nil || notOurs(in.vm, in.kv) != "" {
-		return ctrl.Result{Requeue: true}, nil // decide again from the cache's view (the VM went or is not ours)
+		return ctrl.Result{RequeueAfter: retrySoon}, nil // decide again from the cache's view (the VM went or is not ours)
 	}
 	if SignalTaken(op.Spec.Type, types.UID(op.Status.TargetVMIUID), ViewOf(in.kv, in.vmi)) {
 		r.signalSent(op, vm, now)
@@ -294,7 +298,7 @@ func (r *Reconciler) send(ctx context.Context, op *v1alpha1.VirtualMachineOperat
 	}
 
 	ns, name, force := op.Namespace, op.Spec.VirtualMachineName, op.Spec.Force
-	log.Info("Sending signal to KubeVirt", "VirtualMachineOperation", klog.KObj(op), "type", op.Spec.Type, "force", force,
+	log.Info("Sending signal to KubeVirt", "type", op.Spec.Type, "force", force,
 		"VirtualMachine", klog.KRef(ns, name), "targetVMI", op.Status.TargetVMIUID)
 	switch op.Spec.Type {
 	case v1alpha1.OperationStart:

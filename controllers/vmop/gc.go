@@ -6,7 +6,6 @@ import (
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -36,7 +35,7 @@ func (r *Reconciler) collect(ctx context.Context, op *v1alpha1.VirtualMachineOpe
 	now := r.now().Time
 	remove := Collect(finished, now, r.TTL, r.MaxPerVM)
 	if slices.Contains(remove, op.Name) {
-		ctrl.LoggerFrom(ctx).Info("Deleting finished VirtualMachineOperation", "VirtualMachineOperation", klog.KObj(op),
+		ctrl.LoggerFrom(ctx).Info("Deleting finished VirtualMachineOperation",
 			"phase", op.Status.Phase, "ttl", r.TTL, "maxPerVM", r.MaxPerVM)
 		err := r.Delete(ctx, op, client.Preconditions{UID: &op.UID})
 		if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
