@@ -32,7 +32,7 @@ test: verify test-assets guest $(HELM) images ## Run all tests (generated-file c
 		RUNPOLICY_GUEST_DIR=$(GUEST_DIR) RUNPOLICY_REQUIRE_GUEST=1 go test $(GO_TEST_FLAGS) ./...
 
 .PHONY: bench
-bench: build test-assets ## Scale benchmark (real operator binary, test cluster + KubeVirt stand-in); BENCH_FLAGS="-n 100,1000 -resets 200".
+bench: build test-assets ## Scale benchmark (real operator binary, real virt-api/virt-controller, KubeVirt Always as baseline); BENCH_FLAGS="-n 100,1000 -resets 60 -reset-rate 1".
 	go run ./test/cmd/bench $(BENCH_FLAGS)
 
 .PHONY: chaos

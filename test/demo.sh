@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The local demo: the offline test cluster (real kube-apiserver, etcd, kube-controller-manager, KubeVirt stand-in)
-# comes up, the operator binary runs against it, and four VMs follow their run policies through a spec change,
-# a reboot and a poweroff inside the guest. Run through `make demo`.
+# The local demo: the offline test cluster (real kube-apiserver, etcd, kube-controller-manager, KubeVirt's real
+# virt-api and virt-controller with the Sidecar gate on, a simulated node) comes up, the operator binary runs
+# against it, and four VMs follow their run policies through a spec change, a reboot and a poweroff inside the
+# guest. The guests are the simulated node's (test/kubevirt): their reboot and poweroff end the launcher pod with
+# the hook sidecar's termination message, as real virt-launcher and QEMU would. Run through `make demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -18,25 +20,27 @@ trap cleanup EXIT
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 show() { $KUBECTL get rvm,vm,vmi -o wide 2>/dev/null | sed 's/^/   /'; }
-waitfor() { # waitfor DESCRIPTION COMMAND...: poll for up to 60 s
+waitfor() { # waitfor DESCRIPTION COMMAND...: poll for up to $WAIT s (default 60)
   local what=$1; shift
-  for _ in $(seq 1 120); do if "$@" >/dev/null 2>&1; then return 0; fi; sleep 0.5; done
+  for _ in $(seq 1 $((${WAIT:-60} * 2))); do if "$@" >/dev/null 2>&1; then return 0; fi; sleep 0.5; done
   echo "demo: timed out waiting for $what" >&2; return 1
 }
 phase() { [[ $($KUBECTL get rvm "$1" -o jsonpath='{.status.phase}') == "$2" ]]; }
 guest() { curl -fsS -X POST "http://$CONTROL/guest/$1?namespace=default&name=$2" >/dev/null; }
 
-step "Starting the test cluster (kube-apiserver, etcd, kube-controller-manager, KubeVirt stand-in)"
+step "Starting the test cluster (kube-apiserver, etcd, kube-controller-manager, KubeVirt's virt-api and virt-controller, a simulated node)"
 # Built, not `go run`: the signal at the end must reach devcluster itself so that it stops the control plane.
 go build -o bin/devcluster ./test/cmd/devcluster
+SIDECAR=ghcr.io/runpolicy/hook-sidecar:dev
 KUBEBUILDER_ASSETS=$ASSETS bin/devcluster --kubeconfig-out "$DEMO/kubeconfig" --control-addr $CONTROL \
-  >"$DEMO/devcluster.log" 2>&1 &
+  --hook-sidecar-image $SIDECAR >"$DEMO/devcluster.log" 2>&1 &
 pids+=($!)
-waitfor "the test cluster" test -s "$DEMO/kubeconfig"
+# KubeVirt's control plane takes 30-70 s to come up on 2 cores (its APIService and webhooks must answer).
+WAIT=300 waitfor "the test cluster (see $DEMO/devcluster.log)" test -s "$DEMO/kubeconfig"
 
 step "Starting the operator: bin/runpolicy-controller"
 bin/runpolicy-controller --kubeconfig "$DEMO/kubeconfig" --leader-elect=false --metrics-bind-address=0 \
-  --health-probe-bind-address=127.0.0.1:18081 --hook-sidecar-image=ghcr.io/runpolicy/hook-sidecar:dev \
+  --health-probe-bind-address=127.0.0.1:18081 --hook-sidecar-image=$SIDECAR \
   --restart-backoff-base=2s >"$DEMO/operator.log" 2>&1 &
 pids+=($!)
 waitfor "the operator's readiness" curl -fsS http://127.0.0.1:18081/readyz

@@ -34,14 +34,14 @@ import (
 var (
 	env     *cluster.Env
 	k8s     client.Client
-	kv      *kubevirt.StandIn
+	kv      *kubevirt.Node
 	lc      *lifecycle.Client
 	suiteOp *operator
 )
 
 func TestVMOPController(t *testing.T) {
 	RegisterFailHandler(Fail)
-	RunSpecs(t, "VirtualMachineOperation controller (envtest + KubeVirt stand-in)")
+	RunSpecs(t, "VirtualMachineOperation controller (envtest + real KubeVirt control plane + simulated node)")
 }
 
 var _ = BeforeSuite(func(ctx SpecContext) {
@@ -49,15 +49,13 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	SetDefaultEventuallyTimeout(30 * time.Second)
 	SetDefaultEventuallyPollingInterval(100 * time.Millisecond)
 
-	dir := GinkgoT().TempDir()
-	args, err := kubevirt.APIServerArgs(dir)
-	Expect(err).NotTo(HaveOccurred())
-	env, err = cluster.Start(cluster.Options{APIServerArgs: args})
+	var err error
+	env, err = cluster.Start(cluster.Options{KubeVirt: &cluster.KubeVirtOptions{}})
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(env.Stop)
 	k8s = env.Client
 
-	kv, err = kubevirt.Start(context.Background(), env.Config, kubevirt.Options{CertDir: dir})
+	kv, err = kubevirt.Start(context.Background(), env.Config, kubevirt.Options{AuditLog: env.AuditLog})
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(kv.Stop)
 	lc, err = lifecycle.NewClient(env.Config)
@@ -73,6 +71,7 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	Expect(err).NotTo(HaveOccurred())
 	Expect((&vm.Reconciler{
 		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(), // as controllers.Setup: the cache holds trimmed templates (CacheOptions)
 		Recorder:  mgr.GetEventRecorder("runpolicy-controller"),
 		Lifecycle: lc,
 		Backoff:   policy.DefaultBackoff,
@@ -89,6 +88,13 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	suiteOp = startOperator(lc, nil)
 	DeferCleanup(func() { suiteOp.stop() })
 }, NodeTimeout(5*time.Minute))
+
+var _ = AfterEach(func() {
+	if CurrentSpecReport().Failed() {
+		env.MarkFailed()
+		GinkgoWriter.Printf("logs of the test cluster's processes: %v\n", env.Logs())
+	}
+})
 
 // operator is one run of the VMOP controller in its own manager.
 type operator struct {
@@ -309,7 +315,7 @@ func stoppedVM(ctx context.Context, ns, name string) {
 	}).Should(Succeed())
 }
 
-// callsFor lists the stand-in's answered subresource calls for a VM with the given action.
+// callsFor lists the subresource calls kube-apiserver answered for a VM with the given action (its audit log).
 func callsFor(ns, name, action string) []kubevirt.Call {
 	var out []kubevirt.Call
 	for _, c := range kv.CallsFor(ns, name) {

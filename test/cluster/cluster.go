@@ -1,18 +1,22 @@
 // Package cluster starts the offline test cluster: a real kube-apiserver and etcd (built from Go modules by
-// build-assets.sh), runpolicy's and KubeVirt's CRDs, and optionally a real kube-controller-manager running the
-// garbage collector, which envtest alone lacks.
+// build-assets.sh), runpolicy's CRDs, KubeVirt's CRDs (from KubeVirt's own generator, test/kubevirt/build.sh),
+// optionally a real kube-controller-manager running the garbage collector, which envtest alone lacks, and
+// optionally KubeVirt's real control plane: virt-api (with its APIServices and webhooks) and virt-controller, run
+// as host processes with KubeVirt's service-account identities (Options.KubeVirt, kubevirt.go). What cannot run
+// here, the node (virt-handler, kubelet, QEMU), is simulated by test/kubevirt.
 package cluster
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	apiextv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -28,12 +32,17 @@ import (
 
 // Options configures Start.
 type Options struct {
-	// APIServerArgs are extra kube-apiserver flags (e.g. the aggregation layer's front-proxy settings).
+	// APIServerArgs are extra kube-apiserver flags.
 	APIServerArgs map[string][]string
 	// GarbageCollector starts a kube-controller-manager with the garbage collector and namespace controllers,
 	// so that owner references act as on a real cluster.
 	GarbageCollector bool
-	// Output receives the kube-controller-manager's logs; nil discards them.
+	// KubeVirt, when set, runs KubeVirt's real virt-api and virt-controller (see KubeVirtOptions).
+	KubeVirt *KubeVirtOptions
+	// AuditPolicy is kube-apiserver's audit policy (YAML); the log is Env.AuditLog. Default with KubeVirt:
+	// subresources.kubevirt.io requests at Metadata level (SubresourceAuditPolicy), else no audit log.
+	AuditPolicy string
+	// Output receives the kube-controller-manager's logs; nil writes them to a file in the cluster's dir.
 	Output *os.File
 }
 
@@ -45,10 +54,14 @@ type Env struct {
 	Scheme      *k8sruntime.Scheme
 	// Kubeconfig is the path of an admin kubeconfig for the cluster.
 	Kubeconfig string
+	// AuditLog is kube-apiserver's audit log ("" without an audit policy).
+	AuditLog string
+	// KubeVirt is the running KubeVirt control plane (nil without Options.KubeVirt).
+	KubeVirt *KubeVirt
 
-	dir  string
-	kcm  *exec.Cmd
-	done chan struct{}
+	dir    string
+	procs  []*process
+	failed bool
 }
 
 // RepoRoot returns the repository's root directory.
@@ -67,25 +80,17 @@ var (
 // when it is complete, else whatever build-assets.sh builds (or finds cached) under bin/.
 func AssetsDir() (string, error) {
 	assetsOnce.Do(func() {
-		if d := os.Getenv("KUBEBUILDER_ASSETS"); d != "" && complete(d) {
+		if d := os.Getenv("KUBEBUILDER_ASSETS"); d != "" && complete(d, "kube-apiserver", "etcd", "kube-controller-manager") {
 			assetsDir = d
 			return
 		}
-		cmd := exec.Command(filepath.Join(RepoRoot(), "test", "cluster", "build-assets.sh"))
-		cmd.Env = append(os.Environ(), "EXTRA=kube-controller-manager")
-		cmd.Stderr = os.Stderr
-		out, err := cmd.Output()
-		if err != nil {
-			assetsErr = fmt.Errorf("building the test cluster binaries: %w", err)
-			return
-		}
-		assetsDir = strings.TrimSpace(string(out))
+		assetsDir, assetsErr = runBuild(filepath.Join(RepoRoot(), "test", "cluster", "build-assets.sh"), "EXTRA=kube-controller-manager")
 	})
 	return assetsDir, assetsErr
 }
 
-func complete(dir string) bool {
-	for _, b := range []string{"kube-apiserver", "etcd", "kube-controller-manager"} {
+func complete(dir string, binaries ...string) bool {
+	for _, b := range binaries {
 		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
 			return false
 		}
@@ -93,135 +98,248 @@ func complete(dir string) bool {
 	return true
 }
 
-// CRDs returns runpolicy's CRDs (crds/), KubeVirt's (test/crds/kubevirt, generated from kubevirt.io/api), the
-// latter completed with what controller-gen cannot know: the status subresource and short names, and CDI's
-// DataVolume (test/crds/cdi, reduced to its names).
-func CRDs() ([]*apiextv1.CustomResourceDefinition, error) {
+// runBuild runs a build script that prints its output dir on stdout.
+func runBuild(script string, env ...string) (string, error) {
+	cmd := exec.Command(script)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", filepath.Base(script), err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// CRDs returns runpolicy's CRDs (crds/), the KubeVirt CRDs kubevirt-manifests wrote into manifestDir (KubeVirt's
+// own, from components.New*Crd) and CDI's DataVolume (test/crds/cdi, reduced to its names; CDI does not run).
+func CRDs(manifestDir string) ([]*apiextv1.CustomResourceDefinition, error) {
 	root := RepoRoot()
 	opts := &envtest.CRDInstallOptions{
-		Paths: []string{filepath.Join(root, "crds"), filepath.Join(root, "test", "crds", "kubevirt"),
-			filepath.Join(root, "test", "crds", "cdi")},
+		Paths:              []string{filepath.Join(root, "crds"), filepath.Join(root, "test", "crds", "cdi"), filepath.Join(manifestDir, crdsFile)},
 		ErrorIfPathMissing: true,
 	}
 	if err := envtest.ReadCRDFiles(opts); err != nil {
 		return nil, err
 	}
-	crds := opts.CRDs
-	short := map[string][]string{
-		"virtualmachines.kubevirt.io":                  {"vm", "vms"},
-		"virtualmachineinstances.kubevirt.io":          {"vmi", "vmis"},
-		"virtualmachineinstancemigrations.kubevirt.io": {"vmim"},
-	}
-	for _, crd := range crds {
-		if crd.Spec.Group != "kubevirt.io" {
-			continue
-		}
-		crd.Spec.Names.ShortNames = short[crd.Name]
-		for i := range crd.Spec.Versions {
-			crd.Spec.Versions[i].Subresources = &apiextv1.CustomResourceSubresources{Status: &apiextv1.CustomResourceSubresourceStatus{}}
-		}
-	}
-	return crds, nil
+	return opts.CRDs, nil
 }
 
 // Start brings the cluster up. Call Stop when done.
-func Start(opts Options) (*Env, error) {
+func Start(opts Options) (_ *Env, err error) {
 	assets, err := AssetsDir()
 	if err != nil {
 		return nil, err
 	}
-	crds, err := CRDs()
+	kvBin, err := KubeVirtBinDir()
 	if err != nil {
 		return nil, err
 	}
-	scheme := k8sruntime.NewScheme()
+	env := &Env{}
+	defer func() {
+		if err != nil {
+			_ = env.Stop()
+		}
+	}()
+	if env.dir, err = os.MkdirTemp("", "runpolicy-cluster-"); err != nil {
+		return nil, err
+	}
+	kv := opts.KubeVirt
+	if kv != nil {
+		env.KubeVirt = &KubeVirt{opts: *kv, bin: kvBin, env: env}
+		if err := env.KubeVirt.prepare(); err != nil {
+			return nil, err
+		}
+	} else if err := writeManifests(kvBin, filepath.Join(env.dir, "kubevirt"), kubeVirtNamespace, nil, 443); err != nil {
+		return nil, err
+	}
+	crds, err := CRDs(filepath.Join(env.dir, "kubevirt"))
+	if err != nil {
+		return nil, err
+	}
+	env.Scheme = k8sruntime.NewScheme()
 	for _, add := range []func(*k8sruntime.Scheme) error{clientgoscheme.AddToScheme, kvv1.AddToScheme, v1alpha1.AddToScheme} {
-		if err := add(scheme); err != nil {
+		if err := add(env.Scheme); err != nil {
 			return nil, err
 		}
 	}
 	te := &envtest.Environment{
 		BinaryAssetsDirectory: assets,
 		CRDs:                  crds,
-		Scheme:                scheme,
+		Scheme:                env.Scheme,
 	}
 	// envtest prefers $KUBEBUILDER_ASSETS over BinaryAssetsDirectory; make sure the complete folder wins.
 	_ = os.Setenv("KUBEBUILDER_ASSETS", assets)
 	api := te.ControlPlane.GetAPIServer()
-	for k, v := range opts.APIServerArgs {
+	args := map[string][]string{}
+	if kv != nil {
+		fp, err := frontProxyArgs(filepath.Join(env.dir, "front-proxy"))
+		if err != nil {
+			return nil, err
+		}
+		maps.Copy(args, fp)
+		// Without it kube-apiserver refuses to run on 127.0.0.1 ("public IP" checks of the kubernetes Service).
+		args["endpoint-reconciler-type"] = []string{"none"}
+		if opts.AuditPolicy == "" {
+			opts.AuditPolicy = SubresourceAuditPolicy
+		}
+	}
+	if opts.AuditPolicy != "" {
+		pol := filepath.Join(env.dir, "audit-policy.yaml")
+		if err := os.WriteFile(pol, []byte(opts.AuditPolicy), 0o600); err != nil {
+			return nil, err
+		}
+		env.AuditLog = filepath.Join(env.dir, "audit.log")
+		args["audit-policy-file"] = []string{pol}
+		args["audit-log-path"] = []string{env.AuditLog}
+		args["audit-log-maxsize"] = []string{"0"}
+	}
+	maps.Copy(args, opts.APIServerArgs)
+	for k, v := range args {
 		api.Configure().Set(k, v...)
 	}
 	cfg, err := te.Start()
 	if err != nil {
 		return nil, fmt.Errorf("starting kube-apiserver and etcd: %w", err)
 	}
-	env := &Env{Environment: te, Config: cfg, Scheme: scheme}
-	if env.Client, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
-		_ = te.Stop()
+	env.Environment, env.Config = te, cfg
+	if env.Client, err = client.New(cfg, client.Options{Scheme: env.Scheme}); err != nil {
 		return nil, err
 	}
-	if env.dir, err = os.MkdirTemp("", "runpolicy-cluster-"); err != nil {
-		_ = te.Stop()
+	if env.Kubeconfig, err = env.userKubeconfig("admin", envtest.User{Name: "admin", Groups: []string{"system:masters"}}); err != nil {
 		return nil, err
 	}
-	admin, err := te.AddUser(envtest.User{Name: "admin", Groups: []string{"system:masters"}}, nil)
-	if err == nil {
-		var kc []byte
-		if kc, err = admin.KubeConfig(); err == nil {
-			env.Kubeconfig = filepath.Join(env.dir, "kubeconfig")
-			err = os.WriteFile(env.Kubeconfig, kc, 0o600)
+	var controllers []string
+	if opts.GarbageCollector {
+		controllers = append(controllers, "garbage-collector-controller", "namespace-controller")
+	}
+	if kv != nil {
+		// The ServiceAccount admission plugin refuses pods in a namespace without its "default" ServiceAccount.
+		controllers = append(controllers, "serviceaccount-controller")
+	}
+	if len(controllers) > 0 {
+		if err := env.startControllerManager(assets, controllers, opts.Output); err != nil {
+			return nil, err
 		}
 	}
-	if err == nil && opts.GarbageCollector {
-		err = env.startControllerManager(assets, opts.Output)
-	}
-	if err != nil {
-		_ = env.Stop()
-		return nil, err
+	if kv != nil {
+		if err := env.KubeVirt.start(); err != nil {
+			return nil, err
+		}
 	}
 	return env, nil
 }
 
-func (e *Env) startControllerManager(assets string, out *os.File) error {
-	cmd := exec.Command(filepath.Join(assets, "kube-controller-manager"),
+// userKubeconfig writes a kubeconfig with a client certificate for user into the cluster's dir.
+func (e *Env) userKubeconfig(name string, user envtest.User) (string, error) {
+	au, err := e.Environment.AddUser(user, nil)
+	if err != nil {
+		return "", err
+	}
+	kc, err := au.KubeConfig()
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(e.dir, name+".kubeconfig")
+	return path, os.WriteFile(path, kc, 0o600)
+}
+
+func (e *Env) startControllerManager(assets string, controllers []string, out *os.File) error {
+	p, err := e.startProcess("kube-controller-manager", out, filepath.Join(assets, "kube-controller-manager"),
 		"--kubeconfig="+e.Kubeconfig,
-		"--controllers=garbage-collector-controller,namespace-controller",
+		"--controllers="+strings.Join(controllers, ","),
 		"--leader-elect=false",
 		"--secure-port=0",
 		"--use-service-account-credentials=false",
 		"--concurrent-gc-syncs=5",
 	)
-	var buf bytes.Buffer
-	if out != nil {
-		cmd.Stdout, cmd.Stderr = out, out
-	} else {
-		cmd.Stdout, cmd.Stderr = &buf, &buf
+	if err != nil {
+		return err
 	}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting kube-controller-manager: %w", err)
-	}
-	e.kcm, e.done = cmd, make(chan struct{})
-	go func() { _ = cmd.Wait(); close(e.done) }()
 	select {
-	case <-e.done:
-		return fmt.Errorf("kube-controller-manager exited at start: %s", buf.String())
+	case <-p.done:
+		return fmt.Errorf("kube-controller-manager exited at start, see %s", p.log)
 	case <-time.After(500 * time.Millisecond):
 		return nil
 	}
 }
 
+// Dir is the cluster's temporary dir: kubeconfigs, KubeVirt's manifests and certificates, the audit log and the
+// logs of the processes the cluster runs (<name>.log).
+func (e *Env) Dir() string { return e.dir }
+
+// MarkFailed keeps the cluster's dir (logs, audit log) after Stop and makes Stop print where it is. Test suites
+// call it when a test failed.
+func (e *Env) MarkFailed() { e.failed = true }
+
+// Logs names the log files of the processes the cluster runs.
+func (e *Env) Logs() []string {
+	var out []string
+	for _, p := range e.procs {
+		out = append(out, p.log)
+	}
+	return out
+}
+
 // Stop shuts the cluster down.
 func (e *Env) Stop() error {
 	var errs []error
-	if e.kcm != nil && e.kcm.Process != nil {
-		_ = e.kcm.Process.Kill()
-		<-e.done
+	for i := len(e.procs) - 1; i >= 0; i-- {
+		e.procs[i].stop()
 	}
-	if e.Environment != nil {
+	e.procs = nil
+	if e.Environment != nil && e.Config != nil {
 		errs = append(errs, e.Environment.Stop())
 	}
 	if e.dir != "" {
-		errs = append(errs, os.RemoveAll(e.dir))
+		if e.failed {
+			fmt.Fprintf(os.Stderr, "test cluster: a test failed; logs and audit log kept in %s\n", e.dir)
+		} else {
+			errs = append(errs, os.RemoveAll(e.dir))
+		}
 	}
 	return errors.Join(errs...)
+}
+
+// process is a binary the cluster runs beside kube-apiserver, logging into <dir>/<name>.log.
+type process struct {
+	name, log string
+	cmd       *exec.Cmd
+	done      chan struct{}
+}
+
+func (e *Env) startProcess(name string, out *os.File, bin string, args ...string) (*process, error) {
+	p := &process{name: name, done: make(chan struct{})}
+	cmd := exec.Command(bin, args...)
+	// Die with the test binary, whatever way it ends.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if out == nil {
+		p.log = filepath.Join(e.dir, name+".log")
+		f, err := os.Create(p.log)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		out = f
+	}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s: %w", name, err)
+	}
+	p.cmd = cmd
+	go func() { _ = cmd.Wait(); close(p.done) }()
+	e.procs = append(e.procs, p)
+	return p, nil
+}
+
+func (p *process) stop() {
+	if p.cmd.Process == nil {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
 }

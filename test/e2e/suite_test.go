@@ -1,10 +1,10 @@
-// Package e2e runs the whole operator against the offline test cluster and the KubeVirt stand-in: guest
-// reboots, poweroffs, crashes and lost pods for every runPolicy, and operator restarts in the middle of a restart.
+// Package e2e runs the whole operator against the offline test cluster with KubeVirt's real virt-api and
+// virt-controller (Sidecar gate on) and the simulated node (test/kubevirt): guest reboots, poweroffs, crashes and
+// lost pods for every runPolicy, and operator restarts in the middle of a restart.
 package e2e
 
 import (
 	"context"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -32,14 +32,14 @@ const hookImage = "registry.example/runpolicy/hook-sidecar:e2e"
 var (
 	env *cluster.Env
 	k8s client.Client
-	kv  *standin.StandIn
+	kv  *standin.Node
 	lc  *faultyLifecycle
 	op  *operator
 )
 
 func TestE2E(t *testing.T) {
 	RegisterFailHandler(Fail)
-	RunSpecs(t, "runpolicy e2e (envtest + KubeVirt stand-in)")
+	RunSpecs(t, "runpolicy e2e (envtest + real KubeVirt control plane + simulated node)")
 }
 
 var _ = BeforeSuite(func() {
@@ -47,17 +47,14 @@ var _ = BeforeSuite(func() {
 	SetDefaultEventuallyTimeout(120 * time.Second) // generous: two envtest suites share 2 cores in `make test`
 	SetDefaultEventuallyPollingInterval(200 * time.Millisecond)
 
-	dir, err := os.MkdirTemp("", "runpolicy-e2e-")
-	Expect(err).NotTo(HaveOccurred())
-	DeferCleanup(os.RemoveAll, dir)
-	args, err := standin.APIServerArgs(dir)
-	Expect(err).NotTo(HaveOccurred())
-	env, err = cluster.Start(cluster.Options{APIServerArgs: args, GarbageCollector: true})
+	var err error
+	env, err = cluster.Start(cluster.Options{GarbageCollector: true,
+		KubeVirt: &cluster.KubeVirtOptions{FeatureGates: []string{"Sidecar"}}})
 	Expect(err).NotTo(HaveOccurred())
 	k8s = env.Client
 	ctx, cancel := context.WithCancel(context.Background())
 	DeferCleanup(cancel)
-	kv, err = standin.Start(ctx, env.Config, standin.Options{CertDir: dir})
+	kv, err = standin.Start(ctx, env.Config, standin.Options{AuditLog: env.AuditLog, HookSidecarImage: hookImage})
 	Expect(err).NotTo(HaveOccurred())
 
 	real, err := kubevirt.NewClient(env.Config)
@@ -65,6 +62,13 @@ var _ = BeforeSuite(func() {
 	lc = &faultyLifecycle{Lifecycle: real}
 	op = &operator{}
 	op.start()
+})
+
+var _ = AfterEach(func() {
+	if CurrentSpecReport().Failed() {
+		env.MarkFailed()
+		GinkgoWriter.Printf("logs of the test cluster's processes: %v\n", env.Logs())
+	}
 })
 
 var _ = AfterSuite(func() {

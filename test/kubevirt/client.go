@@ -9,6 +9,12 @@ import (
 	"k8s.io/client-go/rest"
 )
 
+// virt-api's aggregated API group (kubevirt.io/api/core/v1 SubresourceGroupName), served through kube-apiserver.
+const (
+	SubresourceGroup   = "subresources.kubevirt.io"
+	SubresourceVersion = "v1"
+)
+
 // NewSubresourceClient returns a REST client for /apis/subresources.kubevirt.io/v1, the way
 // kubevirt.io/client-go's kubecli builds its subresource client.
 func NewSubresourceClient(cfg *rest.Config) (rest.Interface, error) {

@@ -1,46 +1,45 @@
-// Package kubevirt is a KubeVirt stand-in for integration tests: no real KubeVirt can run in the offline test
-// cluster, so this package plays its parts against a real kube-apiserver (envtest), following KubeVirt v1.9's code.
+// Package kubevirt is the simulated node of the test cluster: only what cannot run on this machine, following
+// KubeVirt's code. KubeVirt's control plane is real: test/cluster runs KubeVirt's own virt-api (its APIServices and
+// webhooks included) and virt-controller, built by build.sh, with everything virt-operator would create written by
+// KubeVirt's generator code (build/manifests). This package adds the node they drive:
 //
-//   - virt-controller, VirtualMachine half (kubevirt/kubevirt pkg/virt-controller/watch/vm/vm.go): VM → VMI per
-//     spec.runStrategy (Always, RerunOnFailure, Once, Manual, Halted), status.stateChangeRequests (a Stop only
-//     counts when its UID is the current VMI's), created/ready/runStrategy/startFailure/conditions/printableStatus,
-//     the crash-loop backoff (delay from Options.StartFailureBackoff), finalizers, and the DataVolumes of
-//     spec.dataVolumeTemplates (created with the VM as controller owner; CDI's import is not modelled: they are
-//     Succeeded at once and the VMI does not wait for them).
-//   - virt-controller, VMI half, and virt-handler (pkg/virt-controller/watch/vmi/vmi.go, pkg/virt-handler/vm.go):
-//     the virt-launcher pod, phases Pending → Scheduling → Scheduled → Running → Succeeded/Failed, a vanished pod
-//     fails the VMI, a deleted VMI is shut down (ACPI within the grace period, destroyed with grace 0).
-//   - scheduler and kubelet: launcher pods are bound to Options.NodeName and reported Running; deleted pods are
-//     finished and removed.
-//   - virt-api (pkg/virt-api/rest/lifecycle.go): PUT virtualmachines/{start,stop,restart} of
-//     subresources.kubevirt.io/v1 with KubeVirt's bodies, effects and refusals, served over HTTPS on 127.0.0.1
-//     and reached through kube-apiserver's aggregation layer (APIService v1.subresources.kubevirt.io → ExternalName
-//     Service kubevirt/virt-api → localhost:<port>).
+//   - the Node, as the kubelet registers it and virt-handler's heartbeat labels it (pkg/virt-handler/heartbeat:
+//     kubevirt.io/schedulable=true, the cpu-manager labels, the kubevirt.io/heartbeat annotation, every minute);
+//   - the scheduler and the kubelet for the virt-launcher pods real virt-controller renders: a Binding to the node,
+//     the containers running (native-sidecar init containers such as guest-console-log too), Ready once the readiness
+//     gate kubevirt.io/virtual-machine-unpaused that virt-controller sets is True; a pod being deleted has its
+//     containers ended and is removed;
+//   - virt-handler's VMI status (pkg/virt-handler/vm.go): Scheduled → Running once the pod runs, Succeeded or Failed
+//     when the domain ends, written with virt-handler's identity (service account kubevirt:kubevirt-handler with the
+//     user extra authentication.kubernetes.io/node-name=<node>; virt-api's VMI webhooks revert or refuse VMI status
+//     written by anyone else);
+//   - the guest, QEMU, libvirt and runpolicy's hook sidecar: GuestReboot, GuestPoweroff, GuestCrash end the launcher
+//     pod as they would. The hook-sidecar-N container running Options.HookSidecarImage terminates with one
+//     internal/shutdown Event line per QEMU SHUTDOWN event — guest-reset or guest-shutdown (guest:true) followed by
+//     libvirt's host-signal —, compute exits 0 and the pod and VMI end Succeeded; a crash leaves no event, compute
+//     exits 1 and both end Failed. A pod deleted while its VMI is being deleted (a stop through KubeVirt) leaves
+//     guest-shutdown + host-signal (ACPI) and Succeeded, or host-signal alone and Failed with grace period 0; any
+//     other deleted pod (DeleteLauncherPod) leaves host-signal alone and Failed. Without on_reboot=destroy (no
+//     runpolicy sidecar in the pod, no rebootPolicy: Terminate) a reboot or reset stays inside the guest, as with
+//     KubeVirt's default on_reboot=restart. FailNextStarts makes virt-handler fail VMIs before they run;
+//   - CDI, which is not in scope: a DataVolume real virt-controller creates from a VM's dataVolumeTemplates gets a
+//     Bound PVC and phase Succeeded.
 //
 // Usage:
 //
-//	args, _ := kubevirt.APIServerArgs(dir)              // front-proxy CA + client cert, kube-apiserver flags
-//	env, _ := cluster.Start(cluster.Options{APIServerArgs: args})
-//	kv, _ := kubevirt.Start(ctx, env.Config, kubevirt.Options{CertDir: dir})
-//	defer kv.Stop()
+//	env, _ := cluster.Start(cluster.Options{GarbageCollector: true,
+//		KubeVirt: &cluster.KubeVirtOptions{FeatureGates: []string{"Sidecar"}}})
+//	node, _ := kubevirt.Start(ctx, env.Config, kubevirt.Options{AuditLog: env.AuditLog})
+//	defer node.Stop()
 //	rc, _ := kubevirt.NewSubresourceClient(env.Config)
 //	err := kubevirt.PutVMSubresource(ctx, rc, ns, "vm1", "restart", &virtv1.RestartOptions{})
-//	_ = kv.GuestReboot(ctx, ns, "vm1")                   // also GuestPoweroff, GuestCrash, DeleteLauncherPod
-//	n := kv.VMIsCreated(ns, "vm1"); calls := kv.CallsFor(ns, "vm1") // who called what, with which answer
+//	_ = node.GuestReboot(ctx, ns, "vm1")                   // also GuestPoweroff, GuestCrash, DeleteLauncherPod
+//	n := node.VMIsCreated(ns, "vm1"); calls := node.CallsFor(ns, "vm1") // VMIs seen by a watch; audit-logged calls
 //
-// The guest helpers end the launcher pod as QEMU, libvirt and the hook sidecar would: the sidecar container
-// (hook-sidecar-0, present when the VMI template carries hooks.kubevirt.io/hookSidecars) terminates with one
-// internal/shutdown Event line per QEMU SHUTDOWN event — guest-reset or guest-shutdown (guest:true) followed by
-// libvirt's host-signal — and the pod and VMI end Succeeded; a crash leaves no event and ends Failed. A stop of a
-// running VMI through KubeVirt (VMI deleted) leaves guest-shutdown + host-signal (ACPI), or host-signal alone when
-// the grace period is 0; a deleted launcher pod leaves host-signal alone.
+// Deviation, kept from the stand-in this package replaces: on SIGTERM a real virt-launcher shuts its guest down over
+// ACPI (pkg/virt-launcher: MarkGracefulShutdownVMI), so a real eviction most likely shows guest-shutdown where
+// DeleteLauncherPod shows QEMU killed (host-signal alone).
 //
-// Deviation: a launcher pod's name ends in 5 characters derived from its VMI's UID, where KubeVirt's generateName
-// gets 5 random ones from kube-apiserver, so the stand-in reads the pod with a GET by name instead of KubeVirt's LIST
-// by label, whose cost grows with the pods in the namespace (quadratic overall in the benchmark).
-//
-// Not modelled: instancetypes/preferences, CDI's import (DataVolumes are created, see above), live migration,
-// pause, hotplug, RestartRequired, ControllerRevisions, the api-version annotations, firmware UUIDs, events, and
-// KubeVirt's own SubjectAccessReview in virt-api (kube-apiserver still authorizes the subresource calls with RBAC
-// before proxying them).
+// Not simulated: the real virt-launcher and QEMU (test/launcher runs them), live migration, hotplug, the guest agent,
+// CDI's import.
 package kubevirt

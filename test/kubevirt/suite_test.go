@@ -11,43 +11,45 @@ import (
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 	virtv1 "kubevirt.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/runpolicy/runpolicy/test/cluster"
 	"github.com/runpolicy/runpolicy/test/kubevirt"
 )
 
 var (
-	env *testEnv
-	kv  *kubevirt.StandIn
+	env *cluster.Env
+	kv  *kubevirt.Node
 	k8s client.Client
 	rc  rest.Interface
 	ctx context.Context
 	nsN atomic.Int32
 )
 
-func TestStandIn(t *testing.T) {
+const hookImage = "registry.example/runpolicy/hook-sidecar:test"
+
+func TestNode(t *testing.T) {
 	RegisterFailHandler(Fail)
-	SetDefaultEventuallyTimeout(30 * time.Second)
+	SetDefaultEventuallyTimeout(60 * time.Second)
 	SetDefaultEventuallyPollingInterval(50 * time.Millisecond)
-	RunSpecs(t, "KubeVirt stand-in")
+	RunSpecs(t, "KubeVirt control plane + simulated node")
 }
 
 var _ = BeforeSuite(func() {
 	var cancel context.CancelFunc
 	ctx, cancel = context.WithCancel(context.Background())
 	DeferCleanup(cancel)
-	dir := GinkgoT().TempDir()
-	args, err := kubevirt.APIServerArgs(dir)
-	Expect(err).NotTo(HaveOccurred())
-	env, err = startEnv(args)
+	var err error
+	env, err = cluster.Start(cluster.Options{GarbageCollector: true,
+		KubeVirt: &cluster.KubeVirtOptions{FeatureGates: []string{"Sidecar"}}})
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(env.Stop)
-	kv, err = kubevirt.Start(ctx, env.Config, kubevirt.Options{CertDir: dir,
-		StartFailureBackoff: func(n int) time.Duration { return time.Duration(n) * time.Second }})
+	kv, err = kubevirt.Start(ctx, env.Config, kubevirt.Options{AuditLog: env.AuditLog, HookSidecarImage: hookImage})
 	Expect(err).NotTo(HaveOccurred())
 	DeferCleanup(kv.Stop)
 	k8s, err = client.New(env.Config, client.Options{Scheme: kubevirt.Scheme()})
@@ -56,13 +58,20 @@ var _ = BeforeSuite(func() {
 	Expect(err).NotTo(HaveOccurred())
 })
 
+var _ = AfterEach(func() {
+	if CurrentSpecReport().Failed() {
+		env.MarkFailed()
+		GinkgoWriter.Printf("KubeVirt logs: %v\n", env.Logs())
+	}
+})
+
 func newNamespace() string {
 	name := fmt.Sprintf("kv-%d", nsN.Add(1))
 	Expect(k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}})).To(Succeed())
 	return name
 }
 
-const sidecarAnnotation = `[{"image":"registry.example/runpolicy/hook-sidecar:test","args":["--version","v1alpha2"]}]`
+const sidecarAnnotation = `[{"image":"` + hookImage + `","args":["--version","v1alpha2"]}]`
 
 func newVM(ns, name string, rs virtv1.VirtualMachineRunStrategy) *virtv1.VirtualMachine {
 	vm := &virtv1.VirtualMachine{
@@ -75,7 +84,8 @@ func newVM(ns, name string, rs virtv1.VirtualMachineRunStrategy) *virtv1.Virtual
 					Annotations: map[string]string{kubevirt.HookSidecarsAnnotation: sidecarAnnotation},
 				},
 				Spec: virtv1.VirtualMachineInstanceSpec{
-					Domain: virtv1.DomainSpec{Devices: virtv1.Devices{}},
+					// virt-api refuses a VMI without memory
+					Domain: virtv1.DomainSpec{Memory: &virtv1.Memory{Guest: ptr(resource.MustParse("128Mi"))}},
 				},
 			},
 		},

@@ -5,13 +5,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"time"
 )
 
-// auditPolicy records every write at Metadata level (who, what, when), nothing else.
+// auditPolicy records every write at Metadata level (who, what, when), nothing else; the subresources.kubevirt.io
+// calls (start, stop, ...) are writes too, so the node layer counts them from the same log.
 const auditPolicy = `apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: ["RequestReceived"]
@@ -20,20 +20,6 @@ rules:
   verbs: ["create", "update", "patch", "delete", "deletecollection"]
 - level: None
 `
-
-// auditArgs returns the kube-apiserver flags that write the audit log into dir.
-func auditArgs(dir string) (map[string][]string, string, error) {
-	pol := filepath.Join(dir, "audit-policy.yaml")
-	if err := os.WriteFile(pol, []byte(auditPolicy), 0o600); err != nil {
-		return nil, "", err
-	}
-	log := filepath.Join(dir, "audit.log")
-	return map[string][]string{
-		"audit-policy-file": {pol},
-		"audit-log-path":    {log},
-		"audit-log-maxsize": {"0"},
-	}, log, nil
-}
 
 // restartCalls lists, per VM name, what one client (user agent prefix) did in kube-apiserver that a restart is
 // made of: its start subresource calls and its runpolicy.io VirtualMachine status writes, in the order received.
@@ -171,64 +157,4 @@ func countWrites(path, uaPrefix string, from, to time.Time) (writeCounts, error)
 		}
 	}
 	return res, sc.Err()
-}
-
-// apiserverTime reads kube-apiserver's apiserver_request_duration_seconds_sum and _count from its /metrics,
-// keyed by "verb resource[/subresource]" (summed over the other labels): where the apiserver spends its time.
-func apiserverTime(raw []byte) map[string][2]float64 {
-	out := map[string][2]float64{}
-	for _, line := range strings.Split(string(raw), "\n") {
-		isSum := strings.HasPrefix(line, "apiserver_request_duration_seconds_sum{")
-		isCount := strings.HasPrefix(line, "apiserver_request_duration_seconds_count{")
-		if !isSum && !isCount {
-			continue
-		}
-		lb, val, ok := strings.Cut(line[strings.IndexByte(line, '{')+1:], "} ")
-		if !ok {
-			continue
-		}
-		labels := map[string]string{}
-		for _, kv := range strings.Split(lb, ",") {
-			k, v, _ := strings.Cut(kv, "=")
-			labels[k] = strings.Trim(v, `"`)
-		}
-		if labels["verb"] == "WATCH" || labels["verb"] == "CONNECT" { // long-running: their duration is not work
-			continue
-		}
-		key := labels["verb"] + " " + labels["resource"]
-		if labels["subresource"] != "" {
-			key += "/" + labels["subresource"]
-		}
-		var f float64
-		fmt.Sscanf(val, "%g", &f)
-		cur := out[key]
-		if isSum {
-			cur[0] += f
-		} else {
-			cur[1] += f
-		}
-		out[key] = cur
-	}
-	return out
-}
-
-// topAPITime renders the biggest consumers of apiserver time between two scrapes.
-func topAPITime(before, after map[string][2]float64, n int) string {
-	type row struct {
-		k    string
-		s, c float64
-	}
-	var rows []row
-	for k, v := range after {
-		rows = append(rows, row{k, v[0] - before[k][0], v[1] - before[k][1]})
-	}
-	sort.Slice(rows, func(i, j int) bool { return rows[i].s > rows[j].s })
-	var parts []string
-	for i := 0; i < len(rows) && i < n; i++ {
-		if rows[i].c == 0 {
-			break
-		}
-		parts = append(parts, fmt.Sprintf("%s %.0f req %.1fs", rows[i].k, rows[i].c, rows[i].s))
-	}
-	return strings.Join(parts, "; ")
 }

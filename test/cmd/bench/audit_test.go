@@ -1,6 +1,8 @@
 package main
 
 import (
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -30,7 +32,7 @@ func writeAudit(t *testing.T, lines ...string) string {
 func TestRestartCallsSplitsTheOperatorsPart(t *testing.T) {
 	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
 	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
-	op, other := "runpolicy-controller/v0.0.0", "kubevirt-standin/v0"
+	op, other := "runpolicy-controller/v0.0.0", "virt-controller/v1.8.0"
 	log := writeAudit(t,
 		// An earlier status write of vm-1, before the VMI ended: not the intent.
 		auditLine(op, "update", "runpolicy.io", "virtualmachines", "status", "vm-1", 200, at(-50), at(-45)),
@@ -78,7 +80,7 @@ func TestCountWritesByClientAndWindow(t *testing.T) {
 		auditLine(op, "update", "runpolicy.io", "virtualmachines", "status", "vm-1", 409, t0.Add(time.Millisecond), t0),
 		auditLine(op, "create", "events.k8s.io", "events", "", "vm-1.1", 201, t0.Add(2*time.Millisecond), t0),
 		auditLine(op, "update", "subresources.kubevirt.io", "virtualmachines", "start", "vm-1", 200, t0.Add(3*time.Millisecond), t0),
-		auditLine("kubevirt-standin/v0", "update", "kubevirt.io", "virtualmachines", "status", "vm-1", 200, t0, t0),
+		auditLine("virt-controller/v1.8.0", "update", "kubevirt.io", "virtualmachines", "status", "vm-1", 200, t0, t0),
 		// Outside the window.
 		auditLine(op, "update", "runpolicy.io", "virtualmachines", "status", "vm-1", 200, t0.Add(time.Second), t0),
 	)
@@ -114,5 +116,53 @@ apiserver_request_duration_seconds_bucket{component="apiserver",le="0.1",resourc
 	}
 	if len(got) != 1 {
 		t.Errorf("got %d request kinds, want 1: %v", len(got), got)
+	}
+}
+
+func TestAPIServerTimeReadsTheHistogramAsKubeAPIServerServesIt(t *testing.T) {
+	raw := []byte(`# HELP apiserver_request_duration_seconds [STABLE] Response latency distribution in seconds for each verb, dry run value, group, version, resource, subresource, scope and component.
+# TYPE apiserver_request_duration_seconds histogram
+apiserver_request_duration_seconds_bucket{component="apiserver",dry_run="",group="",resource="pods",scope="resource",subresource="status",verb="PUT",version="v1",le="0.005"} 2
+apiserver_request_duration_seconds_bucket{component="apiserver",dry_run="",group="",resource="pods",scope="resource",subresource="status",verb="PUT",version="v1",le="+Inf"} 4
+apiserver_request_duration_seconds_sum{component="apiserver",dry_run="",group="",resource="pods",scope="resource",subresource="status",verb="PUT",version="v1"} 0.25
+apiserver_request_duration_seconds_count{component="apiserver",dry_run="",group="",resource="pods",scope="resource",subresource="status",verb="PUT",version="v1"} 4
+apiserver_request_duration_seconds_bucket{component="apiserver",dry_run="",group="",resource="pods",scope="cluster",subresource="",verb="WATCH",version="v1",le="+Inf"} 1
+apiserver_request_duration_seconds_sum{component="apiserver",dry_run="",group="",resource="pods",scope="cluster",subresource="",verb="WATCH",version="v1"} 600
+apiserver_request_duration_seconds_count{component="apiserver",dry_run="",group="",resource="pods",scope="cluster",subresource="",verb="WATCH",version="v1"} 1
+`)
+	got := apiserverTime(raw)
+	if v := got["PUT pods/status"]; v != [2]float64{0.25, 4} {
+		t.Errorf("PUT pods/status = %v, want [0.25 4]", v)
+	}
+	if len(got) != 1 {
+		t.Errorf("got %d request kinds, want 1 (WATCH is long-running): %v", len(got), got)
+	}
+}
+
+func TestScrapeReadsTheOperatorsControllerMetrics(t *testing.T) {
+	raw := `# TYPE controller_runtime_reconcile_total counter
+controller_runtime_reconcile_total{controller="virtualmachine",result="success"} 7
+controller_runtime_reconcile_total{controller="virtualmachine",result="error"} 1
+controller_runtime_reconcile_total{controller="virtualmachineoperation",result="success"} 50
+# TYPE controller_runtime_reconcile_time_seconds histogram
+controller_runtime_reconcile_time_seconds_bucket{controller="virtualmachine",le="+Inf"} 8
+controller_runtime_reconcile_time_seconds_sum{controller="virtualmachine"} 0.4
+controller_runtime_reconcile_time_seconds_count{controller="virtualmachine"} 8
+# TYPE workqueue_depth gauge
+workqueue_depth{controller="virtualmachine",name="virtualmachine",priority=""} 2
+workqueue_depth{controller="virtualmachine",name="virtualmachine",priority="10"} 1
+# TYPE controller_runtime_active_workers gauge
+controller_runtime_active_workers{controller="virtualmachine"} 3
+`
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(raw)) }))
+	defer srv.Close()
+	r := &run{metrics: strings.TrimPrefix(srv.URL, "http://")}
+	m, err := r.scrape()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := opMetrics{reconcileSum: 0.4, reconcileCount: 8, reconciles: 8, queueDepth: 3, activeWorkers: 3}
+	if m != want {
+		t.Errorf("scrape = %+v, want %+v", m, want)
 	}
 }

@@ -78,6 +78,8 @@ func writePlot(path string, rs []result) error {
 	ss := []series{
 		{"RESET TO NEW VMI P99", color.RGBA{200, 30, 30, 255}, func(r result) float64 { return r.ResetP99 * 1000 }},
 		{"RESET TO NEW VMI P50", color.RGBA{30, 60, 200, 255}, func(r result) float64 { return r.ResetP50 * 1000 }},
+		{"KUBEVIRT ALWAYS: RESET TO NEW VMI P99", color.RGBA{240, 120, 120, 255}, func(r result) float64 { return r.KubeVirt.ResetP99 * 1000 }},
+		{"KUBEVIRT ALWAYS: RESET TO NEW VMI P50", color.RGBA{120, 160, 240, 255}, func(r result) float64 { return r.KubeVirt.ResetP50 * 1000 }},
 		{"VMI END TO START CALL P99 (OPERATOR)", color.RGBA{230, 140, 0, 255}, func(r result) float64 { return r.FinalToStartP99 * 1000 }},
 		{"2*FLOOR+RECONCILE", color.RGBA{30, 150, 30, 255}, func(r result) float64 { return (2*r.FloorP50 + r.ReconcileMean) * 1000 }},
 		{"2*VM WRITE FLOOR+RECONCILE", color.RGBA{140, 60, 160, 255}, func(r result) float64 { return (2*r.VMFloorP50 + r.ReconcileMean) * 1000 }},

@@ -64,7 +64,8 @@ func memKiB(pid int) (hwm, rss int64, err error) {
 }
 
 // children maps the command name (comm) of this process's direct children to their pids: kube-apiserver,
-// etcd and kube-controller-manager are started by envtest / test/cluster as children of the bench.
+// etcd, kube-controller-manager, virt-api and virt-controller are started by envtest / test/cluster as children of
+// the bench.
 func children() map[string][]int {
 	out := map[string][]int{}
 	self := os.Getpid()
@@ -101,7 +102,7 @@ func snapshot(operatorPID int) cpuSnapshot {
 	if operatorPID > 0 {
 		s["operator"], _ = cpuSeconds(operatorPID)
 	}
-	s["bench+stand-in"], _ = cpuSeconds(os.Getpid())
+	s["bench+node"], _ = cpuSeconds(os.Getpid())
 	for name, pids := range children() {
 		if strings.HasPrefix(name, "runpolicy") {
 			continue
@@ -124,7 +125,7 @@ func (s cpuSnapshot) since(prev cpuSnapshot) cpuSnapshot {
 
 func (s cpuSnapshot) String() string {
 	var parts []string
-	for _, k := range []string{"operator", "bench+stand-in", "kube-apiserver", "etcd", "kube-controller"} {
+	for _, k := range []string{"operator", "bench+node", "virt-api", "virt-controller", "kube-apiserver", "etcd", "kube-controller"} {
 		if v, ok := s[k]; ok {
 			parts = append(parts, fmt.Sprintf("%s %.1fs", k, v))
 		}

@@ -1,6 +1,8 @@
 // Command devcluster runs the offline test cluster for the demo: a real kube-apiserver, etcd and
-// kube-controller-manager with runpolicy's and KubeVirt's CRDs, plus the KubeVirt stand-in (test/kubevirt).
-// It writes an admin kubeconfig and serves a small control endpoint on loopback that plays the guest:
+// kube-controller-manager with runpolicy's and KubeVirt's CRDs, KubeVirt's real virt-api and virt-controller
+// (test/cluster, built by test/kubevirt/build.sh) with the Sidecar feature gate on, and the simulated node
+// (test/kubevirt: kubelet, virt-handler, the guests). It writes an admin kubeconfig and serves a small control
+// endpoint on loopback that plays the guest:
 //
 //	POST http://ADDR/guest/{reboot,poweroff,crash,delete-pod}?namespace=NS&name=VM
 //
@@ -19,6 +21,9 @@ import (
 	"path/filepath"
 	"syscall"
 
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
 	"github.com/runpolicy/runpolicy/test/cluster"
 	"github.com/runpolicy/runpolicy/test/kubevirt"
 )
@@ -26,35 +31,30 @@ import (
 func main() {
 	kubeconfig := flag.String("kubeconfig-out", "bin/demo/kubeconfig", "Where to write the admin kubeconfig.")
 	addr := flag.String("control-addr", "127.0.0.1:18080", "Loopback address of the guest control endpoint.")
+	image := flag.String("hook-sidecar-image", "ghcr.io/runpolicy/hook-sidecar:dev",
+		"The operator's --hook-sidecar-image: the node layer's sidecar container running it reports the guest's SHUTDOWN events.")
 	flag.Parse()
-	if err := run(*kubeconfig, *addr); err != nil {
+	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr)))
+	if err := run(*kubeconfig, *addr, *image); err != nil {
 		log.Fatalf("devcluster: %v", err)
 	}
 }
 
-func run(kubeconfig, addr string) error {
+func run(kubeconfig, addr, image string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	dir, err := os.MkdirTemp("", "runpolicy-devcluster-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	args, err := kubevirt.APIServerArgs(dir)
-	if err != nil {
-		return err
-	}
-	env, err := cluster.Start(cluster.Options{APIServerArgs: args, GarbageCollector: true})
+	env, err := cluster.Start(cluster.Options{GarbageCollector: true,
+		KubeVirt: &cluster.KubeVirtOptions{FeatureGates: []string{"Sidecar"}}})
 	if err != nil {
 		return err
 	}
 	defer env.Stop()
-	kv, err := kubevirt.Start(ctx, env.Config, kubevirt.Options{CertDir: dir})
+	node, err := kubevirt.Start(ctx, env.Config, kubevirt.Options{AuditLog: env.AuditLog, HookSidecarImage: image})
 	if err != nil {
 		return err
 	}
-	defer kv.Stop()
+	defer node.Stop()
 
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -62,7 +62,7 @@ func run(kubeconfig, addr string) error {
 	}
 	mux := http.NewServeMux()
 	guest := map[string]func(context.Context, string, string) error{
-		"reboot": kv.GuestReboot, "poweroff": kv.GuestPoweroff, "crash": kv.GuestCrash, "delete-pod": kv.DeleteLauncherPod,
+		"reboot": node.GuestReboot, "poweroff": node.GuestPoweroff, "crash": node.GuestCrash, "delete-pod": node.DeleteLauncherPod,
 	}
 	mux.HandleFunc("POST /guest/{action}", func(w http.ResponseWriter, r *http.Request) {
 		f, ok := guest[r.PathValue("action")]
@@ -94,7 +94,8 @@ func run(kubeconfig, addr string) error {
 	if err := os.Rename(kubeconfig+".tmp", kubeconfig); err != nil {
 		return err
 	}
-	log.Printf("devcluster: up; kubeconfig %s, guest control on http://%s", kubeconfig, addr)
+	log.Printf("devcluster: up (KubeVirt %s: virt-api, virt-controller; logs in %s); kubeconfig %s, guest control on http://%s",
+		env.KubeVirt.Version, env.Dir(), kubeconfig, addr)
 	<-ctx.Done()
 	_ = os.Remove(kubeconfig)
 	log.Printf("devcluster: stopping")

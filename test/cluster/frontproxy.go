@@ -1,22 +1,19 @@
-package kubevirt
+package cluster
 
 import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"errors"
-	"fmt"
 	"math/big"
 	"os"
 	"path/filepath"
 	"time"
 )
 
-// Files written by APIServerArgs into its dir.
+// Files written by frontProxyArgs into its dir.
 const (
 	frontProxyCAFile   = "front-proxy-ca.crt"
 	frontProxyCAKey    = "front-proxy-ca.key"
@@ -28,40 +25,38 @@ const (
 	FrontProxyClientName = "front-proxy-client"
 )
 
-// APIServerArgs writes a front-proxy CA and a front-proxy client certificate into dir and returns the
-// kube-apiserver flags that make it proxy aggregated API calls with that certificate and the
-// X-Remote-User/X-Remote-Group headers (the same flags kubeadm sets). Pass the same dir as Options.CertDir to
-// Start, so the subresource server trusts exactly this CA and name.
+// frontProxyArgs writes a front-proxy CA and a front-proxy client certificate into dir and returns the
+// kube-apiserver flags that make it proxy aggregated API calls (virt-api's subresources.kubevirt.io) with that
+// certificate and the X-Remote-User/X-Remote-Group/X-Remote-Extra- headers (the same flags kubeadm sets). virt-api
+// trusts that CA through kube-system/extension-apiserver-authentication, which kube-apiserver writes itself.
 //
 // No --enable-aggregator-routing: with it off (the default), kube-aggregator resolves an APIService's Service with
 // k8s.io/apiserver/pkg/util/proxy.ResolveCluster, which turns an ExternalName Service into
-// https://<externalName>:<apiservice port> — that is how the test apiserver reaches a server on 127.0.0.1
+// https://<externalName>:<apiservice port> — that is how the test apiserver reaches virt-api on 127.0.0.1
 // (Endpoints/EndpointSlices cannot hold loopback addresses, and envtest has no kube-proxy for a ClusterIP).
-func APIServerArgs(dir string) (map[string][]string, error) {
+func frontProxyArgs(dir string) (map[string][]string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
 	caPath := filepath.Join(dir, frontProxyCAFile)
 	certPath := filepath.Join(dir, frontProxyCertFile)
 	keyPath := filepath.Join(dir, frontProxyKeyFile)
-	if _, err := os.Stat(keyPath); errors.Is(err, os.ErrNotExist) {
-		ca, err := newCA("runpolicy-test-front-proxy-ca")
-		if err != nil {
+	ca, err := newCA("runpolicy-test-front-proxy-ca")
+	if err != nil {
+		return nil, err
+	}
+	client, err := ca.issue(FrontProxyClientName, nil, x509.ExtKeyUsageClientAuth)
+	if err != nil {
+		return nil, err
+	}
+	for path, data := range map[string][]byte{
+		caPath:                              ca.certPEM,
+		filepath.Join(dir, frontProxyCAKey): ca.keyPEM,
+		certPath:                            client.certPEM,
+		keyPath:                             client.keyPEM,
+	} {
+		if err := os.WriteFile(path, data, 0o600); err != nil {
 			return nil, err
-		}
-		client, err := ca.issue(FrontProxyClientName, nil, x509.ExtKeyUsageClientAuth)
-		if err != nil {
-			return nil, err
-		}
-		for path, data := range map[string][]byte{
-			caPath:                              ca.certPEM,
-			filepath.Join(dir, frontProxyCAKey): ca.keyPEM,
-			certPath:                            client.certPEM,
-			keyPath:                             client.keyPEM,
-		} {
-			if err := os.WriteFile(path, data, 0o600); err != nil {
-				return nil, err
-			}
 		}
 	}
 	return map[string][]string{
@@ -134,21 +129,4 @@ func newCert(cn string, dnsNames []string, usages []x509.ExtKeyUsage, parent *ke
 		certPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 		keyPEM:  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
 	}, nil
-}
-
-func (k *keyPair) tlsCertificate() (tls.Certificate, error) {
-	return tls.X509KeyPair(k.certPEM, k.keyPEM)
-}
-
-// frontProxyCAPool reads the CA APIServerArgs wrote into dir.
-func frontProxyCAPool(dir string) (*x509.CertPool, error) {
-	data, err := os.ReadFile(filepath.Join(dir, frontProxyCAFile))
-	if err != nil {
-		return nil, fmt.Errorf("reading the front-proxy CA (did you call APIServerArgs with this dir?): %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(data) {
-		return nil, fmt.Errorf("no certificate in %s", frontProxyCAFile)
-	}
-	return pool, nil
 }
