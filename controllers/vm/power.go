@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/ptr"
 	kvv1 "kubevirt.io/api/core/v1"
@@ -86,9 +87,17 @@ func (r *Reconciler) reconcilePower(ctx context.Context, vm *v1alpha1.VirtualMac
 	// replaced the VMI; the VM's status change when KubeVirt acts brings the next pass.
 	if st.RestartingVMIUID == uid {
 		// Read past the cache: right after our own request, or after KubeVirt acted, the cache may lag.
-		again, err := r.restartNotTaken(ctx, kv, uid)
-		if err != nil || !again {
+		next, err := r.restartNotTaken(ctx, kv, uid)
+		switch {
+		case err != nil || next == restartWait:
 			return powerPass{}, err
+		case next == restartServeStale:
+			// A Start request left from the previous restart, which KubeVirt trims only once a VMI runs, outlived
+			// the VMI it started (that one ended first): KubeVirt never serves it while the ended VMI is there, and
+			// virt-api refuses another start ("already underway"). Without the ended VMI, KubeVirt serves it.
+			ctrl.LoggerFrom(ctx).Info("KubeVirt holds a stale Start request: deleting the ended VMI so that it is served",
+				"VirtualMachineInstance", klog.KObj(vmi))
+			return powerPass{act: r.cleanupAct(vmi)}, nil
 		}
 		return powerPass{act: r.restartAct(vm, uid, corev1.EventTypeNormal, EventRestarting,
 			fmt.Sprintf("Starting a new VMI with the current spec (the previous one, %s, ended)", uid))}, nil
@@ -187,12 +196,7 @@ func actingPolicy(p v1alpha1.RunPolicy, kv *kvv1.VirtualMachine) v1alpha1.RunPol
 // replace it, so there a deletion says nothing about who stopped it and the termination message decides. Under
 // Manual and Halted, KubeVirt never deletes an ended VMI by itself.
 func stoppedByUser(kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance) bool {
-	for _, req := range kv.Status.StateChangeRequests {
-		if req.Action == kvv1.StopRequest && req.UID != nil && *req.UID == vmi.UID {
-			return true
-		}
-	}
-	return vmi.DeletionTimestamp != nil && !kubeVirtReplaces(kv)
+	return stopRequested(kv, vmi.UID) || vmi.DeletionTimestamp != nil && !kubeVirtReplaces(kv)
 }
 
 // rebootsStayInGuest tells whether a guest reboot could not have ended the VMI: without any hook sidecar and
@@ -244,22 +248,59 @@ func (r *Reconciler) restartAct(vm *v1alpha1.VirtualMachine, uid, evType, evReas
 	}
 }
 
-// restartNotTaken reads KubeVirt's VM and VMI past the cache and tells whether the restart of VMI uid still
-// needs KubeVirt's start request: the VMI is still there, ended, and KubeVirt holds no Start request.
-func (r *Reconciler) restartNotTaken(ctx context.Context, kv *kvv1.VirtualMachine, uid string) (bool, error) {
+// restartNext is what a restart that was recorded but not seen through needs from runpolicy.
+type restartNext int
+
+const (
+	// restartWait: KubeVirt took the request (or the VMI moved on); its next status change brings the next pass.
+	restartWait restartNext = iota
+	// restartSend: KubeVirt holds no Start request: send the start (again).
+	restartSend
+	// restartServeStale: KubeVirt holds only a Start request older than the ended VMI (no Stop for it), which it
+	// will never serve while that VMI exists.
+	restartServeStale
+)
+
+// restartNotTaken reads KubeVirt's VM and VMI past the cache and tells what the restart of VMI uid still needs.
+func (r *Reconciler) restartNotTaken(ctx context.Context, kv *kvv1.VirtualMachine, uid string) (restartNext, error) {
 	key := client.ObjectKeyFromObject(kv)
 	vmi := &kvv1.VirtualMachineInstance{}
 	if err := r.reader().Get(ctx, key, vmi); err != nil {
-		return false, client.IgnoreNotFound(err)
+		return restartWait, client.IgnoreNotFound(err)
 	}
 	if string(vmi.UID) != uid || vmi.DeletionTimestamp != nil || !vmi.IsFinal() {
-		return false, nil
+		return restartWait, nil
 	}
 	fresh := &kvv1.VirtualMachine{}
 	if err := r.reader().Get(ctx, key, fresh); err != nil {
-		return false, client.IgnoreNotFound(err)
+		return restartWait, client.IgnoreNotFound(err)
 	}
-	return !startPending(fresh), nil
+	return pendingRestart(fresh, vmi.UID), nil
+}
+
+// pendingRestart judges KubeVirt's stateChangeRequests for the restart of the ended VMI uid, which still exists.
+// virt-api's start writes [Stop{uid}, Start] in one patch and virt-controller trims the Stop only once that VMI is
+// gone, so a Start without the Stop is one from before it.
+func pendingRestart(kv *kvv1.VirtualMachine, uid types.UID) restartNext {
+	switch {
+	case !startPending(kv):
+		return restartSend
+	case stopRequested(kv, uid):
+		return restartWait
+	case kv.Spec.RunStrategy != nil && *kv.Spec.RunStrategy == kvv1.RunStrategyManual:
+		return restartServeStale
+	}
+	return restartWait
+}
+
+// stopRequested tells whether KubeVirt holds a Stop request for the VMI uid.
+func stopRequested(kv *kvv1.VirtualMachine, uid types.UID) bool {
+	for _, req := range kv.Status.StateChangeRequests {
+		if req.Action == kvv1.StopRequest && req.UID != nil && *req.UID == uid {
+			return true
+		}
+	}
+	return false
 }
 
 // restartDone tells whether the restart of VMI uid is over: KubeVirt no longer holds the Start request for it and

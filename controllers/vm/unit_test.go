@@ -426,3 +426,32 @@ func TestForeignFields(t *testing.T) {
 		t.Fatal("revertedSpec must not change its input")
 	}
 }
+
+// KubeVirt trims a Start request only once a VMI runs: when the VMI it started ended first, the request is stale,
+// KubeVirt never serves it while the ended VMI is there, and virt-api refuses another start.
+func TestPendingRestart(t *testing.T) {
+	const ended = types.UID("vmi-2")
+	kv := func(rs kvv1.VirtualMachineRunStrategy, reqs ...kvv1.VirtualMachineStateChangeRequest) *kvv1.VirtualMachine {
+		return &kvv1.VirtualMachine{Spec: kvv1.VirtualMachineSpec{RunStrategy: ptr.To(rs)},
+			Status: kvv1.VirtualMachineStatus{StateChangeRequests: reqs}}
+	}
+	start := kvv1.VirtualMachineStateChangeRequest{Action: kvv1.StartRequest}
+	stop := func(uid types.UID) kvv1.VirtualMachineStateChangeRequest {
+		return kvv1.VirtualMachineStateChangeRequest{Action: kvv1.StopRequest, UID: ptr.To(uid)}
+	}
+	for _, c := range []struct {
+		name string
+		kv   *kvv1.VirtualMachine
+		want restartNext
+	}{
+		{"nothing pending: send start", kv(kvv1.RunStrategyManual), restartSend},
+		{"KubeVirt took our start: wait", kv(kvv1.RunStrategyManual, stop(ended), start), restartWait},
+		{"a Start older than the ended VMI: serve it", kv(kvv1.RunStrategyManual, start), restartServeStale},
+		{"a Stop for an older VMI with a Start: also stale", kv(kvv1.RunStrategyManual, stop("vmi-1"), start), restartServeStale},
+		{"not Manual: KubeVirt's strategy decides", kv(kvv1.RunStrategyAlways, start), restartWait},
+	} {
+		if got := pendingRestart(c.kv, ended); got != c.want {
+			t.Errorf("%s: pendingRestart = %d, want %d", c.name, got, c.want)
+		}
+	}
+}
