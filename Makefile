@@ -84,9 +84,10 @@ run: ## Run the operator against the current kubeconfig.
 	go run ./cmd/controller --leader-elect=false
 
 .PHONY: test-assets
-test-assets: ## Build kube-apiserver, etcd, kube-controller-manager (bin/k8s) and KubeVirt's virt-api, virt-controller (bin/kubevirt) from Go modules (cached).
+test-assets: ## Build kube-apiserver, etcd, kube-controller-manager (bin/k8s) and KubeVirt's virt-api, virt-controller, virt-launcher (bin/kubevirt) from Go modules (cached).
 	EXTRA=kube-controller-manager test/cluster/build-assets.sh
 	test/kubevirt/build.sh
+	COMPONENTS="virt-launcher virt-launcher-monitor launcherctl launcher-image" test/kubevirt/build.sh
 
 .PHONY: guest
 guest: ## Install QEMU/libvirt if missing, fetch and build the tiny guest into bin/guest (cached).

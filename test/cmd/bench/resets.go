@@ -124,7 +124,8 @@ func (r *run) resetPhase(ctx context.Context) error {
 
 // resetStream reboots guests, alternating between a running AlwaysOnUntilStoppedManually VM (runpolicy restarts
 // it) and one of KubeVirt's baseline VMs (runStrategy Always: KubeVirt restarts it), cfg.resetRate per second of
-// each kind, cfg.resets of each kind. A VM is not reset again until its new VMI runs.
+// each kind, cfg.resets of each kind. A VM is not reset again until its new VMI runs and KubeVirt holds no start
+// or stop request for it.
 func (r *run) resetStream(ctx context.Context) (recs []resetRecord, timedOut map[string]int) {
 	timedOut = map[string]int{}
 	type target struct{ kind, ns, name string }
