@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
 	"github.com/runpolicy/runpolicy/internal/kubevirt"
+	"github.com/runpolicy/runpolicy/internal/metrics"
 	"github.com/runpolicy/runpolicy/internal/policy"
 )
 
@@ -32,6 +34,8 @@ const (
 	EventAdopted            = "Adopted"
 	EventRunStrategyChanged = "RunStrategyChanged"
 	EventSyncFailed         = "SyncFailed"
+	// EventStatusWriteFailed: the VM's status could not be written (the object is too large to store).
+	EventStatusWriteFailed = "StatusWriteFailed"
 	// EventForeignChangesReverted: someone changed the KubeVirt VM's spec directly; runpolicy wrote its own back.
 	EventForeignChangesReverted = "ForeignChangesReverted"
 )
@@ -175,6 +179,16 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 				log.V(1).Info("Status update conflicted, requeueing")
 				return ctrl.Result{RequeueAfter: retrySoon}, nil
 			}
+			if tooLarge(err) {
+				// The object is at etcd's size limit (a huge template): its status cannot say so, an Event and the
+				// metric do, and retrying at full rate would only load the API server.
+				metrics.StatusWriteFailed("TooLarge")
+				r.Recorder.Eventf(vm, nil, corev1.EventTypeWarning, EventStatusWriteFailed, "UpdateStatus",
+					"The VirtualMachine's status cannot be written: the object is too large for the API server (%v); "+
+						"shrink spec.template (e.g. move cloud-init user data into a Secret)", err)
+				return ctrl.Result{RequeueAfter: tooLargeRetry}, nil
+			}
+			metrics.StatusWriteFailed("Other")
 			return ctrl.Result{}, err
 		}
 		if vm.ResourceVersion != replaced { // a write that changed nothing leaves the version as it was
@@ -208,6 +222,16 @@ func (r *Reconciler) now() time.Time {
 		return r.Clock()
 	}
 	return time.Now()
+}
+
+// tooLargeRetry is how often a VM whose objects are too large for the API server is looked at again (a spec
+// change brings a pass at once).
+const tooLargeRetry = 10 * time.Minute
+
+// tooLarge tells the refusals of an object too large to store: kube-apiserver's 413 and etcd's own limit
+// ("etcdserver: request is too large"), which only a smaller spec can fix.
+func tooLarge(err error) bool {
+	return apierrors.IsRequestEntityTooLargeError(err) || strings.Contains(err.Error(), "request is too large")
 }
 
 // transientError marks a sync failure worth retrying with backoff (as opposed to a refusal that only a spec
@@ -296,7 +320,7 @@ func (r *Reconciler) syncKubeVirtVM(ctx context.Context, vm *v1alpha1.VirtualMac
 			r.Recorder.Eventf(vm, nil, corev1.EventTypeWarning, EventSyncFailed, "Apply", "%s", msg)
 		}
 		setCondition(vm, v1alpha1.ConditionSynced, metav1.ConditionFalse, v1alpha1.ReasonApplyFailed, msg)
-		if apierrors.IsInvalid(err) || apierrors.IsBadRequest(err) || apierrors.IsForbidden(err) {
+		if apierrors.IsInvalid(err) || apierrors.IsBadRequest(err) || apierrors.IsForbidden(err) || tooLarge(err) {
 			log.Info("KubeVirt refused the VirtualMachine", "reason", err.Error())
 			return kv, err // only a spec change helps: no retry loop
 		}
@@ -374,6 +398,10 @@ func (r *Reconciler) getVMI(ctx context.Context, key types.NamespacedName) (*kvv
 // SetupWithManager registers the controller: it watches our VMs, the KubeVirt VMs and VMIs of the same name,
 // and KubeVirt's launcher pods.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.APIReader == nil {
+		// The cached runpolicy VMs carry no template: applying one reads it from the API server.
+		r.APIReader = mgr.GetAPIReader()
+	}
 	// Launcher pods by their VMI's UID: a label selector alone would scan every launcher pod of the namespace on
 	// each decision.
 	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &corev1.Pod{}, IndexLauncherVMIUID,

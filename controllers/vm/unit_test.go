@@ -2,13 +2,16 @@ package vm
 
 import (
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	kvv1 "kubevirt.io/api/core/v1"
@@ -453,5 +456,16 @@ func TestPendingRestart(t *testing.T) {
 		if got := pendingRestart(c.kv, ended); got != c.want {
 			t.Errorf("%s: pendingRestart = %d, want %d", c.name, got, c.want)
 		}
+	}
+}
+
+// An object at etcd's size limit is refused by kube-apiserver (413) or by etcd itself; only a smaller spec helps.
+func TestTooLarge(t *testing.T) {
+	if !tooLarge(apierrors.NewRequestEntityTooLargeError("limit is 3145728")) ||
+		!tooLarge(apierrors.NewInternalError(errors.New("etcdserver: request is too large"))) {
+		t.Fatal("too-large refusals not recognised")
+	}
+	if tooLarge(apierrors.NewConflict(schema.GroupResource{}, "vm", errors.New("x"))) || tooLarge(errors.New("connection refused")) {
+		t.Fatal("other errors are not too large")
 	}
 }

@@ -14,6 +14,7 @@ const (
 	VMRestartsName    = "runpolicy_vm_restarts_total"
 	VMOPDurationName  = "runpolicy_vmop_duration_seconds"
 	DegradedName      = "runpolicy_hook_sidecar_degraded"
+	StatusWriteName   = "runpolicy_vm_status_write_failures_total"
 	labelPolicy       = "policy"
 	labelReason       = "reason"
 	labelType         = "type"
@@ -50,8 +51,18 @@ var (
 )
 
 func init() {
-	crmetrics.Registry.MustRegister(VMRestarts, VMOPDuration, Degraded)
+	crmetrics.Registry.MustRegister(VMRestarts, VMOPDuration, Degraded, StatusWriteFailures)
 }
+
+// StatusWriteFailures counts the VM status writes the API server refused for a reason other than a conflict:
+// TooLarge (the object is at etcd's size limit, which the VM's own status can then not report) or Other.
+var StatusWriteFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Name: StatusWriteName,
+	Help: "VirtualMachine status writes refused by the API server (not conflicts), by reason: TooLarge, Other.",
+}, []string{labelReason})
+
+// StatusWriteFailed counts one refused status write.
+func StatusWriteFailed(reason string) { StatusWriteFailures.WithLabelValues(orUnknown(reason)).Inc() }
 
 // SidecarDegraded sets the degraded-mode gauge.
 func SidecarDegraded(degraded bool) {

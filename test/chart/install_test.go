@@ -35,7 +35,7 @@ import (
 	"github.com/runpolicy/runpolicy/internal/policy"
 	"github.com/runpolicy/runpolicy/test/cluster"
 	"github.com/runpolicy/runpolicy/test/fixture"
-	standin "github.com/runpolicy/runpolicy/test/kubevirt"
+	kvnode "github.com/runpolicy/runpolicy/test/kubevirt"
 )
 
 // installValues are the --set values of the test install. The ServiceMonitor stays off: the test cluster has no
@@ -68,7 +68,7 @@ func TestInstallAndRunAsServiceAccount(t *testing.T) {
 	g.Expect(apiextv1.AddToScheme(scheme)).To(Succeed())
 	admin, err := client.New(env.Config, client.Options{Scheme: scheme})
 	g.Expect(err).NotTo(HaveOccurred())
-	kv, err := standin.Start(ctx, env.Config, standin.Options{AuditLog: env.AuditLog})
+	kv, err := kvnode.Start(ctx, env.Config, kvnode.Options{AuditLog: env.AuditLog})
 	g.Expect(err).NotTo(HaveOccurred())
 	defer func() { g.Expect(kv.Stop()).To(Succeed()) }()
 
@@ -360,7 +360,7 @@ func metricCount(t *testing.T, name string, labels map[string]string) float64 {
 	return 0
 }
 
-// logBuffer keeps the operator's and the stand-in's logs; they are shown when the test fails. (Not t.Log: their
+// logBuffer keeps the operator's and the node layer's logs; they are shown when the test fails. (Not t.Log: their
 // goroutines may still log after the test returned.)
 type logBuffer struct {
 	mu  sync.Mutex

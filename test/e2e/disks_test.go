@@ -13,12 +13,12 @@ import (
 
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
 	"github.com/runpolicy/runpolicy/test/fixture"
-	standin "github.com/runpolicy/runpolicy/test/kubevirt"
+	kvnode "github.com/runpolicy/runpolicy/test/kubevirt"
 )
 
 func getDataVolume(ctx context.Context, ns, vmName string) (*metav1.PartialObjectMetadata, error) {
 	dv := &metav1.PartialObjectMetadata{}
-	dv.SetGroupVersionKind(standin.DataVolumeGVK)
+	dv.SetGroupVersionKind(kvnode.DataVolumeGVK)
 	return dv, k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: fixture.DataVolumeName(vmName)}, dv)
 }
 

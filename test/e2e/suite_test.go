@@ -24,7 +24,7 @@ import (
 	"github.com/runpolicy/runpolicy/internal/kubevirt"
 	"github.com/runpolicy/runpolicy/internal/policy"
 	"github.com/runpolicy/runpolicy/test/cluster"
-	standin "github.com/runpolicy/runpolicy/test/kubevirt"
+	kvnode "github.com/runpolicy/runpolicy/test/kubevirt"
 )
 
 const hookImage = "registry.example/runpolicy/hook-sidecar:e2e"
@@ -32,7 +32,7 @@ const hookImage = "registry.example/runpolicy/hook-sidecar:e2e"
 var (
 	env *cluster.Env
 	k8s client.Client
-	kv  *standin.Node
+	kv  *kvnode.Node
 	lc  *faultyLifecycle
 	op  *operator
 )
@@ -54,7 +54,7 @@ var _ = BeforeSuite(func() {
 	k8s = env.Client
 	ctx, cancel := context.WithCancel(context.Background())
 	DeferCleanup(cancel)
-	kv, err = standin.Start(ctx, env.Config, standin.Options{AuditLog: env.AuditLog, HookSidecarImage: hookImage})
+	kv, err = kvnode.Start(ctx, env.Config, kvnode.Options{AuditLog: env.AuditLog, HookSidecarImage: hookImage})
 	Expect(err).NotTo(HaveOccurred())
 
 	real, err := kubevirt.NewClient(env.Config)

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/runpolicy/runpolicy/images"
+
 	corev1 "k8s.io/api/core/v1"
 	kvv1 "kubevirt.io/api/core/v1"
 )
@@ -82,8 +84,8 @@ type TestEnv struct {
 	Binaries Binaries
 	// GuestDir is the tiny guest (bin/guest, or RUNPOLICY_GUEST_DIR).
 	GuestDir string
-	// HookSidecar is the hook-sidecar binary: go build ./cmd/hook-sidecar, or RUNPOLICY_HOOK_SIDECAR (another build
-	// of it, e.g. an older commit's, run in the same layout).
+	// HookSidecar is the hook-sidecar binary: the one in the runpolicy-hook-sidecar image, or RUNPOLICY_HOOK_SIDECAR
+	// (another build of it, e.g. an older commit's, run in the same layout).
 	HookSidecar string
 	// Root is the repository root.
 	Root string
@@ -128,12 +130,9 @@ func Require(t testing.TB) TestEnv {
 		t.Fatal(err)
 	}
 	if e.HookSidecar = os.Getenv("RUNPOLICY_HOOK_SIDECAR"); e.HookSidecar == "" {
-		e.HookSidecar = filepath.Join(t.TempDir(), "hook-sidecar")
-		cmd := exec.Command("go", "build", "-o", e.HookSidecar, "./cmd/hook-sidecar")
-		cmd.Dir = e.Root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("go build ./cmd/hook-sidecar: %v\n%s", err, out)
+		// The binary the runpolicy-hook-sidecar image ships (images/), as a cluster would run it.
+		if e.HookSidecar, err = images.HookSidecarBinary(ctx, t.TempDir()); err != nil {
+			t.Fatalf("building the hook sidecar image: %v", err)
 		}
 	}
 	return e

@@ -239,8 +239,9 @@ func (r *run) reset(ctx context.Context, kind, ns, name string, deadline time.Ti
 	}
 	rec.final, _ = r.seen(old)
 	// Keep the VM busy until its new VMI runs, so the next reset hits a running guest, and until KubeVirt has
-	// dropped the start request it acted on (virt-controller trims it only once it saw the new VMI run: a guest
-	// that ends before that leaves KubeVirt holding a stale start request).
+	// dropped the start request it acted on: virt-controller trims it in a later pass over the VM, and only if the
+	// new VMI is then not final, so a guest that ended before that pass would leave KubeVirt holding a stale start
+	// request, which virt-api answers to every further start with "stop/start already underway".
 	for time.Now().Before(limit) && ctx.Err() == nil {
 		if rec.running.IsZero() {
 			_, rec.running = r.seen(newUID)
