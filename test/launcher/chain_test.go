@@ -84,14 +84,14 @@ func TestFullChain(t *testing.T) {
 		second := waitVMI(t, ctx, c, ns, vm.Name, func(vmi *kvv1.VirtualMachineInstance) bool {
 			return vmi.UID != first.UID && vmi.Status.Phase == kvv1.Running && kernelArgs(vmi) == guestArgs("hang")
 		})
+		// lastShutdown is recorded with the restart's intent, restartCount once KubeVirt runs the new VMI (the
+		// operator's bookkeeping may follow the new VMI's Running by a moment).
 		got := waitRVM(t, ctx, c, ns, vm.Name, func(rvm *v1alpha1.VirtualMachine) bool {
-			return rvm.Status.LastShutdown != nil && rvm.Status.LastShutdown.VMIUID == string(first.UID)
+			return rvm.Status.LastShutdown != nil && rvm.Status.LastShutdown.VMIUID == string(first.UID) &&
+				rvm.Status.RestartCount >= 1
 		})
 		if s := got.Status.LastShutdown; s.Source != v1alpha1.ShutdownGuestReset {
 			t.Errorf("lastShutdown of the first VMI = %s (%s), want %s", s.Source, s.Reason, v1alpha1.ShutdownGuestReset)
-		}
-		if got.Status.RestartCount < 1 {
-			t.Errorf("restartCount = %d, want at least 1", got.Status.RestartCount)
 		}
 		t.Logf("second VMI %s runs %q", second.UID, kernelArgs(second))
 	})

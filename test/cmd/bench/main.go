@@ -76,7 +76,16 @@ func main() {
 	flag.IntVar(&c.floorN, "floor-writes", 200, "Sequential writes measuring the apiserver's round trip.")
 	flag.Uint64Var(&c.seed, "seed", 1, "Random seed (which VMs are reset).")
 	flag.BoolVar(&c.keepAudit, "keep-audit", false, "Copy kube-apiserver's audit log (writes only) to the results folder.")
+	hostile := flag.Int("hostile-templates", 0, "Instead of the scale runs: peak RSS of the operator with this many runpolicy VMs "+
+		"whose templates are -hostile-size bytes, next to the same VMs with one-line templates (issue: memory under hostile input).")
+	hostileSize := flag.Int("hostile-size", 1400*1000, "Template size for -hostile-templates.")
 	flag.Parse()
+	if *hostile > 0 {
+		if err := hostileTemplates(context.Background(), c.operator, *hostile, *hostileSize); err != nil {
+			log.Fatalf("bench: %v", err)
+		}
+		return
+	}
 	for _, s := range strings.Split(*nList, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n <= 0 {
