@@ -20,6 +20,9 @@ import (
 
 const hookImage = "registry.example/runpolicy/hook-sidecar:test"
 
+// etcdLimit is the test etcd's --max-request-bytes.
+const etcdLimit = "262144"
+
 var (
 	env    *cluster.Env
 	k8s    client.Client
@@ -37,7 +40,8 @@ var _ = BeforeSuite(func() {
 	SetDefaultEventuallyPollingInterval(100 * time.Millisecond)
 
 	var err error
-	env, err = cluster.Start(cluster.Options{GarbageCollector: true})
+	// etcd refuses requests over 256 KiB here (1.5 MiB by default), so that an object at its size limit is cheap.
+	env, err = cluster.Start(cluster.Options{GarbageCollector: true, EtcdArgs: map[string][]string{"max-request-bytes": {etcdLimit}}})
 	Expect(err).NotTo(HaveOccurred())
 	k8s = env.Client
 	// KubeVirt's configuration as virt-operator keeps it: the KubeVirt CR, here with the Sidecar feature gate on

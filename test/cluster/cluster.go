@@ -34,6 +34,8 @@ import (
 type Options struct {
 	// APIServerArgs are extra kube-apiserver flags.
 	APIServerArgs map[string][]string
+	// EtcdArgs are extra etcd flags (e.g. a smaller max-request-bytes, to reach its size limit cheaply).
+	EtcdArgs map[string][]string
 	// GarbageCollector starts a kube-controller-manager with the garbage collector and namespace controllers,
 	// so that owner references act as on a real cluster.
 	GarbageCollector bool
@@ -196,6 +198,14 @@ func Start(opts Options) (_ *Env, err error) {
 	maps.Copy(args, opts.APIServerArgs)
 	for k, v := range args {
 		api.Configure().Set(k, v...)
+	}
+	if len(opts.EtcdArgs) > 0 {
+		if te.ControlPlane.Etcd == nil {
+			te.ControlPlane.Etcd = &envtest.Etcd{}
+		}
+		for k, v := range opts.EtcdArgs {
+			te.ControlPlane.Etcd.Configure().Set(k, v...)
+		}
 	}
 	cfg, err := te.Start()
 	if err != nil {
