@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	. "github.com/onsi/gomega"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -130,4 +132,30 @@ func checkVirtctlObeysPolicy(ctx context.Context, t *testing.T, g Gomega, cfg *r
 		g.Expect(vmi.DeletionTimestamp).To(BeNil(), "the AlwaysOn VMI was stopped")
 	}, "3s").Should(Succeed())
 	t.Logf("virtctl refusals as virt-api answers them: %v", err)
+}
+
+// checkUserRolesGrantNoStatus binds the chart's aggregated user roles (what `edit` and `view` get) to a user and
+// checks that they manage runpolicy's VMs and operations but cannot write their status, runpolicy's trusted state.
+func checkUserRolesGrantNoStatus(ctx context.Context, g Gomega, admin client.Client, ns, prefix string) {
+	const user = "namespace-editor"
+	for _, role := range []string{prefix + "-view", prefix + "-edit"} {
+		rb := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: role},
+			RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role},
+			Subjects: []rbacv1.Subject{{APIGroup: "rbac.authorization.k8s.io", Kind: "User", Name: user}}}
+		g.Expect(admin.Create(ctx, rb)).To(Succeed())
+	}
+	can := func(res, sub, verb string) bool {
+		sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{User: user,
+			ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: ns, Group: "runpolicy.io", Resource: res,
+				Subresource: sub, Verb: verb}}}
+		g.Expect(admin.Create(ctx, sar)).To(Succeed())
+		return sar.Status.Allowed
+	}
+	for _, res := range []string{"virtualmachines", "virtualmachineoperations"} {
+		g.Expect(can(res, "", "create")).To(BeTrue(), "the aggregated roles manage %s", res)
+		g.Expect(can(res, "status", "get")).To(BeTrue(), "the aggregated roles read %s/status", res)
+		for _, verb := range []string{"update", "patch"} {
+			g.Expect(can(res, "status", verb)).To(BeFalse(), "%s %s/status must not be granted", verb, res)
+		}
+	}
 }

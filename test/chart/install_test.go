@@ -222,6 +222,7 @@ func TestInstallAndRunAsServiceAccount(t *testing.T) {
 	t.Log("runStrategy changes of runpolicy's KubeVirt VMs by others are refused, with the policy named")
 	checkKubeVirtGuard(ctx, t, g, env.Config, ns.Name, user)
 	checkVirtctlObeysPolicy(ctx, t, g, env.Config, admin, ns.Name)
+	checkUserRolesGrantNoStatus(ctx, g, admin, ns.Name, namespace+"-"+release)
 
 	t.Log("what the ServiceAccount must not do is refused")
 	sac, err := client.New(cfg, client.Options{Scheme: scheme})
