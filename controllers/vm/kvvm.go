@@ -162,13 +162,6 @@ func applyObject(obj runtime.Object) (*unstructured.Unstructured, error) {
 	return &unstructured.Unstructured{Object: m}, nil
 }
 
-// objectHash hashes an apply object (JSON encoding sorts map keys, so equal objects hash alike).
-func objectHash(u *unstructured.Unstructured) string {
-	b, _ := json.Marshal(u.Object) // maps of JSON values always encode
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:8])
-}
-
 func mergeMaps(a, b map[string]string) map[string]string {
 	out := make(map[string]string, len(a)+len(b))
 	for k, v := range a {
