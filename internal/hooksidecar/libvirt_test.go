@@ -118,9 +118,12 @@ func TestLibvirtGuest(t *testing.T) {
 			if res.Cause != tt.wantCause || res.Event.Guest != tt.wantGuest || res.Event.Reason != tt.wantReason {
 				t.Errorf("parsed %q from %+v, want %q (guest=%v reason=%s)", res.Cause, res.Event, tt.wantCause, tt.wantGuest, tt.wantReason)
 			}
-			// libvirt runs QEMU with -no-shutdown and kills it after the SHUTDOWN event: the host event follows.
-			if len(res.Events) != 2 || res.Events[0].Reason != tt.wantReason || res.Events[1].Reason != "host-signal" || res.Events[1].Guest {
-				t.Errorf("events %+v, want %s then host-signal", res.Events, tt.wantReason)
+			// libvirt runs QEMU with -no-shutdown and kills it after the SHUTDOWN event: usually QEMU reports the
+			// signal as a host event before the monitor closes, sometimes it is gone first. Either way the first event
+			// is the one that decides, and nothing else may appear.
+			if len(res.Events) == 0 || len(res.Events) > 2 || res.Events[0].Reason != tt.wantReason ||
+				len(res.Events) == 2 && (res.Events[1].Reason != "host-signal" || res.Events[1].Guest) {
+				t.Errorf("events %+v, want %s, then at most libvirt's host-signal", res.Events, tt.wantReason)
 			}
 
 			// Shutoff with reason shutdown, not destroyed or crashed: virt-handler reports such a domain as a
