@@ -65,6 +65,13 @@ type Reconciler struct {
 		sync.Mutex
 		last *policy.Sidecar
 	}
+	// watched is KubeVirt's configuration as the KubeVirt CR watch last saw it; see kubeVirtConfigChanged.
+	watched struct {
+		sync.Mutex
+		seen bool
+		cfg  policy.KubeVirtConfig
+		sc   policy.Sidecar
+	}
 
 	// ownVM and ownKubeVirtVM remember, per VM, the resourceVersion our last write replaced (see writeTracker).
 	ownVM, ownKubeVirtVM writeTracker

@@ -56,8 +56,20 @@ func (r *Reconciler) noteSidecar(ctx context.Context, cfg policy.KubeVirtConfig,
 // kubeVirtConfigChanged maps a change of KubeVirt's configuration to every runpolicy VM: each may need the
 // sidecar added or removed (at its next start) and its RebootsApplyChanges condition updated.
 func (r *Reconciler) kubeVirtConfigChanged(ctx context.Context, _ client.Object) []ctrl.Request {
-	if _, _, err := r.sidecarPlan(ctx); err != nil {
+	cfg, sc, err := r.sidecarPlan(ctx)
+	if err != nil {
 		ctrl.LoggerFrom(ctx).Error(err, "Reading KubeVirt's configuration failed")
+		return nil
+	}
+	// The KubeVirt CR changes for many reasons (its status, other settings); every VM is looked at again only when
+	// what runpolicy derives from it changed. This tracker is the watch's own: a reconcile may already have seen the
+	// new configuration, which must not keep the other VMs from being looked at.
+	r.watched.Lock()
+	same := r.watched.seen && r.watched.cfg == cfg && r.watched.sc == sc
+	r.watched.cfg, r.watched.sc, r.watched.seen = cfg, sc, true
+	r.watched.Unlock()
+	if same {
+		return nil
 	}
 	vms := &v1alpha1.VirtualMachineList{}
 	if err := r.List(ctx, vms); err != nil {
