@@ -1,10 +1,6 @@
 package vm
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
-
 	corev1 "k8s.io/api/core/v1"
 	kvv1 "kubevirt.io/api/core/v1"
 
@@ -24,11 +20,7 @@ const (
 )
 
 // SpecHash hashes a VM's spec.
-func SpecHash(spec *v1alpha1.VirtualMachineSpec) string {
-	b, _ := json.Marshal(spec) // API types always encode
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:8])
-}
+func SpecHash(spec *v1alpha1.VirtualMachineSpec) string { return hashJSON(spec) }
 
 // TrimForCache reduces vm, in place, to what the reconcilers read: identity, labels, annotations (kubectl's
 // last-applied copy, a full copy of the object, dropped), the policy, the template's reboot policy, the two hashes, and the status.
@@ -95,8 +87,4 @@ type applyInputs struct {
 // applyFormat is applyInputs.Format's current value.
 const applyFormat = 2
 
-func (in applyInputs) hash() string {
-	b, _ := json.Marshal(in) // strings, a bool and an int always encode
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:8])
-}
+func (in applyInputs) hash() string { return hashJSON(in) }

@@ -49,8 +49,12 @@ type hookSidecar struct {
 
 // TemplateHash hashes the user's VMI template; it is stored in the template so each VMI carries the hash of the
 // template it was built from.
-func TemplateHash(t *kvv1.VirtualMachineInstanceTemplateSpec) string {
-	b, _ := json.Marshal(t) // API types always encode
+func TemplateHash(t *kvv1.VirtualMachineInstanceTemplateSpec) string { return hashJSON(t) }
+
+// hashJSON is the short hash runpolicy records of an object: its JSON encoding (map keys sorted), SHA-256, first 8
+// bytes in hex. Only API types and plain structs are passed, which always encode.
+func hashJSON(v any) string {
+	b, _ := json.Marshal(v)
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:8])
 }
