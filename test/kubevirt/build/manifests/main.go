@@ -40,6 +40,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	extv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -209,10 +210,7 @@ func run(out, ns string, gates []string, apiHost string, apiPort int32, version 
 		}
 		w = w.DeepCopy()
 		for i := range w.Webhooks {
-			w.Webhooks[i].ClientConfig.CABundle = caBundle
-			if s := w.Webhooks[i].ClientConfig.Service; s != nil {
-				s.Port = &apiPort
-			}
+			toVirtAPI(&w.Webhooks[i].ClientConfig, caBundle, apiPort)
 		}
 		reg.add(w)
 	}
@@ -222,10 +220,7 @@ func run(out, ns string, gates []string, apiHost string, apiPort int32, version 
 		}
 		w = w.DeepCopy()
 		for i := range w.Webhooks {
-			w.Webhooks[i].ClientConfig.CABundle = caBundle
-			if s := w.Webhooks[i].ClientConfig.Service; s != nil {
-				s.Port = &apiPort
-			}
+			toVirtAPI(&w.Webhooks[i].ClientConfig, caBundle, apiPort)
 		}
 		reg.add(w)
 	}
@@ -322,4 +317,12 @@ func (d *docs) add(obj runtime.Object) {
 	}
 	d.buf.WriteString("---\n")
 	d.buf.Write(b)
+}
+
+// toVirtAPI points a webhook at virt-api as the test cluster runs it: its CA and its port.
+func toVirtAPI(cc *admissionregistrationv1.WebhookClientConfig, caBundle []byte, port int32) {
+	cc.CABundle = caBundle
+	if s := cc.Service; s != nil {
+		s.Port = &port
+	}
 }
