@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 )
 
@@ -93,45 +94,19 @@ func revertedSpec(want, live map[string]any) map[string]any {
 	spec := runtime.DeepCopyJSON(want)
 	defaults := slices.Clone(kubeVirtDefaults)
 	for _, kind := range []string{"annotations", "labels"} {
-		if m, ok := lookup(live, []string{"template", "metadata", kind}); ok {
-			for k := range m.(map[string]any) {
-				if p := []string{"template", "metadata", kind, k}; isDefault(p) {
-					defaults = append(defaults, p)
-				}
+		m, _, _ := unstructured.NestedMap(live, "template", "metadata", kind)
+		for k := range m {
+			if p := []string{"template", "metadata", kind, k}; isDefault(p) {
+				defaults = append(defaults, p)
 			}
 		}
 	}
 	for _, d := range defaults {
-		v, ok := lookup(live, d)
-		if !ok {
-			continue
+		if v, ok, _ := unstructured.NestedFieldNoCopy(live, d...); ok {
+			_ = unstructured.SetNestedField(spec, v, d...) // copies v; want's maps are maps all the way down
 		}
-		m := spec
-		for _, k := range d[:len(d)-1] {
-			next, ok := m[k].(map[string]any)
-			if !ok {
-				next = map[string]any{}
-				m[k] = next
-			}
-			m = next
-		}
-		m[d[len(d)-1]] = runtime.DeepCopyJSONValue(v)
 	}
 	return spec
-}
-
-func lookup(m map[string]any, path []string) (any, bool) {
-	var cur any = m
-	for _, k := range path {
-		mm, ok := cur.(map[string]any)
-		if !ok {
-			return nil, false
-		}
-		if cur, ok = mm[k]; !ok {
-			return nil, false
-		}
-	}
-	return cur, true
 }
 
 // summarize names at most n paths.
