@@ -40,6 +40,8 @@ type Options struct {
 	// OperationTimeout fails an operation whose target state KubeVirt has not reached that long after accepting
 	// its signal; zero means vmop.DefaultTimeout, negative waits for ever.
 	OperationTimeout time.Duration
+	// RestartRequest is how a restart asks KubeVirt for the new VMI; empty means vm.RestartViaStartRequest.
+	RestartRequest vm.RestartRequest
 	// Workers is how many VMs are reconciled at once; 0 means DefaultWorkers.
 	Workers int
 	// Lifecycle overrides the client of KubeVirt's start/stop/restart subresources (tests inject faults with it);
@@ -102,6 +104,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		HookSidecarImage: opts.HookSidecarImage,
 		SidecarMode:      opts.HookSidecarMode,
 		Lifecycle:        lc,
+		RestartRequest:   opts.RestartRequest,
 		Backoff:          backoff,
 		Workers:          cmp.Or(opts.Workers, DefaultWorkers),
 	}).SetupWithManager(mgr); err != nil {

@@ -3,6 +3,7 @@ package main
 
 import (
 	"flag"
+	"fmt"
 	"os"
 	"runtime/debug"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/runpolicy/runpolicy/controllers"
+	"github.com/runpolicy/runpolicy/controllers/vm"
 	"github.com/runpolicy/runpolicy/controllers/vmop"
 	"github.com/runpolicy/runpolicy/internal/policy"
 	"github.com/runpolicy/runpolicy/internal/version"
@@ -93,6 +95,9 @@ func main() {
 		"How long a VirtualMachineOperation may wait for KubeVirt to reach its target state after accepting its signal "+
 			"before it fails with reason TimedOut; a negative value waits for ever.")
 	flag.IntVar(&opts.Workers, "workers", controllers.DefaultWorkers, "How many VMs are reconciled at once.")
+	restartRequest := flag.String("restart-request", string(vm.RestartViaStartRequest),
+		"How a restart asks KubeVirt for the new VMI: start-request (write KubeVirt's Start request into the KubeVirt "+
+			"VM's status and delete the ended VMI) or start-subresource (KubeVirt's start subresource, like virtctl start).")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine) // --zap-devel, --zap-encoder, --zap-log-level, --zap-stacktrace-level, --zap-time-encoding
 	flag.Parse()                        // --kubeconfig is registered by controller-runtime
@@ -105,6 +110,13 @@ func main() {
 		os.Exit(2)
 	}
 	opts.HookSidecarMode = mode
+	switch rr := vm.RestartRequest(*restartRequest); rr {
+	case vm.RestartViaStartRequest, vm.RestartViaStartSubresource:
+		opts.RestartRequest = rr
+	default:
+		log.Error(fmt.Errorf("%q is neither %s nor %s", rr, vm.RestartViaStartRequest, vm.RestartViaStartSubresource), "Bad --restart-request")
+		os.Exit(2)
+	}
 
 	cfg, err := ctrl.GetConfig()
 	if err != nil {

@@ -28,6 +28,18 @@ import (
 	"github.com/runpolicy/runpolicy/internal/policy"
 )
 
+// RestartRequest is how runpolicy asks KubeVirt for the VMI that replaces an ended one.
+type RestartRequest string
+
+const (
+	// RestartViaStartRequest writes KubeVirt's Start request into the KubeVirt VM's status and deletes the ended VMI
+	// (kubevirt.Client.Replace): virt-controller then creates the new VMI in one pass, as under runStrategy Always.
+	RestartViaStartRequest RestartRequest = "start-request"
+	// RestartViaStartSubresource calls KubeVirt's start subresource, like virtctl start: virt-api writes
+	// [Stop{ended VMI}, Start], which virt-controller serves in three passes (delete, trim the Stop, create).
+	RestartViaStartSubresource RestartRequest = "start-subresource"
+)
+
 // Event reasons.
 const (
 	EventCreated            = "Created"
@@ -53,6 +65,8 @@ type Reconciler struct {
 	APIReader client.Reader
 	// Lifecycle calls KubeVirt's start/stop/restart subresources.
 	Lifecycle kubevirt.Lifecycle
+	// RestartRequest is how a restart asks KubeVirt for the new VMI; empty means RestartViaStartRequest.
+	RestartRequest RestartRequest
 	// Backoff spaces out restarts after consecutive failures.
 	Backoff policy.Backoff
 	// Clock returns the current time; nil means time.Now.
@@ -124,6 +138,7 @@ const cacheRecheck = time.Second
 // +kubebuilder:rbac:groups=runpolicy.io,resources=virtualmachines/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=runpolicy.io,resources=virtualmachines/finalizers,verbs=update
 // +kubebuilder:rbac:groups=kubevirt.io,resources=virtualmachines,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups=kubevirt.io,resources=virtualmachines/status,verbs=patch
 // +kubebuilder:rbac:groups=kubevirt.io,resources=virtualmachineinstances,verbs=get;list;watch;delete
 // +kubebuilder:rbac:groups=subresources.kubevirt.io,resources=virtualmachines/start;virtualmachines/stop;virtualmachines/restart,verbs=update
 // +kubebuilder:rbac:groups=kubevirt.io,resources=kubevirts,verbs=get;list;watch
@@ -207,6 +222,10 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	}
 	if pass.act != nil {
 		if err := pass.act(ctx); err != nil {
+			if errors.Is(err, kubevirt.ErrRequestPending) {
+				log.V(1).Info("KubeVirt holds another request, deciding again", "error", err)
+				return ctrl.Result{RequeueAfter: retrySoon}, nil
+			}
 			return ctrl.Result{}, err
 		}
 	}

@@ -2,6 +2,7 @@ package vm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
+	"github.com/runpolicy/runpolicy/internal/kubevirt"
 	"github.com/runpolicy/runpolicy/internal/metrics"
 	"github.com/runpolicy/runpolicy/internal/policy"
 	"github.com/runpolicy/runpolicy/internal/shutdown"
@@ -228,13 +230,23 @@ func stopsByPolicy(p v1alpha1.RunPolicy) bool {
 	return p == v1alpha1.RunPolicyManual || p == v1alpha1.RunPolicyAlwaysOnUntilStoppedManually
 }
 
-// restartAct starts a new VMI through KubeVirt's start subresource. Under runStrategy Manual, KubeVirt replaces
-// a finished VMI with a new one built from the VM's current template. The event reports the restart once KubeVirt
-// accepted it.
+// restartAct has KubeVirt start a new VMI, built from the VM's current template, in place of the ended one: by
+// default with KubeVirt's Start request written directly and the ended VMI deleted (kubevirt.Client.Replace), or
+// through KubeVirt's start subresource (RestartRequest). The event reports the restart once KubeVirt accepted it.
 func (r *Reconciler) restartAct(vm *v1alpha1.VirtualMachine, uid, evType, evReason, msg string) func(context.Context) error {
 	return func(ctx context.Context) error {
 		ctrl.LoggerFrom(ctx).Info("Restarting VMI", "endedVMI", uid)
-		if err := r.Lifecycle.Start(ctx, vm.Namespace, vm.Name); err != nil {
+		var err error
+		if r.RestartRequest == RestartViaStartSubresource {
+			err = r.Lifecycle.Start(ctx, vm.Namespace, vm.Name)
+		} else {
+			err = r.Lifecycle.Replace(ctx, vm.Namespace, vm.Name, types.UID(uid))
+		}
+		if errors.Is(err, kubevirt.ErrRequestPending) {
+			// Someone else's request came first; the next pass judges it (restartNotTaken).
+			return err
+		}
+		if err != nil {
 			r.Recorder.Eventf(vm, nil, corev1.EventTypeWarning, EventRestartFailed, "Start", "Restart failed: %v", err)
 			return err
 		}

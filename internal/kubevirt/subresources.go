@@ -1,5 +1,6 @@
-// Package kubevirt calls KubeVirt's public lifecycle API: the start, stop and restart subresources of
-// subresources.kubevirt.io/v1 virtualmachines, the same endpoints virtctl uses.
+// Package kubevirt asks KubeVirt to start, stop and restart VirtualMachines: through the start, stop and restart
+// subresources of subresources.kubevirt.io/v1 virtualmachines (the endpoints virtctl uses), and, for the restart of
+// an ended VMI, by writing KubeVirt's Start request into the VM's status directly (Replace).
 package kubevirt
 
 import (
@@ -8,6 +9,7 @@ import (
 	"fmt"
 
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -22,27 +24,38 @@ type Lifecycle interface {
 	Start(ctx context.Context, namespace, name string) error
 	Stop(ctx context.Context, namespace, name string, force bool) error
 	Restart(ctx context.Context, namespace, name string, force bool) error
+	// Replace starts a new VMI in place of the ended VMI ended, under runStrategy Manual (see replace.go).
+	Replace(ctx context.Context, namespace, name string, ended types.UID) error
 }
 
-// Client is a Lifecycle over a REST client.
+// Client is a Lifecycle over REST clients: one for KubeVirt's subresource API, one for kubevirt.io/v1.
 type Client struct {
 	rest rest.Interface
+	core rest.Interface
 }
 
 // NewClient returns a Lifecycle client for cfg.
 func NewClient(cfg *rest.Config) (*Client, error) {
+	sub, err := restClient(cfg, SubresourceGroupVersion)
+	if err != nil {
+		return nil, err
+	}
+	core, err := restClient(cfg, kvv1.SchemeGroupVersion)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{rest: sub, core: core}, nil
+}
+
+func restClient(cfg *rest.Config, gv schema.GroupVersion) (*rest.RESTClient, error) {
 	c := rest.CopyConfig(cfg)
-	c.GroupVersion = &SubresourceGroupVersion
+	c.GroupVersion = &gv
 	c.APIPath = "/apis"
 	c.NegotiatedSerializer = serializer.WithoutConversionCodecFactory{CodecFactory: scheme.Codecs}
 	if c.UserAgent == "" {
 		c.UserAgent = rest.DefaultKubernetesUserAgent()
 	}
-	rc, err := rest.RESTClientFor(c)
-	if err != nil {
-		return nil, err
-	}
-	return &Client{rest: rc}, nil
+	return rest.RESTClientFor(c)
 }
 
 func (c *Client) put(ctx context.Context, namespace, name, verb string, body any) error {

@@ -151,7 +151,7 @@ func TestChaos(t *testing.T) {
 
 	w := &world{t: t, ctx: ctx, env: env, k8s: env.Client, node: node, models: map[string]*model{}, counts: map[string]int{},
 		kvUIDs: map[string]types.UID{}, dvUIDs: map[string]types.UID{}}
-	w.lc = &killingLifecycle{Lifecycle: real}
+	w.lc = &killingLifecycle{Client: real}
 	w.op = &operator{env: env, lc: w.lc}
 	w.lc.op = w.op
 	must(t, w.op.start())
@@ -663,9 +663,10 @@ func (o *operator) ensureRunning() {
 }
 
 // killingLifecycle passes calls to KubeVirt and, when armed, kills the operator right before or right after
-// the next Start call (restarting it in the background), like a pod dying mid-restart.
+// the next restart request (Start, or Replace: after its Start request, before the ended VMI's deletion), restarting
+// it in the background, like a pod dying mid-restart.
 type killingLifecycle struct {
-	kubevirt.Lifecycle
+	*kubevirt.Client
 	op                        *operator
 	mu                        sync.Mutex
 	armed, after              bool
@@ -679,6 +680,15 @@ func (k *killingLifecycle) arm(after bool) {
 }
 
 func (k *killingLifecycle) Start(ctx context.Context, ns, name string) error {
+	return k.around(func() error { return k.Client.Start(ctx, ns, name) })
+}
+
+func (k *killingLifecycle) Replace(ctx context.Context, ns, name string, ended types.UID) error {
+	return k.around(func() error { return k.RequestStart(ctx, ns, name) }, func() error { return k.DeleteEnded(ctx, ns, name, ended) })
+}
+
+// around runs the steps of one request; armed, it kills the operator before the first step, or after the first.
+func (k *killingLifecycle) around(steps ...func() error) error {
 	k.mu.Lock()
 	armed, after := k.armed, k.after
 	k.armed = false
@@ -688,13 +698,17 @@ func (k *killingLifecycle) Start(ctx context.Context, ns, name string) error {
 		k.killAndRestart()
 		return context.Canceled
 	}
-	err := k.Lifecycle.Start(ctx, ns, name)
-	if armed {
-		k.killedAfter.Add(1)
-		k.killAndRestart()
-		return context.Canceled
+	for i, step := range steps {
+		if err := step(); err != nil {
+			return err
+		}
+		if armed && i == 0 {
+			k.killedAfter.Add(1)
+			k.killAndRestart()
+			return context.Canceled
+		}
 	}
-	return err
+	return nil
 }
 
 func (k *killingLifecycle) killAndRestart() {

@@ -113,7 +113,7 @@ var _ = Describe("KubeVirt's Sidecar feature gate", Ordered, func() {
 			g.Expect(hasHookSidecars(kvvm)).To(BeTrue())
 			g.Expect(rebootsCondition(g, ctx, key).Status).To(Equal(metav1.ConditionTrue))
 		}).Should(Succeed())
-		Expect(lc.Lifecycle.Start(ctx, ns, "degraded")).To(Succeed())
+		Expect(lc.Client.Start(ctx, ns, "degraded")).To(Succeed())
 		Eventually(func(g Gomega) v1alpha1.VirtualMachinePhase { return getVM(ctx, g, key).Status.Phase }).
 			Should(Equal(v1alpha1.VirtualMachineRunning))
 		Expect(kv.GuestReboot(ctx, ns, "degraded")).To(Succeed())
@@ -259,7 +259,7 @@ var _ = Describe("Trust only what KubeVirt wrote", func() {
 		theirs := &kvv1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "theirs"},
 			Spec: kvv1.VirtualMachineSpec{RunStrategy: ptr.To(kvv1.RunStrategyManual), Template: fixture.VM(ns, "theirs", "").Spec.Template}}
 		Expect(k8s.Create(ctx, theirs)).To(Succeed())
-		Expect(lc.Lifecycle.Start(ctx, ns, "theirs")).To(Succeed())
+		Expect(lc.Client.Start(ctx, ns, "theirs")).To(Succeed())
 		Eventually(func(g Gomega) kvv1.VirtualMachineInstancePhase {
 			vmi, err := getVMI(ctx, client.ObjectKeyFromObject(theirs))
 			g.Expect(err).NotTo(HaveOccurred())

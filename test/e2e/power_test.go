@@ -44,7 +44,7 @@ func startAndWait(ctx context.Context, obj *v1alpha1.VirtualMachine) {
 		// Pending while the KubeVirt VM is not created yet (an apply retried under load); never Starting or Running.
 		Consistently(func(g Gomega) v1alpha1.VirtualMachinePhase { return getVM(ctx, g, key).Status.Phase }, "1s").
 			ShouldNot(BeElementOf(v1alpha1.VirtualMachineStarting, v1alpha1.VirtualMachineRunning), "Manual does not start by itself")
-		Expect(lc.Lifecycle.Start(ctx, obj.Namespace, obj.Name)).To(Succeed())
+		Expect(lc.Client.Start(ctx, obj.Namespace, obj.Name)).To(Succeed())
 	}
 	Eventually(func(g Gomega) {
 		vm := getVM(ctx, g, key)
@@ -191,7 +191,7 @@ var _ = Describe("Power policy after guest events", func() {
 		startAndWait(ctx, obj)
 		Expect(kv.GuestPoweroff(ctx, ns, "vm")).To(Succeed())
 		Eventually(func() bool { _, err := getVMI(ctx, client.ObjectKeyFromObject(obj)); return apierrors.IsNotFound(err) }).Should(BeTrue())
-		Expect(lc.Lifecycle.Start(ctx, ns, "vm")).To(Succeed())
+		Expect(lc.Client.Start(ctx, ns, "vm")).To(Succeed())
 		Eventually(func(g Gomega) v1alpha1.VirtualMachinePhase {
 			return getVM(ctx, g, client.ObjectKeyFromObject(obj)).Status.Phase
 		}).Should(Equal(v1alpha1.VirtualMachineRunning))
@@ -224,6 +224,15 @@ var _ = Describe("Power policy after guest events", func() {
 	})
 })
 
+// crashPoint is where in the restart request the operator crashes.
+type crashPoint int
+
+const (
+	crashBefore crashPoint = iota
+	crashBetween
+	crashAfter
+)
+
 var _ = Describe("Operator restarts", Ordered, func() {
 	// runs the operator again after each test, whatever happened.
 	AfterEach(func() {
@@ -233,7 +242,7 @@ var _ = Describe("Operator restarts", Ordered, func() {
 	})
 
 	DescribeTable("a crash around the restart request still gives exactly one new VMI",
-		func(ctx SpecContext, after bool) {
+		func(ctx SpecContext, at crashPoint) {
 			ns := newNamespace(ctx)
 			obj := fixture.VM(ns, "vm", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)
 			key := client.ObjectKeyFromObject(obj)
@@ -242,23 +251,26 @@ var _ = Describe("Operator restarts", Ordered, func() {
 			first, err := getVMI(ctx, key)
 			Expect(err).NotTo(HaveOccurred())
 
-			if after {
-				lc.mu.Lock()
-				lc.crashAfter = op.crash
-				lc.mu.Unlock()
-			} else {
-				lc.mu.Lock()
+			lc.mu.Lock()
+			switch at {
+			case crashBefore:
 				lc.crashBefore = op.crash
-				lc.mu.Unlock()
+			case crashBetween:
+				lc.crashBetween = op.crash
+			case crashAfter:
+				lc.crashAfter = op.crash
 			}
+			lc.mu.Unlock()
 			Expect(kv.GuestReboot(ctx, ns, "vm")).To(Succeed())
 			Eventually(op.stopped).Should(BeTrue())
 
 			By("the decision was recorded before KubeVirt was asked")
 			Expect(getVM(ctx, Default, key).Status.RestartingVMIUID).To(Equal(string(first.UID)))
-			if after {
+			if at == crashAfter {
 				Eventually(func() int { return kv.VMIsCreated(ns, "vm") }).Should(Equal(2))
 			} else {
+				// Before the request nothing was asked; between, KubeVirt holds a Start request beside the ended
+				// VMI, which it does not serve while that VMI exists.
 				Consistently(func() int { return kv.VMIsCreated(ns, "vm") }, "1s").Should(Equal(1))
 			}
 
@@ -273,8 +285,9 @@ var _ = Describe("Operator restarts", Ordered, func() {
 			}).Should(Succeed())
 			Consistently(func() int { return kv.VMIsCreated(ns, "vm") }, "2s").Should(Equal(2))
 		},
-		Entry("crash before the start request", false),
-		Entry("crash after the start request", true),
+		Entry("crash before the start request", crashBefore),
+		Entry("crash between the start request and the ended VMI's deletion", crashBetween),
+		Entry("crash after the start request", crashAfter),
 	)
 
 	DescribeTable("a VMI that ended while the operator was down and whose pod is gone does not park the VM",

@@ -13,6 +13,7 @@ import (
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -59,7 +60,7 @@ var _ = BeforeSuite(func() {
 
 	real, err := kubevirt.NewClient(env.Config)
 	Expect(err).NotTo(HaveOccurred())
-	lc = &faultyLifecycle{Lifecycle: real}
+	lc = &faultyLifecycle{Client: real}
 	op = &operator{}
 	op.start()
 })
@@ -145,26 +146,52 @@ func (o *operator) stop() {
 	<-o.done
 }
 
-// faultyLifecycle passes calls to KubeVirt and can simulate an operator crash around the next Start.
+// faultyLifecycle passes calls to KubeVirt and can simulate an operator crash around the next restart request
+// (Start or Replace): before it, after it, or, for Replace, between its Start request and its deletion.
 type faultyLifecycle struct {
-	kubevirt.Lifecycle
+	*kubevirt.Client
 	mu sync.Mutex
-	// crash, when set, runs instead of returning from the next Start: before or after the real call.
-	crashBefore, crashAfter func()
-	starts                  int
+	// crash, when set, runs instead of returning from the next restart request.
+	crashBefore, crashBetween, crashAfter func()
+}
+
+// armed takes the crash points set for the next call.
+func (f *faultyLifecycle) armed() (before, between, after func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	before, between, after = f.crashBefore, f.crashBetween, f.crashAfter
+	f.crashBefore, f.crashBetween, f.crashAfter = nil, nil, nil
+	return before, between, after
 }
 
 func (f *faultyLifecycle) Start(ctx context.Context, ns, name string) error {
-	f.mu.Lock()
-	before, after := f.crashBefore, f.crashAfter
-	f.crashBefore, f.crashAfter = nil, nil
-	f.starts++
-	f.mu.Unlock()
+	before, _, after := f.armed()
 	if before != nil {
 		before()
 		return context.Canceled
 	}
-	err := f.Lifecycle.Start(ctx, ns, name)
+	err := f.Client.Start(ctx, ns, name)
+	if after != nil {
+		after()
+		return context.Canceled
+	}
+	return err
+}
+
+func (f *faultyLifecycle) Replace(ctx context.Context, ns, name string, ended types.UID) error {
+	before, between, after := f.armed()
+	if before != nil {
+		before()
+		return context.Canceled
+	}
+	if err := f.RequestStart(ctx, ns, name); err != nil || between != nil {
+		if between != nil {
+			between()
+			return context.Canceled
+		}
+		return err
+	}
+	err := f.DeleteEnded(ctx, ns, name, ended)
 	if after != nil {
 		after()
 		return context.Canceled

@@ -22,7 +22,8 @@ rules:
 `
 
 // restartCalls lists, per VM name, what one client (user agent prefix) did in kube-apiserver that a restart is
-// made of: its start subresource calls and its runpolicy.io VirtualMachine status writes, in the order received.
+// made of: its start requests (KubeVirt's start subresource, or its Start request patched into the kubevirt.io
+// VirtualMachine's status: --restart-request) and its runpolicy.io VirtualMachine status writes, in the order received.
 func restartCalls(path, uaPrefix string) (map[string]*vmCalls, error) {
 	out := map[string]*vmCalls{}
 	f, err := os.Open(path)
@@ -44,7 +45,8 @@ func restartCalls(path, uaPrefix string) (map[string]*vmCalls, error) {
 		}
 		call := apiCall{Received: ev.RequestReceived, Done: ev.StageTimestamp}
 		switch {
-		case ev.ObjectRef.Subresource == "start":
+		case ev.ObjectRef.Subresource == "start",
+			ev.ObjectRef.APIGroup == "kubevirt.io" && ev.ObjectRef.Resource == "virtualmachines" && ev.ObjectRef.Subresource == "status":
 			c.Starts = append(c.Starts, call)
 		case ev.ObjectRef.APIGroup == "runpolicy.io" && ev.ObjectRef.Resource == "virtualmachines" && ev.ObjectRef.Subresource == "status":
 			c.StatusWrites = append(c.StatusWrites, call)

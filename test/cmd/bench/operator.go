@@ -40,7 +40,7 @@ func (r *run) startOperator() error {
 		// Plain HTTP on loopback: the bench scrapes without Kubernetes credentials.
 		"--metrics-bind-address", r.metrics, "--metrics-secure=false", "--health-probe-bind-address", "0", "--pprof-bind-address", r.pprof,
 		"--hook-sidecar-image", hookSidecarImage,
-		"--restart-backoff-base", "1s", "--restart-backoff-max", "4s")
+		"--restart-backoff-base", "1s", "--restart-backoff-max", "4s", "--restart-request", r.cfg.restartRequest)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		logf.Close()

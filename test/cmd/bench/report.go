@@ -45,7 +45,7 @@ func table(rs []result) string {
 	}
 	_ = w.Flush()
 	for _, r := range rs {
-		fmt.Fprintf(&b, "\nN=%d", r.N)
+		fmt.Fprintf(&b, "\nN=%d (restarts: --restart-request=%s)", r.N, r.RestartRequest)
 		if r.Err != "" {
 			fmt.Fprintf(&b, " — INCOMPLETE: %s", r.Err)
 		}

@@ -3,6 +3,7 @@ package main
 // result is one N's figures. Durations in seconds.
 type result struct {
 	N                  int
+	RestartRequest     string // the operator's --restart-request
 	Err                string `json:",omitempty"`
 	CreateSeconds      float64
 	ConvergeCreate     float64

@@ -57,7 +57,7 @@ type run struct {
 }
 
 func runOne(parent context.Context, c config, n int) (res result, err error) {
-	res = result{N: n, OperatorCPUSeconds: map[string]float64{}, OperatorPeakRSSByRun: map[string]float64{},
+	res = result{N: n, RestartRequest: c.restartRequest, OperatorCPUSeconds: map[string]float64{}, OperatorPeakRSSByRun: map[string]float64{},
 		ComponentCPUSeconds: map[string]cpuSnapshot{}, APIServerTime: map[string]string{}, PhaseSeconds: map[string]float64{}}
 	log.Printf("bench: N=%d: starting the cluster (KubeVirt %s)", n, cluster.KubeVirtVersion())
 	ctx, cancel := context.WithCancel(parent)
