@@ -2,10 +2,9 @@
 package controllers
 
 import (
-	"cmp"
 	"time"
 
-	"github.com/runpolicy/runpolicy/internal/kubevirt"
+	"github.com/runpolicy/runpolicy/internal/lifecycle"
 	"github.com/runpolicy/runpolicy/internal/policy"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -29,7 +28,7 @@ type Options struct {
 	// HookSidecarMode says when the sidecar is added to VMI templates: auto (while KubeVirt's Sidecar feature
 	// gate is on; also when empty), true (always), false (never).
 	HookSidecarMode policy.SidecarMode
-	// Backoff spaces out restarts after consecutive failures; zero means policy.DefaultBackoff.
+	// Backoff spaces out restarts after consecutive failures; a zero Base means policy.DefaultBackoff.
 	Backoff policy.Backoff
 	// OperationTTL removes finished VirtualMachineOperations that long after they finished; zero means
 	// vmop.DefaultTTL, negative keeps them.
@@ -46,11 +45,11 @@ type Options struct {
 	Workers int
 	// Lifecycle overrides the client of KubeVirt's start/stop/restart subresources (tests inject faults with it);
 	// nil means a client built from the manager's config.
-	Lifecycle kubevirt.Lifecycle
+	Lifecycle lifecycle.Interface
 }
 
-// DefaultWorkers is the default number of VMs reconciled at once: reconciles mostly wait on the API server.
-const DefaultWorkers = 4
+// DefaultWorkers is the default number of VMs reconciled at once.
+const DefaultWorkers = vm.DefaultWorkers
 
 // NewScheme returns a scheme with the Kubernetes, KubeVirt and runpolicy types.
 func NewScheme() *runtime.Scheme {
@@ -85,17 +84,13 @@ func CacheOptions() cache.Options {
 
 // Setup registers every runpolicy reconciler with mgr.
 func Setup(mgr ctrl.Manager, opts Options) error {
-	var lc kubevirt.Lifecycle = opts.Lifecycle
+	var lc lifecycle.Interface = opts.Lifecycle
 	if lc == nil {
-		c, err := kubevirt.NewClient(mgr.GetConfig())
+		c, err := lifecycle.NewClient(mgr.GetConfig())
 		if err != nil {
 			return err
 		}
 		lc = c
-	}
-	backoff := opts.Backoff
-	if backoff.Base == 0 {
-		backoff = policy.DefaultBackoff
 	}
 	if err := (&vm.Reconciler{
 		Client:           mgr.GetClient(),
@@ -105,29 +100,18 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		SidecarMode:      opts.HookSidecarMode,
 		Lifecycle:        lc,
 		RestartRequest:   opts.RestartRequest,
-		Backoff:          backoff,
-		Workers:          cmp.Or(opts.Workers, DefaultWorkers),
+		Backoff:          opts.Backoff,
+		Workers:          opts.Workers,
 	}).SetupWithManager(mgr); err != nil {
 		return err
-	}
-	ttl, perVM := opts.OperationTTL, opts.OperationsPerVM
-	if ttl == 0 {
-		ttl = vmop.DefaultTTL
-	}
-	if perVM == 0 {
-		perVM = vmop.DefaultMaxPerVM
-	}
-	timeout := opts.OperationTimeout
-	if timeout == 0 {
-		timeout = vmop.DefaultTimeout
 	}
 	return (&vmop.Reconciler{
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),
 		Recorder:  mgr.GetEventRecorder("runpolicy-controller"),
 		Lifecycle: lc,
-		TTL:       max(ttl, 0),
-		MaxPerVM:  max(perVM, 0),
-		Timeout:   max(timeout, 0),
+		TTL:       opts.OperationTTL,
+		MaxPerVM:  opts.OperationsPerVM,
+		Timeout:   opts.OperationTimeout,
 	}).SetupWithManager(mgr)
 }

@@ -2,10 +2,10 @@
 package vm
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
 	kvv1 "kubevirt.io/api/core/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -23,17 +24,21 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
-	"github.com/runpolicy/runpolicy/internal/kubevirt"
+	"github.com/runpolicy/runpolicy/internal/lifecycle"
 	"github.com/runpolicy/runpolicy/internal/metrics"
 	"github.com/runpolicy/runpolicy/internal/policy"
+	"github.com/runpolicy/runpolicy/internal/refusal"
 )
+
+// DefaultWorkers is the default number of VMs reconciled at once: reconciles mostly wait on the API server.
+const DefaultWorkers = 4
 
 // RestartRequest is how runpolicy asks KubeVirt for the VMI that replaces an ended one.
 type RestartRequest string
 
 const (
 	// RestartViaStartRequest writes KubeVirt's Start request into the KubeVirt VM's status and deletes the ended VMI
-	// (kubevirt.Client.Replace): virt-controller then creates the new VMI in one pass, as under runStrategy Always.
+	// (lifecycle.Client.Replace): virt-controller then creates the new VMI in one pass, as under runStrategy Always.
 	RestartViaStartRequest RestartRequest = "start-request"
 	// RestartViaStartSubresource calls KubeVirt's start subresource, like virtctl start: virt-api writes
 	// [Stop{ended VMI}, Start], which virt-controller serves in three passes (delete, trim the Stop, create).
@@ -64,14 +69,14 @@ type Reconciler struct {
 	// APIReader reads past the cache where a stale read could repeat a request; nil means the cached client.
 	APIReader client.Reader
 	// Lifecycle calls KubeVirt's start/stop/restart subresources.
-	Lifecycle kubevirt.Lifecycle
+	Lifecycle lifecycle.Interface
 	// RestartRequest is how a restart asks KubeVirt for the new VMI; empty means RestartViaStartRequest.
 	RestartRequest RestartRequest
-	// Backoff spaces out restarts after consecutive failures.
+	// Backoff spaces out restarts after consecutive failures; a zero Base means policy.DefaultBackoff.
 	Backoff policy.Backoff
 	// Clock returns the current time; nil means time.Now.
 	Clock func() time.Time
-	// Workers is how many VMs are reconciled at once (never the same VM twice at once); 0 means 1.
+	// Workers is how many VMs are reconciled at once (never the same VM twice at once); zero means DefaultWorkers.
 	Workers int
 
 	// mode is the hook-sidecar decision last reported (log line, metric); see noteSidecar.
@@ -180,12 +185,19 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 
 	before := vm.Status.DeepCopy()
 	var syncErr, powerErr error
-	var pass powerPass
+	step := policy.PowerStep{Action: policy.PowerAction{Kind: policy.DoNothing}}
 	if vm.DeletionTimestamp == nil {
 		kv, syncErr = r.syncKubeVirtVM(ctx, vm, kv, vmi, kvcfg, sc)
-		// A failed read in the power pass must not drop the status of an apply that succeeded: the pass fails
-		// before it records a decision, so status is written and the error retried after.
-		pass, powerErr = r.reconcilePower(ctx, vm, kv, vmi)
+		// A failed read for the power step must not drop the status of an apply that succeeded: the step is not
+		// taken, status is written and the error retried after.
+		var in policy.PowerInput
+		if in, powerErr = r.powerInput(ctx, vm, kv, vmi); powerErr == nil {
+			step = policy.Step(in)
+			step.Status.Into(&vm.Status)
+			if d := step.Decided; d != nil {
+				log.Info("VMI ended", "VirtualMachineInstance", klog.KObj(vmi), "source", d.Source, "action", d.Action)
+			}
+		}
 	}
 	deriveStatus(vm, kv, vmi, templateHashOf(vm), r.now())
 	r.setRebootCondition(vm, vmi, kvcfg, sc)
@@ -201,7 +213,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 				log.V(1).Info("Status update conflicted, requeueing")
 				return ctrl.Result{RequeueAfter: retrySoon}, nil
 			}
-			if tooLarge(err) {
+			if refusal.TooLarge(err) {
 				// The object is at etcd's size limit (a huge template): its status cannot say so, an Event and the
 				// metric do, and retrying at full rate would only load the API server.
 				metrics.StatusWriteFailed("TooLarge")
@@ -217,23 +229,26 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 			r.ownVM.wrote(req.NamespacedName, replaced)
 		}
 	}
+	// Events only once the status that records them is written: a conflict above sends nothing, and the next pass
+	// decides (and reports) again.
+	if e := step.Event; e != nil {
+		r.Recorder.Eventf(vm, vmi, e.Type, e.Reason, "Shutdown", "%s", e.Message)
+	}
 	if powerErr != nil {
 		return ctrl.Result{}, powerErr
 	}
-	if pass.act != nil {
-		if err := pass.act(ctx); err != nil {
-			if errors.Is(err, kubevirt.ErrRequestPending) {
-				log.V(1).Info("KubeVirt holds another request, deciding again", "error", err)
-				return ctrl.Result{RequeueAfter: retrySoon}, nil
-			}
-			return ctrl.Result{}, err
+	if err := r.act(ctx, vm, vmi, step.Action); err != nil {
+		if errors.Is(err, lifecycle.ErrRequestPending) {
+			log.V(1).Info("KubeVirt holds another request, deciding again", "error", err)
+			return ctrl.Result{RequeueAfter: retrySoon}, nil
 		}
+		return ctrl.Result{}, err
 	}
 	var transient transientError
 	if errors.As(syncErr, &transient) {
 		return ctrl.Result{}, syncErr
 	}
-	return ctrl.Result{RequeueAfter: pass.requeue}, nil
+	return ctrl.Result{RequeueAfter: step.Requeue}, nil
 }
 
 func (r *Reconciler) reader() client.Reader {
@@ -253,12 +268,6 @@ func (r *Reconciler) now() time.Time {
 // tooLargeRetry is how often a VM whose objects are too large for the API server is looked at again (a spec
 // change brings a pass at once).
 const tooLargeRetry = 10 * time.Minute
-
-// tooLarge tells the refusals of an object too large to store: kube-apiserver's 413 and etcd's own limit
-// ("etcdserver: request is too large"), which only a smaller spec can fix.
-func tooLarge(err error) bool {
-	return apierrors.IsRequestEntityTooLargeError(err) || strings.Contains(err.Error(), "request is too large")
-}
 
 // transientError marks a sync failure worth retrying with backoff (as opposed to a refusal that only a spec
 // change can fix).
@@ -296,7 +305,7 @@ func (r *Reconciler) syncKubeVirtVM(ctx context.Context, vm *v1alpha1.VirtualMac
 		}
 		entering = kv.Annotations[AnnotationRunPolicy] != string(vm.Spec.RunPolicy)
 	}
-	strategy := policy.RunStrategy(vm.Spec.RunPolicy, policy.Bootstrapping(vm.Spec.RunPolicy, entering, current, vmiActive(vmi)))
+	strategy := policy.RunStrategy(vm.Spec.RunPolicy, policy.Bootstrapping(vm.Spec.RunPolicy, entering, current, policy.VMIActive(vmi)))
 
 	hookImage := ""
 	if sc.Add {
@@ -346,7 +355,7 @@ func (r *Reconciler) syncKubeVirtVM(ctx context.Context, vm *v1alpha1.VirtualMac
 			r.Recorder.Eventf(vm, nil, corev1.EventTypeWarning, EventSyncFailed, "Apply", "%s", msg)
 		}
 		setCondition(vm, v1alpha1.ConditionSynced, metav1.ConditionFalse, v1alpha1.ReasonApplyFailed, msg)
-		if apierrors.IsInvalid(err) || apierrors.IsBadRequest(err) || apierrors.IsForbidden(err) || tooLarge(err) {
+		if refusal.Permanent(err) {
 			log.Info("KubeVirt refused the VirtualMachine", "reason", err.Error())
 			return kv, err // only a spec change helps: no retry loop
 		}
@@ -449,7 +458,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		// KubeVirt's configuration (its Sidecar feature gate) decides what every VM's KubeVirt VM looks like.
 		Watches(&kvv1.KubeVirt{}, handler.EnqueueRequestsFromMapFunc(r.kubeVirtConfigChanged)).
 		Named("virtualmachine").
-		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.Workers, 1)}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: cmp.Or(max(r.Workers, 0), DefaultWorkers)}).
 		Complete(r)
 }
 

@@ -98,7 +98,7 @@ func (r *Reconciler) setRebootCondition(vm *v1alpha1.VirtualMachine, vmi *kvv1.V
 	if policy.SetRebootPolicy(vm.Spec.RunPolicy, sc, kvcfg, rp) {
 		rp = ptr.To(kvv1.RebootPolicyTerminate)
 	}
-	running := vmiActive(vmi)
+	running := policy.VMIActive(vmi)
 	withSidecar := running && hasHookSidecar(vmi.Annotations[AnnotationHookSidecars], r.HookSidecarImage)
 	ok, apply, reason, msg := policy.RebootCondition(vm.Spec.RunPolicy, sc, running, withSidecar, rp)
 	if !apply {

@@ -10,34 +10,8 @@ import (
 	kvv1 "kubevirt.io/api/core/v1"
 
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
+	"github.com/runpolicy/runpolicy/internal/policy"
 )
-
-// phaseFor maps KubeVirt's printableStatus to runpolicy's phase.
-func phaseFor(kv *kvv1.VirtualMachine) v1alpha1.VirtualMachinePhase {
-	if kv == nil {
-		return v1alpha1.VirtualMachinePending
-	}
-	switch kv.Status.PrintableStatus {
-	case kvv1.VirtualMachineStatusRunning, kvv1.VirtualMachineStatusPaused, kvv1.VirtualMachineStatusMigrating:
-		return v1alpha1.VirtualMachineRunning
-	case kvv1.VirtualMachineStatusStarting, kvv1.VirtualMachineStatusProvisioning,
-		kvv1.VirtualMachineStatusWaitingForVolumeBinding, kvv1.VirtualMachineStatusWaitingForReceiver:
-		return v1alpha1.VirtualMachineStarting
-	case kvv1.VirtualMachineStatusStopping:
-		return v1alpha1.VirtualMachineStopping
-	case kvv1.VirtualMachineStatusTerminating:
-		return v1alpha1.VirtualMachineTerminating
-	case kvv1.VirtualMachineStatusStopped, "":
-		return v1alpha1.VirtualMachineStopped
-	default: // CrashLoopBackOff, Unschedulable, ErrImagePull, PvcNotFound, DataVolumeError, ...
-		return v1alpha1.VirtualMachinePending
-	}
-}
-
-// vmiActive tells whether the VMI exists and has not ended or been asked to go.
-func vmiActive(vmi *kvv1.VirtualMachineInstance) bool {
-	return vmi != nil && vmi.DeletionTimestamp == nil && !vmi.IsFinal()
-}
 
 // setCondition sets a condition with the VM's generation.
 func setCondition(vm *v1alpha1.VirtualMachine, t string, s metav1.ConditionStatus, reason, msg string) {
@@ -52,7 +26,7 @@ func removeCondition(vm *v1alpha1.VirtualMachine, t string) {
 
 // deriveStatus fills the parts of status that follow from the KubeVirt VM and VMI alone.
 func deriveStatus(vm *v1alpha1.VirtualMachine, kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance, desiredHash string, now time.Time) {
-	backoff := vm.Status.RestartNotBefore != nil && vm.Status.RestartNotBefore.After(now) && !vmiActive(vmi)
+	backoff := vm.Status.RestartNotBefore != nil && vm.Status.RestartNotBefore.After(now) && !policy.VMIActive(vmi)
 	// While runpolicy restarts a VMI, status reads Starting until KubeVirt runs the new one, and KubeVirt's
 	// passing states (old VMI stopping, new one scheduling) are not mirrored: each would be a status write.
 	restarting := vm.Status.RestartingVMIUID != "" && vm.DeletionTimestamp == nil
@@ -64,7 +38,7 @@ func deriveStatus(vm *v1alpha1.VirtualMachine, kv *kvv1.VirtualMachine, vmi *kvv
 	case restarting:
 		vm.Status.Phase = v1alpha1.VirtualMachineStarting
 	default:
-		vm.Status.Phase = phaseFor(kv)
+		vm.Status.Phase = policy.PhaseOf(kv)
 	}
 	if restarting {
 		setCondition(vm, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonRestarting,
@@ -85,7 +59,7 @@ func deriveStatus(vm *v1alpha1.VirtualMachine, kv *kvv1.VirtualMachine, vmi *kvv
 		setCondition(vm, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonRestartBackoff,
 			fmt.Sprintf("The VM failed %d time(s) in a row; restarting at %s", vm.Status.FailureCount,
 				vm.Status.RestartNotBefore.UTC().Format(time.RFC3339)))
-	case vmiActive(vmi) && vmi.Status.Phase == kvv1.Running:
+	case policy.VMIActive(vmi) && vmi.Status.Phase == kvv1.Running:
 		setCondition(vm, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonGuestNotReady, "The VMI is running but not ready")
 	default:
 		msg := "No VMI is running"
@@ -96,7 +70,7 @@ func deriveStatus(vm *v1alpha1.VirtualMachine, kv *kvv1.VirtualMachine, vmi *kvv
 	}
 
 	switch {
-	case !vmiActive(vmi):
+	case !policy.VMIActive(vmi):
 		setCondition(vm, v1alpha1.ConditionAwaitingRestart, metav1.ConditionFalse, v1alpha1.ReasonNoRestartRequired,
 			"No VMI is running; the next start uses the current spec")
 	case kvRestartRequired(kv):

@@ -2,17 +2,14 @@ package vm
 
 import (
 	"encoding/json"
-	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	kvv1 "kubevirt.io/api/core/v1"
@@ -160,29 +157,6 @@ func TestOurSidecarContainer(t *testing.T) {
 	}
 }
 
-func TestPhaseFor(t *testing.T) {
-	cases := map[kvv1.VirtualMachinePrintableStatus]v1alpha1.VirtualMachinePhase{
-		kvv1.VirtualMachineStatusStopped:          v1alpha1.VirtualMachineStopped,
-		kvv1.VirtualMachineStatusProvisioning:     v1alpha1.VirtualMachineStarting,
-		kvv1.VirtualMachineStatusStarting:         v1alpha1.VirtualMachineStarting,
-		kvv1.VirtualMachineStatusRunning:          v1alpha1.VirtualMachineRunning,
-		kvv1.VirtualMachineStatusPaused:           v1alpha1.VirtualMachineRunning,
-		kvv1.VirtualMachineStatusStopping:         v1alpha1.VirtualMachineStopping,
-		kvv1.VirtualMachineStatusTerminating:      v1alpha1.VirtualMachineTerminating,
-		kvv1.VirtualMachineStatusCrashLoopBackOff: v1alpha1.VirtualMachinePending,
-		kvv1.VirtualMachineStatusUnschedulable:    v1alpha1.VirtualMachinePending,
-		"":                                        v1alpha1.VirtualMachineStopped,
-	}
-	for ps, want := range cases {
-		if got := phaseFor(&kvv1.VirtualMachine{Status: kvv1.VirtualMachineStatus{PrintableStatus: ps}}); got != want {
-			t.Errorf("phaseFor(%q) = %s, want %s", ps, got, want)
-		}
-	}
-	if got := phaseFor(nil); got != v1alpha1.VirtualMachinePending {
-		t.Errorf("phaseFor(nil) = %s", got)
-	}
-}
-
 func TestWriteTracker(t *testing.T) {
 	var w writeTracker
 	key := types.NamespacedName{Namespace: "ns", Name: "vm"}
@@ -209,52 +183,6 @@ func TestWriteTracker(t *testing.T) {
 	}
 }
 
-func TestRestartDone(t *testing.T) {
-	const old = "old-uid"
-	vmi := func(uid string, phase kvv1.VirtualMachineInstancePhase, deleting bool) *kvv1.VirtualMachineInstance {
-		v := &kvv1.VirtualMachineInstance{ObjectMeta: metav1.ObjectMeta{UID: types.UID(uid)}, Status: kvv1.VirtualMachineInstanceStatus{Phase: phase}}
-		if deleting {
-			v.DeletionTimestamp = &metav1.Time{Time: time.Now()}
-		}
-		return v
-	}
-	kv := func(printable kvv1.VirtualMachinePrintableStatus, startPending bool) *kvv1.VirtualMachine {
-		k := &kvv1.VirtualMachine{Spec: kvv1.VirtualMachineSpec{RunStrategy: ptr.To(kvv1.RunStrategyManual)},
-			Status: kvv1.VirtualMachineStatus{PrintableStatus: printable}}
-		if startPending {
-			k.Status.StateChangeRequests = []kvv1.VirtualMachineStateChangeRequest{{Action: kvv1.StartRequest}}
-		}
-		return k
-	}
-	halted := kv(kvv1.VirtualMachineStatusStopped, true)
-	halted.Spec.RunStrategy = ptr.To(kvv1.RunStrategyHalted)
-	cases := []struct {
-		name string
-		kv   *kvv1.VirtualMachine
-		vmi  *kvv1.VirtualMachineInstance
-		want bool
-	}{
-		{"ended VMI still there", kv(kvv1.VirtualMachineStatusStopped, true), vmi(old, kvv1.Succeeded, false), false},
-		{"ended VMI being deleted, start pending", kv(kvv1.VirtualMachineStatusStopped, true), vmi(old, kvv1.Succeeded, true), false},
-		{"ended VMI being deleted, no start pending", kv(kvv1.VirtualMachineStatusStopped, false), vmi(old, kvv1.Succeeded, true), true},
-		{"no VMI, start pending", kv(kvv1.VirtualMachineStatusStopped, true), nil, false},
-		{"no VMI, no start pending", kv(kvv1.VirtualMachineStatusStopped, false), nil, true},
-		{"new VMI scheduling", kv(kvv1.VirtualMachineStatusStarting, false), vmi("new", kvv1.Scheduling, false), false},
-		{"new VMI, KubeVirt VM not updated yet", kv(kvv1.VirtualMachineStatusStopped, false), vmi("new", kvv1.Scheduled, false), false},
-		{"new VMI running", kv(kvv1.VirtualMachineStatusRunning, false), vmi("new", kvv1.Running, false), true},
-		{"new VMI unschedulable", kv(kvv1.VirtualMachineStatusUnschedulable, false), vmi("new", kvv1.Scheduling, false), true},
-		{"new VMI ended already", kv(kvv1.VirtualMachineStatusStarting, false), vmi("new", kvv1.Failed, false), true},
-		{"policy changed to AlwaysOff, ended VMI still there", halted, vmi(old, kvv1.Succeeded, false), true},
-		{"policy changed to AlwaysOff, start request never served", halted, nil, true},
-		{"KubeVirt VM gone", nil, nil, true},
-	}
-	for _, c := range cases {
-		if got := restartDone(old, c.kv, c.vmi); got != c.want {
-			t.Errorf("%s: restartDone = %v, want %v", c.name, got, c.want)
-		}
-	}
-}
-
 // KubeVirt's vm.kubevirt.io/name label holds the VMI's hostname, not its name: the pod maps to its VMI's VM by
 // its controller owner.
 func TestLauncherPodVM(t *testing.T) {
@@ -271,43 +199,6 @@ func TestLauncherPodVM(t *testing.T) {
 	pod.OwnerReferences = pod.OwnerReferences[:1]
 	if got := launcherPodVM(t.Context(), pod); len(got) != 0 {
 		t.Fatalf("a pod no VMI controls must map to no VM, got %v", got)
-	}
-}
-
-func TestStoppedByUser(t *testing.T) {
-	vmi := func(deleting bool) *kvv1.VirtualMachineInstance {
-		v := &kvv1.VirtualMachineInstance{ObjectMeta: metav1.ObjectMeta{UID: "vmi-1"}, Status: kvv1.VirtualMachineInstanceStatus{Phase: kvv1.Succeeded}}
-		if deleting {
-			v.DeletionTimestamp = &metav1.Time{Time: time.Now()}
-		}
-		return v
-	}
-	kv := func(rs kvv1.VirtualMachineRunStrategy, stopUID string) *kvv1.VirtualMachine {
-		k := &kvv1.VirtualMachine{Spec: kvv1.VirtualMachineSpec{RunStrategy: ptr.To(rs)}}
-		if stopUID != "" {
-			k.Status.StateChangeRequests = []kvv1.VirtualMachineStateChangeRequest{{Action: kvv1.StopRequest, UID: ptr.To(types.UID(stopUID))}}
-		}
-		return k
-	}
-	cases := []struct {
-		name string
-		kv   *kvv1.VirtualMachine
-		vmi  *kvv1.VirtualMachineInstance
-		want bool
-	}{
-		// KubeVirt's Always strategy deletes an ended VMI itself, and the deletion may be seen before the end.
-		{"Always: KubeVirt replacing an ended VMI is not a user's stop", kv(kvv1.RunStrategyAlways, ""), vmi(true), false},
-		{"RerunOnFailure: same", kv(kvv1.RunStrategyRerunOnFailure, ""), vmi(true), false},
-		{"Always: a Stop request for this VMI is", kv(kvv1.RunStrategyAlways, "vmi-1"), vmi(true), true},
-		{"Manual: a deletion is a stop", kv(kvv1.RunStrategyManual, ""), vmi(true), true},
-		{"Halted: a deletion is a stop", kv(kvv1.RunStrategyHalted, ""), vmi(true), true},
-		{"Manual: a Stop request for another VMI is not", kv(kvv1.RunStrategyManual, "vmi-0"), vmi(false), false},
-		{"Manual: ended by itself", kv(kvv1.RunStrategyManual, ""), vmi(false), false},
-	}
-	for _, c := range cases {
-		if got := stoppedByUser(c.kv, c.vmi); got != c.want {
-			t.Errorf("%s: stoppedByUser = %v, want %v", c.name, got, c.want)
-		}
 	}
 }
 
@@ -428,45 +319,5 @@ func TestForeignFields(t *testing.T) {
 	}
 	if _, ok, _ := unstructured.NestedFieldNoCopy(want, "template", "spec", "domain", "firmware"); ok {
 		t.Fatal("revertedSpec must not change its input")
-	}
-}
-
-// KubeVirt trims a Start request only once a VMI runs: when the VMI it started ended first, the request is stale,
-// KubeVirt never serves it while the ended VMI is there, and virt-api refuses another start.
-func TestPendingRestart(t *testing.T) {
-	const ended = types.UID("vmi-2")
-	kv := func(rs kvv1.VirtualMachineRunStrategy, reqs ...kvv1.VirtualMachineStateChangeRequest) *kvv1.VirtualMachine {
-		return &kvv1.VirtualMachine{Spec: kvv1.VirtualMachineSpec{RunStrategy: ptr.To(rs)},
-			Status: kvv1.VirtualMachineStatus{StateChangeRequests: reqs}}
-	}
-	start := kvv1.VirtualMachineStateChangeRequest{Action: kvv1.StartRequest}
-	stop := func(uid types.UID) kvv1.VirtualMachineStateChangeRequest {
-		return kvv1.VirtualMachineStateChangeRequest{Action: kvv1.StopRequest, UID: ptr.To(uid)}
-	}
-	for _, c := range []struct {
-		name string
-		kv   *kvv1.VirtualMachine
-		want restartNext
-	}{
-		{"nothing pending: send start", kv(kvv1.RunStrategyManual), restartSend},
-		{"KubeVirt took our start: wait", kv(kvv1.RunStrategyManual, stop(ended), start), restartWait},
-		{"a Start older than the ended VMI: serve it", kv(kvv1.RunStrategyManual, start), restartServeStale},
-		{"a Stop for an older VMI with a Start: also stale", kv(kvv1.RunStrategyManual, stop("vmi-1"), start), restartServeStale},
-		{"not Manual: KubeVirt's strategy decides", kv(kvv1.RunStrategyAlways, start), restartWait},
-	} {
-		if got := pendingRestart(c.kv, ended); got != c.want {
-			t.Errorf("%s: pendingRestart = %d, want %d", c.name, got, c.want)
-		}
-	}
-}
-
-// An object at etcd's size limit is refused by kube-apiserver (413) or by etcd itself; only a smaller spec helps.
-func TestTooLarge(t *testing.T) {
-	if !tooLarge(apierrors.NewRequestEntityTooLargeError("limit is 3145728")) ||
-		!tooLarge(apierrors.NewInternalError(errors.New("etcdserver: request is too large"))) {
-		t.Fatal("too-large refusals not recognised")
-	}
-	if tooLarge(apierrors.NewConflict(schema.GroupResource{}, "vm", errors.New("x"))) || tooLarge(errors.New("connection refused")) {
-		t.Fatal("other errors are not too large")
 	}
 }

@@ -21,8 +21,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
-	"github.com/runpolicy/runpolicy/internal/kubevirt"
+	"github.com/runpolicy/runpolicy/internal/lifecycle"
 	"github.com/runpolicy/runpolicy/internal/metrics"
+	"github.com/runpolicy/runpolicy/internal/refusal"
 )
 
 // IndexVMName is the field index of VirtualMachineOperations by spec.virtualMachineName.
@@ -51,13 +52,14 @@ type Reconciler struct {
 	APIReader client.Reader
 	Recorder  recorder.EventRecorder
 	// Lifecycle calls KubeVirt's start/stop/restart subresources.
-	Lifecycle kubevirt.Lifecycle
-	// TTL removes finished operations that long after they finished; 0 keeps them.
+	Lifecycle lifecycle.Interface
+	// TTL removes finished operations that long after they finished; zero means DefaultTTL, negative keeps them.
 	TTL time.Duration
-	// MaxPerVM keeps at most that many finished operations per VM (the newest); 0 means no limit.
+	// MaxPerVM keeps at most that many finished operations per VM (the newest); zero means DefaultMaxPerVM,
+	// negative means no limit.
 	MaxPerVM int
 	// Timeout fails an operation whose target state KubeVirt has not reported that long after it accepted the
-	// signal; 0 means no limit.
+	// signal; zero means DefaultTimeout, negative means no limit.
 	Timeout time.Duration
 	// Clock returns the current time; nil means time.Now.
 	Clock func() time.Time
@@ -207,14 +209,14 @@ func (r *Reconciler) step(ctx context.Context, op *v1alpha1.VirtualMachineOperat
 			complete(op, now, doneMessage(op, in.vm))
 		case turn.SupersededBy != "":
 			fail(op, now, v1alpha1.OperationReasonSuperseded, supersededMessage(op, in.vm, turn.SupersededBy))
-		case r.Timeout > 0 && op.Status.SignalSentTime != nil:
+		case r.timeout() > 0 && op.Status.SignalSentTime != nil:
 			// Without a limit, an operation whose target state never comes (a VMI that cannot be scheduled, a
 			// Start whose VMI keeps failing) would hold the VM's queue for good.
-			left := op.Status.SignalSentTime.Add(r.Timeout).Sub(now.Time)
+			left := op.Status.SignalSentTime.Add(r.timeout()).Sub(now.Time)
 			if left > 0 {
 				return ctrl.Result{RequeueAfter: left}, nil
 			}
-			fail(op, now, v1alpha1.OperationReasonTimedOut, timeoutMessage(op, in.vm, r.Timeout))
+			fail(op, now, v1alpha1.OperationReasonTimedOut, timeoutMessage(op, in.vm, r.timeout()))
 		}
 		return ctrl.Result{}, nil
 	}
@@ -313,7 +315,7 @@ func (r *Reconciler) send(ctx context.Context, op *v1alpha1.VirtualMachineOperat
 		return ctrl.Result{}, nil
 	}
 	msg := fmt.Sprintf("KubeVirt did not accept the %s of VirtualMachine %s: %v", op.Spec.Type, name, err)
-	if permanent(err) {
+	if refusal.Permanent(err) {
 		setCondition(op, v1alpha1.OperationConditionSignalSent, metav1.ConditionFalse, v1alpha1.OperationReasonSignalSentError, msg)
 		fail(op, now, v1alpha1.OperationReasonFailed, msg)
 		return ctrl.Result{}, nil
@@ -322,15 +324,6 @@ func (r *Reconciler) send(ctx context.Context, op *v1alpha1.VirtualMachineOperat
 	setCondition(op, v1alpha1.OperationConditionSignalSent, metav1.ConditionFalse, v1alpha1.OperationReasonSignalSentError, msg+"; retrying")
 	pending(op, v1alpha1.OperationReasonSignalPending, msg+"; retrying")
 	return ctrl.Result{}, err
-}
-
-// permanent tells the refusals a retry cannot fix: a bad request, an invalid body, or no permission.
-// KubeVirt's "stop/start already underway" (HTTP 500 from virt-api), conflicts (a failed JSON-patch test, 409) and
-// unavailability are retried; the phase
-// rules are evaluated again on each retry, so a VM that moved on fails the operation with NotApplicableForVMPhase.
-func permanent(err error) bool {
-	return apierrors.IsBadRequest(err) || apierrors.IsInvalid(err) || apierrors.IsForbidden(err) ||
-		apierrors.IsMethodNotSupported(err) || apierrors.IsUnauthorized(err)
 }
 
 func (r *Reconciler) signalSent(op *v1alpha1.VirtualMachineOperation, vm *v1alpha1.VirtualMachine, now metav1.Time) {

@@ -68,7 +68,7 @@ func expectFailed(op *v1alpha1.VirtualMachineOperation, reason string) *metav1.C
 func endedForced(uid types.UID) bool {
 	var forced bool
 	EventuallyWithOffset(1, func() bool {
-		f, ok := kv.EndedForced(uid)
+		f, ok := node.EndedForced(uid)
 		forced = f
 		return ok
 	}).Should(BeTrue(), "the VMI's launcher pod was never deleted")
@@ -119,7 +119,7 @@ var _ = Describe("VirtualMachineOperation", func() {
 			if running {
 				before = getVMI(ctx, ns, "vm1").UID
 			}
-			calls, vmis := len(kv.CallsFor(ns, "vm1")), kv.VMIsCreated(ns, "vm1")
+			calls, vmis := len(node.CallsFor(ns, "vm1")), node.VMIsCreated(ns, "vm1")
 
 			createOp(ctx, ns, "op", "vm1", t, force)
 			op := finished(ctx, ns, "op")
@@ -131,8 +131,8 @@ var _ = Describe("VirtualMachineOperation", func() {
 				Expect(c.Message).To(ContainSubstring(string(p)))
 				Expect(c.Message).To(Or(ContainSubstring("use a"), ContainSubstring("set spec.runPolicy")))
 				By("sending nothing to KubeVirt")
-				Consistently(func() int { return len(kv.CallsFor(ns, "vm1")) }, "1s").Should(Equal(calls))
-				Expect(kv.VMIsCreated(ns, "vm1")).To(Equal(vmis))
+				Consistently(func() int { return len(node.CallsFor(ns, "vm1")) }, "1s").Should(Equal(calls))
+				Expect(node.VMIsCreated(ns, "vm1")).To(Equal(vmis))
 				return
 			}
 
@@ -140,7 +140,7 @@ var _ = Describe("VirtualMachineOperation", func() {
 			By("sending exactly one accepted signal, with grace period 0 when forced")
 			action := strings.ToLower(string(t))
 			var accepted []kubevirt.Call
-			for _, c := range kv.CallsFor(ns, "vm1")[calls:] {
+			for _, c := range node.CallsFor(ns, "vm1")[calls:] {
 				if c.Code == http.StatusAccepted {
 					accepted = append(accepted, c)
 					continue
@@ -161,17 +161,17 @@ var _ = Describe("VirtualMachineOperation", func() {
 			case start:
 				vmi := runningVMI(ctx, ns, "vm1")
 				Expect(vmi.CreationTimestamp.Time).NotTo(BeTemporally("<", op.Status.SignalSentTime.Time.Truncate(time.Second)))
-				Consistently(func() int { return kv.VMIsCreated(ns, "vm1") }, "1s").Should(Equal(vmis + 1))
+				Consistently(func() int { return node.VMIsCreated(ns, "vm1") }, "1s").Should(Equal(vmis + 1))
 			case stop:
 				stoppedVM(ctx, ns, "vm1")
 				// AlwaysOnUntilStoppedManually: the VM controller must take this for a user stop, not restart it.
 				Consistently(vmPhase(ctx, ns, "vm1"), "2s").Should(Equal(v1alpha1.VirtualMachineStopped))
-				Expect(kv.VMIsCreated(ns, "vm1")).To(Equal(vmis))
+				Expect(node.VMIsCreated(ns, "vm1")).To(Equal(vmis))
 			case restart:
 				vmi := runningVMI(ctx, ns, "vm1")
 				Expect(vmi.UID).NotTo(Equal(before))
 				Expect(op.Status.TargetVMIUID).To(Equal(string(before)))
-				Consistently(func() int { return kv.VMIsCreated(ns, "vm1") }, "1s").Should(Equal(vmis + 1))
+				Consistently(func() int { return node.VMIsCreated(ns, "vm1") }, "1s").Should(Equal(vmis + 1))
 			}
 		},
 		func(p v1alpha1.RunPolicy, t v1alpha1.VirtualMachineOperationType, force bool, reason string) string {
@@ -216,8 +216,8 @@ var _ = Describe("VirtualMachineOperation", func() {
 		Expect(c.Message).To(ContainSubstring("use a Start operation"))
 		c = expectFailed(finished(ctx, ns, "ghost"), v1alpha1.OperationReasonVirtualMachineNotFound)
 		Expect(c.Message).To(ContainSubstring("nope"))
-		Expect(kv.CallsFor(ns, "vm1")).To(BeEmpty())
-		Expect(kv.CallsFor(ns, "nope")).To(BeEmpty())
+		Expect(node.CallsFor(ns, "vm1")).To(BeEmpty())
+		Expect(node.CallsFor(ns, "nope")).To(BeEmpty())
 	})
 
 	It("rejects force with Start at admission", func(ctx SpecContext) {
@@ -233,7 +233,7 @@ var _ = Describe("VirtualMachineOperation", func() {
 		Eventually(vmPhase(ctx, ns, "vm1")).Should(Equal(v1alpha1.VirtualMachineStopped))
 		Expect(lc.Start(ctx, ns, "vm1")).To(Succeed())
 		first := runningVMI(ctx, ns, "vm1")
-		vmis := kv.VMIsCreated(ns, "vm1")
+		vmis := node.VMIsCreated(ns, "vm1")
 
 		// Created back to back (the same second, most likely): the names give the order.
 		createOp(ctx, ns, "op-1-restart", "vm1", restart, false)
@@ -267,7 +267,7 @@ var _ = Describe("VirtualMachineOperation", func() {
 
 		By("KubeVirt accepted restart, stop, start — in that order, once each")
 		var actions []string
-		for _, call := range kv.CallsFor(ns, "vm1") {
+		for _, call := range node.CallsFor(ns, "vm1") {
 			if call.Code != http.StatusAccepted {
 				// A start sent while KubeVirt still finishes the previous stop is refused and retried; that
 				// refusal changed nothing, and no other refusal may happen.
@@ -279,13 +279,13 @@ var _ = Describe("VirtualMachineOperation", func() {
 		Expect(actions).To(Equal([]string{"start", "restart", "stop", "start"})) // the first start is the test's own
 		vmi := runningVMI(ctx, ns, "vm1")
 		Expect(vmi.UID).NotTo(Equal(first.UID))
-		Expect(kv.VMIsCreated(ns, "vm1")).To(Equal(vmis + 2))
+		Expect(node.VMIsCreated(ns, "vm1")).To(Equal(vmis + 2))
 	})
 
 	It("lets a forced Stop supersede pending operations", func(ctx SpecContext) {
 		createVM(ctx, ns, "vm1", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)
 		running := runningVMI(ctx, ns, "vm1")
-		vmis := kv.VMIsCreated(ns, "vm1")
+		vmis := node.VMIsCreated(ns, "vm1")
 
 		By("queueing a Restart, a graceful Stop and a forced Stop while the operator is down")
 		suiteOp.stop()
@@ -302,12 +302,12 @@ var _ = Describe("VirtualMachineOperation", func() {
 		stoppedVM(ctx, ns, "vm1")
 
 		By("sending only the forced stop")
-		calls := kv.CallsFor(ns, "vm1")
+		calls := node.CallsFor(ns, "vm1")
 		Expect(calls).To(HaveLen(1))
 		Expect(calls[0].Action).To(Equal("stop"))
 		Expect(endedForced(running.UID)).To(BeTrue())
 		Consistently(vmPhase(ctx, ns, "vm1"), "2s").Should(Equal(v1alpha1.VirtualMachineStopped))
-		Expect(kv.VMIsCreated(ns, "vm1")).To(Equal(vmis))
+		Expect(node.VMIsCreated(ns, "vm1")).To(Equal(vmis))
 	})
 
 	It("fails an operation whose target state KubeVirt never reports, after the timeout", func(ctx SpecContext) {
@@ -317,7 +317,7 @@ var _ = Describe("VirtualMachineOperation", func() {
 
 		createVM(ctx, ns, "vm1", v1alpha1.RunPolicyManual)
 		stoppedVM(ctx, ns, "vm1")
-		kv.FailNextStarts(ns, "vm1", 100) // every VMI fails before it runs: Manual leaves the VM stopped
+		node.FailNextStarts(ns, "vm1", 100) // every VMI fails before it runs: Manual leaves the VM stopped
 		createOp(ctx, ns, "start", "vm1", start, false)
 		op := finished(ctx, ns, "start")
 		Expect(op.Status.Phase).To(Equal(v1alpha1.OperationFailed), "conditions: %+v", op.Status.Conditions)
@@ -327,10 +327,10 @@ var _ = Describe("VirtualMachineOperation", func() {
 		By("after KubeVirt had accepted the signal, once")
 		Expect(meta.IsStatusConditionTrue(op.Status.Conditions, v1alpha1.OperationConditionSignalSent)).To(BeTrue())
 		Expect(op.Status.CompletionTime.Sub(op.Status.SignalSentTime.Time)).To(BeNumerically(">=", 3*time.Second))
-		Expect(kv.CallsFor(ns, "vm1")).To(HaveLen(1))
+		Expect(node.CallsFor(ns, "vm1")).To(HaveLen(1))
 
 		By("freeing the VM's queue for the next operation")
-		kv.FailNextStarts(ns, "vm1", 0)
+		node.FailNextStarts(ns, "vm1", 0)
 		createOp(ctx, ns, "start-again", "vm1", start, false)
 		expectCompleted(finished(ctx, ns, "start-again"))
 	})
@@ -378,7 +378,7 @@ var _ = Describe("VirtualMachineOperation", func() {
 			Eventually(vmPhase(ctx, ns, "vm1")).Should(Equal(v1alpha1.VirtualMachineStopped))
 			Expect(lc.Start(ctx, ns, "vm1")).To(Succeed())
 			before = runningVMI(ctx, ns, "vm1")
-			vmis = kv.VMIsCreated(ns, "vm1")
+			vmis = node.VMIsCreated(ns, "vm1")
 		})
 
 		// finishAfterRestart restarts the operator normally and checks the Restart finished with one signal.
@@ -388,7 +388,7 @@ var _ = Describe("VirtualMachineOperation", func() {
 			expectCompleted(op)
 			Expect(op.Status.TargetVMIUID).To(Equal(string(before.UID)))
 			Expect(callsFor(ns, "vm1", "restart")).To(HaveLen(1))
-			Consistently(func() int { return kv.VMIsCreated(ns, "vm1") }, "2s").Should(Equal(vmis + 1))
+			Consistently(func() int { return node.VMIsCreated(ns, "vm1") }, "2s").Should(Equal(vmis + 1))
 			Expect(callsFor(ns, "vm1", "restart")).To(HaveLen(1))
 			Expect(runningVMI(ctx, ns, "vm1").UID).NotTo(Equal(before.UID))
 		}
@@ -404,7 +404,7 @@ var _ = Describe("VirtualMachineOperation", func() {
 
 			By("leaving the operation InProgress while no operator runs, and KubeVirt restarting the VM meanwhile")
 			Expect(getOp(ctx, ns, "op")(Default).Status.Phase).To(Equal(v1alpha1.OperationInProgress))
-			Eventually(func() int { return kv.VMIsCreated(ns, "vm1") }).Should(Equal(vmis + 1))
+			Eventually(func() int { return node.VMIsCreated(ns, "vm1") }).Should(Equal(vmis + 1))
 			runningVMI(ctx, ns, "vm1")
 			Expect(getOp(ctx, ns, "op")(Default).Status.Phase).To(Equal(v1alpha1.OperationInProgress))
 
@@ -414,7 +414,7 @@ var _ = Describe("VirtualMachineOperation", func() {
 		It("does not restart twice when the operator died between the signal and the status write", func(ctx SpecContext) {
 			suiteOp.stop()
 			cr := &crash{}
-			cr.op = startOperator(crashingLifecycle{Lifecycle: lc, c: cr}, func(c client.Client) client.Client {
+			cr.op = startOperator(crashingLifecycle{Interface: lc, c: cr}, func(c client.Client) client.Client {
 				return crashingClient{Client: c, c: cr}
 			})
 			createOp(ctx, ns, "op", "vm1", restart, false)
@@ -425,7 +425,7 @@ var _ = Describe("VirtualMachineOperation", func() {
 			Expect(op.Status.Phase).To(Equal(v1alpha1.OperationPending))
 			Expect(op.Status.TargetVMIUID).To(Equal(string(before.UID)))
 			Expect(callsFor(ns, "vm1", "restart")).To(HaveLen(1))
-			Eventually(func() int { return kv.VMIsCreated(ns, "vm1") }).Should(Equal(vmis + 1))
+			Eventually(func() int { return node.VMIsCreated(ns, "vm1") }).Should(Equal(vmis + 1))
 
 			finishAfterRestart(ctx)
 		})

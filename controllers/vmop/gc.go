@@ -16,7 +16,7 @@ import (
 // removed TTL after they finished or when more than MaxPerVM finished operations of the same VM are newer.
 // Each pass deletes only the operation it reconciles (with a UID precondition), never a sibling.
 func (r *Reconciler) collect(ctx context.Context, op *v1alpha1.VirtualMachineOperation) (ctrl.Result, error) {
-	if r.TTL <= 0 && r.MaxPerVM <= 0 {
+	if r.ttl() <= 0 && r.maxPerVM() <= 0 {
 		return ctrl.Result{}, nil
 	}
 	list := &v1alpha1.VirtualMachineOperationList{}
@@ -33,18 +33,18 @@ func (r *Reconciler) collect(ctx context.Context, op *v1alpha1.VirtualMachineOpe
 		finished = append(finished, finishOf(op)) // the cache may not show this pass's own write yet
 	}
 	now := r.now().Time
-	remove := Collect(finished, now, r.TTL, r.MaxPerVM)
+	remove := Collect(finished, now, r.ttl(), r.maxPerVM())
 	if slices.Contains(remove, op.Name) {
 		ctrl.LoggerFrom(ctx).Info("Deleting finished VirtualMachineOperation",
-			"phase", op.Status.Phase, "ttl", r.TTL, "maxPerVM", r.MaxPerVM)
+			"phase", op.Status.Phase, "ttl", r.ttl(), "maxPerVM", r.maxPerVM())
 		err := r.Delete(ctx, op, client.Preconditions{UID: &op.UID})
 		if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
 			return ctrl.Result{}, nil
 		}
 		return ctrl.Result{}, err
 	}
-	if r.TTL > 0 {
-		return ctrl.Result{RequeueAfter: finishOf(op).At.Add(r.TTL).Sub(now) + time.Second}, nil
+	if r.ttl() > 0 {
+		return ctrl.Result{RequeueAfter: finishOf(op).At.Add(r.ttl()).Sub(now) + time.Second}, nil
 	}
 	return ctrl.Result{}, nil
 }
@@ -56,3 +56,18 @@ func finishOf(o *v1alpha1.VirtualMachineOperation) Finish {
 	}
 	return Finish{Name: o.Name, At: at}
 }
+
+// orDefault is v, or def when v is zero; a negative v means none (0).
+func orDefault[T time.Duration | int](v, def T) T {
+	switch {
+	case v == 0:
+		return def
+	case v < 0:
+		return 0
+	}
+	return v
+}
+
+func (r *Reconciler) ttl() time.Duration     { return orDefault(r.TTL, DefaultTTL) }
+func (r *Reconciler) maxPerVM() int          { return orDefault(r.MaxPerVM, DefaultMaxPerVM) }
+func (r *Reconciler) timeout() time.Duration { return orDefault(r.Timeout, DefaultTimeout) }

@@ -25,7 +25,7 @@ import (
 	"github.com/runpolicy/runpolicy/controllers"
 	"github.com/runpolicy/runpolicy/controllers/vm"
 	"github.com/runpolicy/runpolicy/controllers/vmop"
-	lifecycle "github.com/runpolicy/runpolicy/internal/kubevirt"
+	"github.com/runpolicy/runpolicy/internal/lifecycle"
 	"github.com/runpolicy/runpolicy/internal/policy"
 	"github.com/runpolicy/runpolicy/test/cluster"
 	"github.com/runpolicy/runpolicy/test/kubevirt"
@@ -34,7 +34,7 @@ import (
 var (
 	env     *cluster.Env
 	k8s     client.Client
-	kv      *kubevirt.Node
+	node    *kubevirt.Node
 	lc      *lifecycle.Client
 	suiteOp *operator
 )
@@ -55,9 +55,9 @@ var _ = BeforeSuite(func(ctx SpecContext) {
 	DeferCleanup(env.Stop)
 	k8s = env.Client
 
-	kv, err = kubevirt.Start(context.Background(), env.Config, kubevirt.Options{AuditLog: env.AuditLog})
+	node, err = kubevirt.Start(context.Background(), env.Config, kubevirt.Options{AuditLog: env.AuditLog})
 	Expect(err).NotTo(HaveOccurred())
-	DeferCleanup(kv.Stop)
+	DeferCleanup(node.Stop)
 	lc, err = lifecycle.NewClient(env.Config)
 	Expect(err).NotTo(HaveOccurred())
 
@@ -104,7 +104,7 @@ type operator struct {
 
 // startOperator runs the VMOP controller with the given Lifecycle; wrap, if set, wraps its client; tune, if
 // given, adjusts the reconciler.
-func startOperator(l lifecycle.Lifecycle, wrap func(client.Client) client.Client, tune ...func(*vmop.Reconciler)) *operator {
+func startOperator(l lifecycle.Interface, wrap func(client.Client) client.Client, tune ...func(*vmop.Reconciler)) *operator {
 	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
 		Scheme:     env.Scheme,
 		Metrics:    metricsserver.Options{BindAddress: "0"},
@@ -160,12 +160,12 @@ func (c *crash) now() {
 
 // crashingLifecycle sends the signal to KubeVirt, then crashes before the caller learns it went through.
 type crashingLifecycle struct {
-	lifecycle.Lifecycle
+	lifecycle.Interface
 	c *crash
 }
 
 func (l crashingLifecycle) Start(ctx context.Context, ns, name string) error {
-	if err := l.Lifecycle.Start(ctx, ns, name); err != nil {
+	if err := l.Interface.Start(ctx, ns, name); err != nil {
 		return err
 	}
 	l.c.now()
@@ -173,7 +173,7 @@ func (l crashingLifecycle) Start(ctx context.Context, ns, name string) error {
 }
 
 func (l crashingLifecycle) Stop(ctx context.Context, ns, name string, force bool) error {
-	if err := l.Lifecycle.Stop(ctx, ns, name, force); err != nil {
+	if err := l.Interface.Stop(ctx, ns, name, force); err != nil {
 		return err
 	}
 	l.c.now()
@@ -181,7 +181,7 @@ func (l crashingLifecycle) Stop(ctx context.Context, ns, name string, force bool
 }
 
 func (l crashingLifecycle) Restart(ctx context.Context, ns, name string, force bool) error {
-	if err := l.Lifecycle.Restart(ctx, ns, name, force); err != nil {
+	if err := l.Interface.Restart(ctx, ns, name, force); err != nil {
 		return err
 	}
 	l.c.now()
@@ -318,7 +318,7 @@ func stoppedVM(ctx context.Context, ns, name string) {
 // callsFor lists the subresource calls kube-apiserver answered for a VM with the given action (its audit log).
 func callsFor(ns, name, action string) []kubevirt.Call {
 	var out []kubevirt.Call
-	for _, c := range kv.CallsFor(ns, name) {
+	for _, c := range node.CallsFor(ns, name) {
 		if c.Action == action {
 			out = append(out, c)
 		}

@@ -59,7 +59,7 @@ import (
 
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
 	"github.com/runpolicy/runpolicy/controllers"
-	"github.com/runpolicy/runpolicy/internal/kubevirt"
+	"github.com/runpolicy/runpolicy/internal/lifecycle"
 	"github.com/runpolicy/runpolicy/internal/policy"
 	"github.com/runpolicy/runpolicy/test/cluster"
 	"github.com/runpolicy/runpolicy/test/fixture"
@@ -146,7 +146,7 @@ func TestChaos(t *testing.T) {
 	node, err := kvnode.Start(ctx, env.Config, kvnode.Options{AuditLog: env.AuditLog, HookSidecarImage: hookSidecarImage})
 	must(t, err)
 	defer node.Stop()
-	real, err := kubevirt.NewClient(env.Config)
+	real, err := lifecycle.NewClient(env.Config)
 	must(t, err)
 
 	w := &world{t: t, ctx: ctx, env: env, k8s: env.Client, node: node, models: map[string]*model{}, counts: map[string]int{},
@@ -586,7 +586,7 @@ func (d deleteCounter) OnDelete(any)    { d.n.Add(1) }
 // operator runs runpolicy's manager in-process and can be killed and started again like a crashed pod.
 type operator struct {
 	env      *cluster.Env
-	lc       kubevirt.Lifecycle
+	lc       lifecycle.Interface
 	mu       sync.Mutex
 	cancel   context.CancelFunc
 	done     chan struct{}
@@ -666,7 +666,7 @@ func (o *operator) ensureRunning() {
 // the next restart request (Start, or Replace: after its Start request, before the ended VMI's deletion), restarting
 // it in the background, like a pod dying mid-restart.
 type killingLifecycle struct {
-	*kubevirt.Client
+	*lifecycle.Client
 	op                        *operator
 	mu                        sync.Mutex
 	armed, after              bool

@@ -68,9 +68,9 @@ func TestInstallAndRunAsServiceAccount(t *testing.T) {
 	g.Expect(apiextv1.AddToScheme(scheme)).To(Succeed())
 	admin, err := client.New(env.Config, client.Options{Scheme: scheme})
 	g.Expect(err).NotTo(HaveOccurred())
-	kv, err := kvnode.Start(ctx, env.Config, kvnode.Options{AuditLog: env.AuditLog})
+	node, err := kvnode.Start(ctx, env.Config, kvnode.Options{AuditLog: env.AuditLog})
 	g.Expect(err).NotTo(HaveOccurred())
-	defer func() { g.Expect(kv.Stop()).To(Succeed()) }()
+	defer func() { g.Expect(node.Stop()).To(Succeed()) }()
 
 	// The test cluster comes with runpolicy's CRDs; remove them so that the chart's own are what gets installed.
 	for _, name := range []string{"virtualmachines.runpolicy.io", "virtualmachineoperations.runpolicy.io"} {
@@ -164,7 +164,7 @@ func TestInstallAndRunAsServiceAccount(t *testing.T) {
 	g.Expect(kvvm.Spec.Template.ObjectMeta.Annotations).To(HaveKey("hooks.kubevirt.io/hookSidecars"))
 
 	t.Log("a guest reboot restarts it")
-	g.Expect(kv.GuestReboot(ctx, ns.Name, "vm")).To(Succeed())
+	g.Expect(node.GuestReboot(ctx, ns.Name, "vm")).To(Succeed())
 	g.Eventually(func(g Gomega) {
 		g.Expect(admin.Get(ctx, key, vm)).To(Succeed())
 		g.Expect(vm.Status.RestartCount).To(BeEquivalentTo(1))
@@ -172,7 +172,7 @@ func TestInstallAndRunAsServiceAccount(t *testing.T) {
 		g.Expect(vm.Status.LastShutdown).NotTo(BeNil())
 		g.Expect(vm.Status.LastShutdown.Source).To(Equal(v1alpha1.ShutdownGuestReset))
 	}).Should(Succeed())
-	g.Expect(kv.VMIsCreated(ns.Name, "vm")).To(Equal(2))
+	g.Expect(node.VMIsCreated(ns.Name, "vm")).To(Equal(2))
 
 	for _, step := range []struct {
 		op    v1alpha1.VirtualMachineOperationType
@@ -195,7 +195,7 @@ func TestInstallAndRunAsServiceAccount(t *testing.T) {
 			g.Expect(admin.Get(ctx, key, vm)).To(Succeed())
 			g.Expect(vm.Status.Phase).To(Equal(step.phase))
 		}).Should(Succeed())
-		g.Expect(kv.VMIsCreated(ns.Name, "vm")).To(Equal(step.vmis))
+		g.Expect(node.VMIsCreated(ns.Name, "vm")).To(Equal(step.vmis))
 	}
 
 	t.Log("its Events were recorded (events.k8s.io)")

@@ -38,13 +38,13 @@ var _ = Describe("Disks", func() {
 		Expect(metav1.GetControllerOf(dv).UID).To(Equal(kvvm.UID), "KubeVirt owns the DataVolume")
 
 		// A guest reboot restarts the VMI from outside; the disk stays.
-		Expect(kv.GuestReboot(ctx, ns, "vm")).To(Succeed())
+		Expect(node.GuestReboot(ctx, ns, "vm")).To(Succeed())
 		Eventually(func(g Gomega) {
 			vm := getVM(ctx, g, key)
 			g.Expect(vm.Status.RestartCount).To(Equal(int32(1)))
 			g.Expect(vm.Status.Phase).To(Equal(v1alpha1.VirtualMachineRunning))
 		}).Should(Succeed())
-		Expect(kv.VMIsCreated(ns, "vm")).To(Equal(2))
+		Expect(node.VMIsCreated(ns, "vm")).To(Equal(2))
 
 		// AlwaysOff stops the VM; the disk stays.
 		Eventually(func(g Gomega) {

@@ -82,7 +82,7 @@ var _ = Describe("KubeVirt's Sidecar feature gate", Ordered, func() {
 		key := client.ObjectKey{Namespace: ns, Name: "degraded"}
 		before, err := getVMI(ctx, key)
 		Expect(err).NotTo(HaveOccurred())
-		Expect(kv.GuestReboot(ctx, ns, "degraded")).To(Succeed())
+		Expect(node.GuestReboot(ctx, ns, "degraded")).To(Succeed())
 		Consistently(func(g Gomega) {
 			vmi, err := getVMI(ctx, key)
 			g.Expect(err).NotTo(HaveOccurred())
@@ -93,15 +93,15 @@ var _ = Describe("KubeVirt's Sidecar feature gate", Ordered, func() {
 
 	It("keeps the VM stopped after a guest poweroff: without a sidecar a clean end is a poweroff", func(ctx SpecContext) {
 		key := client.ObjectKey{Namespace: ns, Name: "degraded"}
-		created := kv.VMIsCreated(ns, "degraded")
-		Expect(kv.GuestPoweroff(ctx, ns, "degraded")).To(Succeed())
+		created := node.VMIsCreated(ns, "degraded")
+		Expect(node.GuestPoweroff(ctx, ns, "degraded")).To(Succeed())
 		Eventually(func(g Gomega) {
 			vm := getVM(ctx, g, key)
 			g.Expect(vm.Status.Phase).To(Equal(v1alpha1.VirtualMachineStopped))
 			g.Expect(vm.Status.LastShutdown).NotTo(BeNil())
 			g.Expect(vm.Status.LastShutdown.Source).To(Equal(v1alpha1.ShutdownGuestShutdown))
 		}).Should(Succeed())
-		Consistently(func() int { return kv.VMIsCreated(ns, "degraded") }, "2s").Should(Equal(created))
+		Consistently(func() int { return node.VMIsCreated(ns, "degraded") }, "2s").Should(Equal(created))
 	})
 
 	It("adds the sidecar once the gate is on; the next start has it and its reboots restart the VM", func(ctx SpecContext) {
@@ -116,7 +116,7 @@ var _ = Describe("KubeVirt's Sidecar feature gate", Ordered, func() {
 		Expect(lc.Client.Start(ctx, ns, "degraded")).To(Succeed())
 		Eventually(func(g Gomega) v1alpha1.VirtualMachinePhase { return getVM(ctx, g, key).Status.Phase }).
 			Should(Equal(v1alpha1.VirtualMachineRunning))
-		Expect(kv.GuestReboot(ctx, ns, "degraded")).To(Succeed())
+		Expect(node.GuestReboot(ctx, ns, "degraded")).To(Succeed())
 		Eventually(func(g Gomega) {
 			vm := getVM(ctx, g, key)
 			g.Expect(vm.Status.LastShutdown).NotTo(BeNil())
@@ -139,7 +139,7 @@ var _ = Describe("Smaller differences real KubeVirt shows", func() {
 		startAndWait(ctx, obj)
 		vmi, err := getVMI(ctx, client.ObjectKeyFromObject(obj))
 		Expect(err).NotTo(HaveOccurred())
-		Expect(kv.GuestPoweroff(ctx, ns, "on")).To(Succeed())
+		Expect(node.GuestPoweroff(ctx, ns, "on")).To(Succeed())
 		Eventually(func(g Gomega) {
 			ls := getVM(ctx, g, client.ObjectKeyFromObject(obj)).Status.LastShutdown
 			g.Expect(ls).NotTo(BeNil())
@@ -174,11 +174,11 @@ var _ = Describe("Smaller differences real KubeVirt shows", func() {
 		obj.Spec.Template.Spec.Hostname = "other"
 		Expect(k8s.Create(ctx, obj)).To(Succeed())
 		startAndWait(ctx, obj)
-		pods, err := kv.LauncherPods(ctx, ns, "web.prod")
+		pods, err := node.LauncherPods(ctx, ns, "web.prod")
 		Expect(err).NotTo(HaveOccurred())
 		Expect(pods).NotTo(BeEmpty())
 		Expect(pods[0].Labels).To(HaveKeyWithValue("vm.kubevirt.io/name", "other"))
-		Expect(kv.GuestReboot(ctx, ns, "web.prod")).To(Succeed())
+		Expect(node.GuestReboot(ctx, ns, "web.prod")).To(Succeed())
 		Eventually(func(g Gomega) {
 			vm := getVM(ctx, g, client.ObjectKeyFromObject(obj))
 			g.Expect(vm.Status.RestartCount).To(BeEquivalentTo(1))
@@ -193,7 +193,7 @@ var _ = Describe("Smaller differences real KubeVirt shows", func() {
 			obj := fixture.VM(ns, "reset", p)
 			Expect(k8s.Create(ctx, obj)).To(Succeed())
 			startAndWait(ctx, obj)
-			Expect(kv.HostReset(ctx, ns, "reset")).To(Succeed())
+			Expect(node.HostReset(ctx, ns, "reset")).To(Succeed())
 			Eventually(func(g Gomega) {
 				vm := getVM(ctx, g, client.ObjectKeyFromObject(obj))
 				g.Expect(vm.Status.LastShutdown).NotTo(BeNil())
@@ -201,7 +201,7 @@ var _ = Describe("Smaller differences real KubeVirt shows", func() {
 				g.Expect(vm.Status.RestartCount).To(BeEquivalentTo(1))
 				g.Expect(vm.Status.Phase).To(Equal(v1alpha1.VirtualMachineRunning))
 			}).Should(Succeed())
-			Expect(kv.VMIsCreated(ns, "reset")).To(Equal(2))
+			Expect(node.VMIsCreated(ns, "reset")).To(Equal(2))
 		},
 		Entry("Manual", v1alpha1.RunPolicyManual),
 		Entry("AlwaysOnUntilStoppedManually", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually),
@@ -240,14 +240,14 @@ var _ = Describe("Trust only what KubeVirt wrote", func() {
 				}}
 				Expect(k8s.Status().Update(ctx, forged)).To(Succeed())
 			}
-			Expect(kv.GuestPoweroff(ctx, ns, "victim")).To(Succeed())
+			Expect(node.GuestPoweroff(ctx, ns, "victim")).To(Succeed())
 			Eventually(func(g Gomega) {
 				vm := getVM(ctx, g, client.ObjectKeyFromObject(obj))
 				g.Expect(vm.Status.LastShutdown).NotTo(BeNil())
 				g.Expect(vm.Status.LastShutdown.Source).To(BeElementOf(sources))
 				g.Expect(vm.Status.Phase).To(Equal(v1alpha1.VirtualMachineStopped))
 			}).Should(Succeed())
-			Consistently(func() int { return kv.VMIsCreated(ns, "victim") }, "2s").Should(Equal(1), "a forged reset restarted the VM")
+			Consistently(func() int { return node.VMIsCreated(ns, "victim") }, "2s").Should(Equal(1), "a forged reset restarted the VM")
 		},
 		Entry("labels only: not among the VMI's pods", false, v1alpha1.ShutdownGuestShutdown),
 		// virt-controller may record it among the VMI's pods; the pods then disagree.
@@ -281,7 +281,7 @@ var _ = Describe("Trust only what KubeVirt wrote", func() {
 		}).Should(Succeed())
 
 		By("their guest powers off: runpolicy neither cleans up nor judges their VMI")
-		Expect(kv.GuestPoweroff(ctx, ns, "theirs")).To(Succeed())
+		Expect(node.GuestPoweroff(ctx, ns, "theirs")).To(Succeed())
 		Consistently(func(g Gomega) {
 			vmi, err := getVMI(ctx, client.ObjectKeyFromObject(theirs))
 			g.Expect(err).NotTo(HaveOccurred())
@@ -303,7 +303,7 @@ var _ = Describe("A stale Start request KubeVirt kept", func() {
 		Expect(k8s.Create(ctx, obj)).To(Succeed())
 		startAndWait(ctx, obj)
 		key := client.ObjectKeyFromObject(obj)
-		Expect(kv.GuestReboot(ctx, ns, "stale")).To(Succeed())
+		Expect(node.GuestReboot(ctx, ns, "stale")).To(Succeed())
 		kvvm := &kvv1.VirtualMachine{}
 		Expect(k8s.Get(ctx, key, kvvm)).To(Succeed())
 		// Whatever the operator's start did meanwhile, KubeVirt now holds only a Start beside the ended VMI.
@@ -317,6 +317,6 @@ var _ = Describe("A stale Start request KubeVirt kept", func() {
 			g.Expect(vm.Status.RestartCount).To(BeEquivalentTo(1))
 			g.Expect(vm.Status.Phase).To(Equal(v1alpha1.VirtualMachineRunning))
 		}).Should(Succeed())
-		Expect(kv.VMIsCreated(ns, "stale")).To(Equal(2), "exactly one new VMI")
+		Expect(node.VMIsCreated(ns, "stale")).To(Equal(2), "exactly one new VMI")
 	})
 })

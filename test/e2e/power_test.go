@@ -69,13 +69,13 @@ const (
 func trigger(ctx context.Context, ns, name string, e guestEvent) error {
 	switch e {
 	case reboot:
-		return kv.GuestReboot(ctx, ns, name)
+		return node.GuestReboot(ctx, ns, name)
 	case poweroff:
-		return kv.GuestPoweroff(ctx, ns, name)
+		return node.GuestPoweroff(ctx, ns, name)
 	case crash:
-		return kv.GuestCrash(ctx, ns, name)
+		return node.GuestCrash(ctx, ns, name)
 	default:
-		return kv.DeleteLauncherPod(ctx, ns, name)
+		return node.DeleteLauncherPod(ctx, ns, name)
 	}
 }
 
@@ -129,7 +129,7 @@ var _ = Describe("Power policy after guest events", func() {
 			Eventually(func(g Gomega) {
 				cur := getVM(ctx, g, key)
 				g.Expect(cur.Status.Phase).To(Equal(want.phase))
-				g.Expect(kv.VMIsCreated(ns, "vm")).To(Equal(want.vmis))
+				g.Expect(node.VMIsCreated(ns, "vm")).To(Equal(want.vmis))
 				g.Expect(cur.Status.RestartCount).To(Equal(want.restarts))
 				if want.source != "" {
 					g.Expect(cur.Status.LastShutdown).NotTo(BeNil())
@@ -154,7 +154,7 @@ var _ = Describe("Power policy after guest events", func() {
 				}
 			}
 			By("never restarting twice for one event")
-			Consistently(func() int { return kv.VMIsCreated(ns, "vm") }, "2s").Should(Equal(want.vmis))
+			Consistently(func() int { return node.VMIsCreated(ns, "vm") }, "2s").Should(Equal(want.vmis))
 		},
 		Entry(nil, v1alpha1.RunPolicyAlwaysOn, reboot, restartedByKubeVirt),
 		Entry(nil, v1alpha1.RunPolicyAlwaysOn, poweroff, restartedByKubeVirt),
@@ -179,7 +179,7 @@ var _ = Describe("Power policy after guest events", func() {
 				return getVM(ctx, g, client.ObjectKeyFromObject(obj)).Status.Phase
 			}).Should(Equal(v1alpha1.VirtualMachineStopped))
 			Expect(trigger(ctx, ns, "vm", e)).NotTo(Succeed())
-			Consistently(func() int { return kv.VMIsCreated(ns, "vm") }, "1s").Should(BeZero())
+			Consistently(func() int { return node.VMIsCreated(ns, "vm") }, "1s").Should(BeZero())
 		},
 		Entry(nil, reboot), Entry(nil, poweroff), Entry(nil, crash), Entry(nil, podGone),
 	)
@@ -189,13 +189,13 @@ var _ = Describe("Power policy after guest events", func() {
 		obj := fixture.VM(ns, "vm", v1alpha1.RunPolicyManual)
 		Expect(k8s.Create(ctx, obj)).To(Succeed())
 		startAndWait(ctx, obj)
-		Expect(kv.GuestPoweroff(ctx, ns, "vm")).To(Succeed())
+		Expect(node.GuestPoweroff(ctx, ns, "vm")).To(Succeed())
 		Eventually(func() bool { _, err := getVMI(ctx, client.ObjectKeyFromObject(obj)); return apierrors.IsNotFound(err) }).Should(BeTrue())
 		Expect(lc.Client.Start(ctx, ns, "vm")).To(Succeed())
 		Eventually(func(g Gomega) v1alpha1.VirtualMachinePhase {
 			return getVM(ctx, g, client.ObjectKeyFromObject(obj)).Status.Phase
 		}).Should(Equal(v1alpha1.VirtualMachineRunning))
-		Expect(kv.VMIsCreated(ns, "vm")).To(Equal(2))
+		Expect(node.VMIsCreated(ns, "vm")).To(Equal(2))
 	})
 
 	It("backs off exponentially when an AlwaysOnUntilStoppedManually VM keeps crashing", func(ctx SpecContext) {
@@ -205,7 +205,7 @@ var _ = Describe("Power policy after guest events", func() {
 		Expect(k8s.Create(ctx, obj)).To(Succeed())
 		startAndWait(ctx, obj)
 		for i := 1; i <= 3; i++ {
-			Expect(kv.GuestCrash(ctx, ns, "vm")).To(Succeed())
+			Expect(node.GuestCrash(ctx, ns, "vm")).To(Succeed())
 			Eventually(func(g Gomega) {
 				cur := getVM(ctx, g, key)
 				g.Expect(cur.Status.FailureCount).To(BeEquivalentTo(i))
@@ -213,9 +213,9 @@ var _ = Describe("Power policy after guest events", func() {
 				g.Expect(cur.Status.Phase).To(Equal(v1alpha1.VirtualMachineRunning))
 			}).Should(Succeed())
 		}
-		Expect(kv.VMIsCreated(ns, "vm")).To(Equal(4))
+		Expect(node.VMIsCreated(ns, "vm")).To(Equal(4))
 		By("a guest reboot is no failure: the count starts over")
-		Expect(kv.GuestReboot(ctx, ns, "vm")).To(Succeed())
+		Expect(node.GuestReboot(ctx, ns, "vm")).To(Succeed())
 		Eventually(func(g Gomega) {
 			cur := getVM(ctx, g, key)
 			g.Expect(cur.Status.FailureCount).To(BeZero())
@@ -261,17 +261,17 @@ var _ = Describe("Operator restarts", Ordered, func() {
 				lc.crashAfter = op.crash
 			}
 			lc.mu.Unlock()
-			Expect(kv.GuestReboot(ctx, ns, "vm")).To(Succeed())
+			Expect(node.GuestReboot(ctx, ns, "vm")).To(Succeed())
 			Eventually(op.stopped).Should(BeTrue())
 
 			By("the decision was recorded before KubeVirt was asked")
 			Expect(getVM(ctx, Default, key).Status.RestartingVMIUID).To(Equal(string(first.UID)))
 			if at == crashAfter {
-				Eventually(func() int { return kv.VMIsCreated(ns, "vm") }).Should(Equal(2))
+				Eventually(func() int { return node.VMIsCreated(ns, "vm") }).Should(Equal(2))
 			} else {
 				// Before the request nothing was asked; between, KubeVirt holds a Start request beside the ended
 				// VMI, which it does not serve while that VMI exists.
-				Consistently(func() int { return kv.VMIsCreated(ns, "vm") }, "1s").Should(Equal(1))
+				Consistently(func() int { return node.VMIsCreated(ns, "vm") }, "1s").Should(Equal(1))
 			}
 
 			By("a new operator finishes the restart")
@@ -283,7 +283,7 @@ var _ = Describe("Operator restarts", Ordered, func() {
 				g.Expect(cur.Status.RestartingVMIUID).To(BeEmpty())
 				g.Expect(cur.Status.HandledVMIUID).To(Equal(string(first.UID)))
 			}).Should(Succeed())
-			Consistently(func() int { return kv.VMIsCreated(ns, "vm") }, "2s").Should(Equal(2))
+			Consistently(func() int { return node.VMIsCreated(ns, "vm") }, "2s").Should(Equal(2))
 		},
 		Entry("crash before the start request", crashBefore),
 		Entry("crash between the start request and the ended VMI's deletion", crashBetween),
@@ -299,13 +299,13 @@ var _ = Describe("Operator restarts", Ordered, func() {
 			startAndWait(ctx, obj)
 
 			op.stop()
-			Expect(kv.GuestReboot(ctx, ns, "vm")).To(Succeed())
-			pods, err := kv.LauncherPods(ctx, ns, "vm")
+			Expect(node.GuestReboot(ctx, ns, "vm")).To(Succeed())
+			pods, err := node.LauncherPods(ctx, ns, "vm")
 			Expect(err).NotTo(HaveOccurred())
 			for i := range pods {
 				Expect(k8s.Delete(ctx, &pods[i])).To(Succeed())
 			}
-			Eventually(func() (int, error) { p, err := kv.LauncherPods(ctx, ns, "vm"); return len(p), err }).Should(BeZero())
+			Eventually(func() (int, error) { p, err := node.LauncherPods(ctx, ns, "vm"); return len(p), err }).Should(BeZero())
 			op.start()
 
 			Eventually(func(g Gomega) {
@@ -313,7 +313,7 @@ var _ = Describe("Operator restarts", Ordered, func() {
 				g.Expect(cur.Status.Phase).To(Equal(want.phase))
 				g.Expect(cur.Status.LastShutdown).NotTo(BeNil())
 				g.Expect(cur.Status.LastShutdown.Source).To(Equal(want.source), "without its message a reboot is never guessed")
-				g.Expect(kv.VMIsCreated(ns, "vm")).To(Equal(want.vmis))
+				g.Expect(node.VMIsCreated(ns, "vm")).To(Equal(want.vmis))
 			}).Should(Succeed())
 			if want.phase == v1alpha1.VirtualMachineStopped {
 				Eventually(func() bool { _, err := getVMI(ctx, key); return apierrors.IsNotFound(err) }).Should(BeTrue())

@@ -22,7 +22,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/runpolicy/runpolicy/controllers"
-	"github.com/runpolicy/runpolicy/internal/kubevirt"
+	"github.com/runpolicy/runpolicy/internal/lifecycle"
 	"github.com/runpolicy/runpolicy/internal/policy"
 	"github.com/runpolicy/runpolicy/test/cluster"
 	kvnode "github.com/runpolicy/runpolicy/test/kubevirt"
@@ -31,11 +31,11 @@ import (
 const hookImage = "registry.example/runpolicy/hook-sidecar:e2e"
 
 var (
-	env *cluster.Env
-	k8s client.Client
-	kv  *kvnode.Node
-	lc  *faultyLifecycle
-	op  *operator
+	env  *cluster.Env
+	k8s  client.Client
+	node *kvnode.Node
+	lc   *faultyLifecycle
+	op   *operator
 )
 
 func TestE2E(t *testing.T) {
@@ -55,10 +55,10 @@ var _ = BeforeSuite(func() {
 	k8s = env.Client
 	ctx, cancel := context.WithCancel(context.Background())
 	DeferCleanup(cancel)
-	kv, err = kvnode.Start(ctx, env.Config, kvnode.Options{AuditLog: env.AuditLog, HookSidecarImage: hookImage})
+	node, err = kvnode.Start(ctx, env.Config, kvnode.Options{AuditLog: env.AuditLog, HookSidecarImage: hookImage})
 	Expect(err).NotTo(HaveOccurred())
 
-	real, err := kubevirt.NewClient(env.Config)
+	real, err := lifecycle.NewClient(env.Config)
 	Expect(err).NotTo(HaveOccurred())
 	lc = &faultyLifecycle{Client: real}
 	op = &operator{}
@@ -76,8 +76,8 @@ var _ = AfterSuite(func() {
 	if op != nil {
 		op.stop()
 	}
-	if kv != nil {
-		Expect(kv.Stop()).To(Succeed())
+	if node != nil {
+		Expect(node.Stop()).To(Succeed())
 	}
 	if env != nil {
 		Expect(env.Stop()).To(Succeed())
@@ -149,7 +149,7 @@ func (o *operator) stop() {
 // faultyLifecycle passes calls to KubeVirt and can simulate an operator crash around the next restart request
 // (Start or Replace): before it, after it, or, for Replace, between its Start request and its deletion.
 type faultyLifecycle struct {
-	*kubevirt.Client
+	*lifecycle.Client
 	mu sync.Mutex
 	// crash, when set, runs instead of returning from the next restart request.
 	crashBefore, crashBetween, crashAfter func()

@@ -1,7 +1,7 @@
-// Package kubevirt asks KubeVirt to start, stop and restart VirtualMachines: through the start, stop and restart
+// Package lifecycle asks KubeVirt to start, stop and restart VirtualMachines: through the start, stop and restart
 // subresources of subresources.kubevirt.io/v1 virtualmachines (the endpoints virtctl uses), and, for the restart of
 // an ended VMI, by writing KubeVirt's Start request into the VM's status directly (Replace).
-package kubevirt
+package lifecycle
 
 import (
 	"context"
@@ -9,8 +9,8 @@ import (
 	"fmt"
 
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	kvv1 "kubevirt.io/api/core/v1"
@@ -19,8 +19,8 @@ import (
 // SubresourceGroupVersion is KubeVirt's subresource API group.
 var SubresourceGroupVersion = schema.GroupVersion{Group: "subresources.kubevirt.io", Version: "v1"}
 
-// Lifecycle performs start, stop and restart on KubeVirt VirtualMachines.
-type Lifecycle interface {
+// Interface performs start, stop and restart on KubeVirt VirtualMachines.
+type Interface interface {
 	Start(ctx context.Context, namespace, name string) error
 	Stop(ctx context.Context, namespace, name string, force bool) error
 	Restart(ctx context.Context, namespace, name string, force bool) error
@@ -28,13 +28,13 @@ type Lifecycle interface {
 	Replace(ctx context.Context, namespace, name string, ended types.UID) error
 }
 
-// Client is a Lifecycle over REST clients: one for KubeVirt's subresource API, one for kubevirt.io/v1.
+// Client is an Interface over REST clients: one for KubeVirt's subresource API, one for kubevirt.io/v1.
 type Client struct {
 	rest rest.Interface
 	core rest.Interface
 }
 
-// NewClient returns a Lifecycle client for cfg.
+// NewClient returns a client for cfg.
 func NewClient(cfg *rest.Config) (*Client, error) {
 	sub, err := restClient(cfg, SubresourceGroupVersion)
 	if err != nil {

@@ -1,4 +1,4 @@
-package kubevirt
+package lifecycle
 
 import (
 	"context"

@@ -1,0 +1,408 @@
+package policy
+
+import (
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	kvv1 "kubevirt.io/api/core/v1"
+
+	"github.com/runpolicy/runpolicy/api/v1alpha1"
+	"github.com/runpolicy/runpolicy/internal/shutdown"
+)
+
+// The power step: what runpolicy does about a runpolicy VM's VMI once it ended, as one pure function. The VM
+// reconciler gathers a PowerInput, writes the bookkeeping PowerStep returns into the VM's status, and only then
+// carries out the step's action (docs/restart-protocol.md). Every transition is a row of TestStep.
+
+// Power event reasons.
+const (
+	EventGuestReset    = "GuestReset"
+	EventGuestShutdown = "GuestShutdown"
+	EventHostReset     = "HostReset"
+	EventCrashed       = "Crashed"
+	EventStopped       = "Stopped"
+	EventRestarting    = "Restarting"
+	EventRestartFailed = "RestartFailed"
+)
+
+// PodSettleTimeout bounds how long the step waits for the launcher pod to publish its termination message once the
+// VMI has ended; after that the VMI is judged without it (unknown, never a reboot).
+const PodSettleTimeout = 30 * time.Second
+
+// PowerInput is everything the power step decides from.
+type PowerInput struct {
+	// Policy is the runpolicy VM's spec.runPolicy.
+	Policy v1alpha1.RunPolicy
+	// KubeVirt is the KubeVirt VM (nil: none); Managed tells whether the runpolicy VM controls it (a KubeVirt VM of
+	// the same name that is not ours is never acted on).
+	KubeVirt *kvv1.VirtualMachine
+	Managed  bool
+	// VMI is the KubeVirt VMI (nil: none).
+	VMI *kvv1.VirtualMachineInstance
+	// Cause is what the launcher pods' hook sidecar recorded for an ended VMI (CauseUnknown without a message);
+	// PodTerminating tells whether one of them is still terminating and may yet publish it.
+	Cause          shutdown.Cause
+	PodTerminating bool
+	// RebootsStayInGuest: the VMI ran without any hook sidecar and without rebootPolicy Terminate (see Ended).
+	RebootsStayInGuest bool
+	// Status is the runpolicy VM's restart bookkeeping as it stands.
+	Status Bookkeeping
+	// Now is the time of the pass; Backoff spaces out restarts after consecutive failures.
+	Now     time.Time
+	Backoff Backoff
+}
+
+// Bookkeeping is the part of a runpolicy VM's status that the power step owns (docs/api.md).
+type Bookkeeping struct {
+	LastShutdown     *v1alpha1.LastShutdown
+	RestartCount     int32
+	HandledVMIUID    string
+	RestartingVMIUID string
+	FailureCount     int32
+	RestartNotBefore *metav1.Time
+}
+
+// BookkeepingOf returns the power step's part of st (a copy).
+func BookkeepingOf(st *v1alpha1.VirtualMachineStatus) Bookkeeping {
+	return Bookkeeping{LastShutdown: st.LastShutdown.DeepCopy(), RestartCount: st.RestartCount, HandledVMIUID: st.HandledVMIUID,
+		RestartingVMIUID: st.RestartingVMIUID, FailureCount: st.FailureCount, RestartNotBefore: st.RestartNotBefore.DeepCopy()}
+}
+
+// Into writes the bookkeeping into st.
+func (b Bookkeeping) Into(st *v1alpha1.VirtualMachineStatus) {
+	st.LastShutdown, st.RestartCount, st.HandledVMIUID = b.LastShutdown, b.RestartCount, b.HandledVMIUID
+	st.RestartingVMIUID, st.FailureCount, st.RestartNotBefore = b.RestartingVMIUID, b.FailureCount, b.RestartNotBefore
+}
+
+// ActionKind is what the reconciler does once the step's bookkeeping is written.
+type ActionKind string
+
+const (
+	// DoNothing: KubeVirt acts, the VM stays as it is, or a later event or the step's requeue brings the next pass.
+	DoNothing ActionKind = "None"
+	// DoRestart: have KubeVirt start a new VMI, built from the current template, in place of the ended VMI.
+	DoRestart ActionKind = "Restart"
+	// DoCleanup: delete the ended VMI (UID precondition), so the VM reads Stopped and a later start begins afresh,
+	// or so that KubeVirt serves a Start request it holds.
+	DoCleanup ActionKind = "Cleanup"
+	// DoVerify: a restart was recorded but the cache may lag behind it: read the KubeVirt VM and VMI past the cache
+	// and let PendingRestart say whether to send it (again), serve a stale Start request, or wait.
+	DoVerify ActionKind = "Verify"
+)
+
+// Event is a Kubernetes Event the reconciler sends about the runpolicy VM: the step's own after the status write;
+// a restart's once KubeVirt accepted the request.
+type Event struct {
+	Type, Reason, Message string
+}
+
+// PowerAction is the one action of a power step.
+type PowerAction struct {
+	Kind ActionKind
+	// VMIUID is the ended VMI the action is about.
+	VMIUID string
+	// Event reports a restart (DoRestart, and DoVerify when it sends the restart) once KubeVirt took it.
+	Event Event
+}
+
+// PowerStep is the outcome of Step.
+type PowerStep struct {
+	// Status is the new bookkeeping, to be written before Action is carried out.
+	Status Bookkeeping
+	Action PowerAction
+	// Event, when set, is sent once Status is written: how a VMI ended, when nothing restarts it in this pass.
+	Event *Event
+	// Requeue asks for another pass after the delay (backoff, or a pod still terminating); zero: none.
+	Requeue time.Duration
+	// Decided is the decision about a VMI seen to end in this pass (nil: none), for the log.
+	Decided *Decision
+}
+
+// Step decides what to do about the runpolicy VM's VMI (docs/behaviour.md) and returns the bookkeeping that records
+// the decision.
+//
+// Idempotency: a restart of VMI X is recorded in RestartingVMIUID before KubeVirt is asked, and turned into
+// HandledVMIUID=X (RestartCount+1) once KubeVirt runs X's successor. A crash anywhere in between leads to the same
+// request again — only when KubeVirt holds none (DoVerify) — or to the bookkeeping alone, so one reset never causes
+// two new VMIs.
+func Step(in PowerInput) PowerStep {
+	s := PowerStep{Status: in.Status, Action: PowerAction{Kind: DoNothing}}
+	st := &s.Status
+	kv, vmi := in.KubeVirt, in.VMI
+
+	// Finish a restart once KubeVirt runs its successor. Until then status keeps reading Starting, so the steps
+	// KubeVirt goes through in between (old VMI deleted, new one scheduled) cost no status write.
+	if st.RestartingVMIUID != "" && RestartDone(st.RestartingVMIUID, kv, vmi) {
+		st.HandledVMIUID, st.RestartingVMIUID = st.RestartingVMIUID, ""
+		st.RestartCount++
+		st.RestartNotBefore = nil
+	}
+	if kv == nil || !in.Managed || vmi == nil || !vmi.IsFinal() {
+		return s
+	}
+	uid := string(vmi.UID)
+
+	// A restart recorded but perhaps not taken by KubeVirt yet (or a crash right after recording it).
+	if st.RestartingVMIUID == uid {
+		s.Action = PowerAction{Kind: DoVerify, VMIUID: uid, Event: Event{corev1.EventTypeNormal, EventRestarting,
+			fmt.Sprintf("Starting a new VMI with the current spec (the previous one, %s, ended)", uid)}}
+		return s
+	}
+	if st.HandledVMIUID == uid {
+		// Already decided. What is left of a VMI that stays stopped is cleaned up (again, if a crash interrupted
+		// it) so that the VM reads Stopped and a later Start begins afresh.
+		if stopsByPolicy(in.Policy) && vmi.DeletionTimestamp == nil {
+			s.Action = PowerAction{Kind: DoCleanup, VMIUID: uid}
+		}
+		return s
+	}
+
+	if in.Cause == shutdown.CauseUnknown && in.PodTerminating && in.Now.Sub(finishedAt(vmi, in.Now)) < PodSettleTimeout {
+		s.Requeue = time.Second // the launcher pod may yet publish the hook sidecar's message
+		return s
+	}
+	ended := Ended{Failed: vmi.Status.Phase == kvv1.Failed, Cause: in.Cause, StoppedByUser: StoppedByUser(kv, vmi),
+		RebootsStayInGuest: in.RebootsStayInGuest}
+	d := Decide(ActingPolicy(in.Policy, kv), ended)
+	if ended.StoppedByUser && StartPending(kv) {
+		d.Message = "The VMI was stopped through KubeVirt for a restart; KubeVirt starts the new one"
+	}
+
+	// Record how the VMI ended, once. A restart made in this pass reports it in one event, after KubeVirt took
+	// the request; anything else is reported once the status is written.
+	restartNow := d.Action == ActionRestart
+	if d.Action == ActionRestartAfterBackoff {
+		if st.RestartNotBefore == nil {
+			st.FailureCount++
+			st.RestartNotBefore = &metav1.Time{Time: in.Now.Add(in.Backoff.Delay(st.FailureCount))}
+		}
+		restartNow = !st.RestartNotBefore.After(in.Now)
+	}
+	if st.LastShutdown == nil || st.LastShutdown.VMIUID != uid {
+		st.LastShutdown = &v1alpha1.LastShutdown{Source: d.Source, Reason: ReasonText(ended), Time: &metav1.Time{Time: in.Now}, VMIUID: uid}
+		if !restartNow {
+			msg := d.Message
+			if d.Action == ActionRestartAfterBackoff {
+				msg = fmt.Sprintf("%s at %s", msg, st.RestartNotBefore.UTC().Format(time.RFC3339))
+			}
+			s.Event = &Event{eventType(d.Source), eventReason(d.Source), msg}
+		}
+		s.Decided = &d
+	}
+
+	restart := PowerAction{Kind: DoRestart, VMIUID: uid, Event: Event{eventType(d.Source), eventReason(d.Source), d.Message}}
+	switch d.Action {
+	case ActionRestartAfterBackoff:
+		if !restartNow {
+			s.Requeue = st.RestartNotBefore.Sub(in.Now)
+			return s
+		}
+		st.RestartingVMIUID = uid
+		s.Action = restart
+	case ActionRestart:
+		st.FailureCount = 0
+		st.RestartNotBefore = nil
+		st.RestartingVMIUID = uid
+		s.Action = restart
+	case ActionStayStopped:
+		if d.Source == v1alpha1.ShutdownGuestShutdown || d.Source == v1alpha1.ShutdownUser {
+			st.FailureCount = 0
+		}
+		st.RestartNotBefore = nil
+		st.HandledVMIUID = uid
+		if vmi.DeletionTimestamp == nil {
+			s.Action = PowerAction{Kind: DoCleanup, VMIUID: uid}
+		}
+	default: // KubeVirt acts (Always, Halted): only report.
+		st.HandledVMIUID = uid
+	}
+	return s
+}
+
+// PendingRestart says what a recorded restart of the ended VMI uid still needs, from KubeVirt's VM and VMI read
+// past the cache (DoVerify); vmi is nil when there is none.
+func PendingRestart(kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance, uid types.UID) RestartNext {
+	if kv == nil || vmi == nil || vmi.UID != uid || vmi.DeletionTimestamp != nil || !vmi.IsFinal() {
+		return RestartWait
+	}
+	// virt-api's start writes [Stop{uid}, Start] in one patch and virt-controller trims the Stop only once that VMI
+	// is gone; runpolicy's own request (a Start alone) is followed by the VMI's deletion at once. A Start without
+	// the Stop beside the ended VMI is therefore one from before it, or runpolicy's own cut short by a crash: under
+	// Manual, KubeVirt serves it once the ended VMI is gone.
+	switch {
+	case !StartPending(kv):
+		return RestartSend
+	case StopRequested(kv, uid):
+		return RestartWait
+	case kv.Spec.RunStrategy != nil && *kv.Spec.RunStrategy == kvv1.RunStrategyManual:
+		return RestartServeStale
+	}
+	return RestartWait
+}
+
+// RestartNext is what a restart that was recorded but not seen through needs from runpolicy.
+type RestartNext int
+
+const (
+	// RestartWait: KubeVirt took the request (or the VMI moved on); its next status change brings the next pass.
+	RestartWait RestartNext = iota
+	// RestartSend: KubeVirt holds no Start request: send the restart (again).
+	RestartSend
+	// RestartServeStale: KubeVirt holds a Start request beside the ended VMI (no Stop for it), which it will never
+	// serve while that VMI exists: delete the VMI.
+	RestartServeStale
+)
+
+// RestartDone tells whether the restart of VMI uid is over: KubeVirt no longer holds the Start request for it and
+// either runs a new VMI (no longer reported as starting), or the new VMI ended already, or there is none to wait
+// for. A KubeVirt VM taken off runStrategy Manual meanwhile (a policy change) ends it too: KubeVirt's own strategy
+// decides from then on, and a Start request it holds may never be served (Halted ignores it).
+func RestartDone(uid string, kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance) bool {
+	switch {
+	case kv == nil || kv.Spec.RunStrategy == nil || *kv.Spec.RunStrategy != kvv1.RunStrategyManual:
+		return true
+	case vmi != nil && string(vmi.UID) == uid && vmi.DeletionTimestamp == nil:
+		return false // the ended VMI is still there: KubeVirt has not acted yet
+	case vmi == nil || string(vmi.UID) == uid:
+		// Gone or going: KubeVirt creates the new VMI next, while it holds the Start request.
+		return !StartPending(kv)
+	case !VMIActive(vmi):
+		return true // the new VMI ended already: its own decision follows in this pass
+	}
+	p := PhaseOf(kv)
+	return p != v1alpha1.VirtualMachineStarting && p != v1alpha1.VirtualMachineStopped
+}
+
+// ActingPolicy is the policy whose table applies now: while the KubeVirt VM is not on runStrategy Manual
+// (AlwaysOnUntilStoppedManually starting up on Always, or a policy change not yet applied), KubeVirt's own
+// strategy acts and runpolicy must not restart on top of it.
+func ActingPolicy(p v1alpha1.RunPolicy, kv *kvv1.VirtualMachine) v1alpha1.RunPolicy {
+	if kv.Spec.RunStrategy == nil {
+		return p
+	}
+	switch *kv.Spec.RunStrategy {
+	case kvv1.RunStrategyAlways, kvv1.RunStrategyRerunOnFailure:
+		return v1alpha1.RunPolicyAlwaysOn
+	case kvv1.RunStrategyHalted:
+		return v1alpha1.RunPolicyAlwaysOff
+	}
+	return p
+}
+
+// StoppedByUser tells whether the VMI was stopped through KubeVirt: a Stop request for its UID, or a deletion.
+// Under runStrategy Always (and RerunOnFailure) KubeVirt itself deletes an ended VMI within milliseconds to
+// replace it, so there a deletion says nothing about who stopped it and the termination message decides. Under
+// Manual and Halted, KubeVirt never deletes an ended VMI by itself.
+func StoppedByUser(kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance) bool {
+	return StopRequested(kv, vmi.UID) || vmi.DeletionTimestamp != nil && !kubeVirtReplaces(kv)
+}
+
+// kubeVirtReplaces tells whether KubeVirt's runStrategy deletes and recreates an ended VMI by itself.
+func kubeVirtReplaces(kv *kvv1.VirtualMachine) bool {
+	if kv.Spec.RunStrategy == nil {
+		return kv.Spec.Running != nil && *kv.Spec.Running
+	}
+	return *kv.Spec.RunStrategy == kvv1.RunStrategyAlways || *kv.Spec.RunStrategy == kvv1.RunStrategyRerunOnFailure
+}
+
+// StartPending tells whether KubeVirt holds a Start request it has not acted on yet.
+func StartPending(kv *kvv1.VirtualMachine) bool {
+	for _, req := range kv.Status.StateChangeRequests {
+		if req.Action == kvv1.StartRequest {
+			return true
+		}
+	}
+	return false
+}
+
+// StopRequested tells whether KubeVirt holds a Stop request for the VMI uid.
+func StopRequested(kv *kvv1.VirtualMachine, uid types.UID) bool {
+	for _, req := range kv.Status.StateChangeRequests {
+		if req.Action == kvv1.StopRequest && req.UID != nil && *req.UID == uid {
+			return true
+		}
+	}
+	return false
+}
+
+func stopsByPolicy(p v1alpha1.RunPolicy) bool {
+	return p == v1alpha1.RunPolicyManual || p == v1alpha1.RunPolicyAlwaysOnUntilStoppedManually
+}
+
+// VMIActive tells whether the VMI exists and has not ended or been asked to go.
+func VMIActive(vmi *kvv1.VirtualMachineInstance) bool {
+	return vmi != nil && vmi.DeletionTimestamp == nil && !vmi.IsFinal()
+}
+
+// PhaseOf maps KubeVirt's printableStatus to runpolicy's phase.
+func PhaseOf(kv *kvv1.VirtualMachine) v1alpha1.VirtualMachinePhase {
+	if kv == nil {
+		return v1alpha1.VirtualMachinePending
+	}
+	switch kv.Status.PrintableStatus {
+	case kvv1.VirtualMachineStatusRunning, kvv1.VirtualMachineStatusPaused, kvv1.VirtualMachineStatusMigrating:
+		return v1alpha1.VirtualMachineRunning
+	case kvv1.VirtualMachineStatusStarting, kvv1.VirtualMachineStatusProvisioning,
+		kvv1.VirtualMachineStatusWaitingForVolumeBinding, kvv1.VirtualMachineStatusWaitingForReceiver:
+		return v1alpha1.VirtualMachineStarting
+	case kvv1.VirtualMachineStatusStopping:
+		return v1alpha1.VirtualMachineStopping
+	case kvv1.VirtualMachineStatusTerminating:
+		return v1alpha1.VirtualMachineTerminating
+	case kvv1.VirtualMachineStatusStopped, "":
+		return v1alpha1.VirtualMachineStopped
+	default: // CrashLoopBackOff, Unschedulable, ErrImagePull, PvcNotFound, DataVolumeError, ...
+		return v1alpha1.VirtualMachinePending
+	}
+}
+
+// finishedAt is when the VMI reached its final phase, as KubeVirt recorded it.
+func finishedAt(vmi *kvv1.VirtualMachineInstance, now time.Time) time.Time {
+	for _, t := range vmi.Status.PhaseTransitionTimestamps {
+		if t.Phase == vmi.Status.Phase {
+			return t.PhaseTransitionTimestamp.Time
+		}
+	}
+	return now
+}
+
+// ReasonText is status.lastShutdown.reason for an ended VMI.
+func ReasonText(e Ended) string {
+	switch {
+	case e.StoppedByUser:
+		return "The VMI was stopped through KubeVirt"
+	case e.Cause == shutdown.CauseUnknown && !e.Failed && e.RebootsStayInGuest:
+		return "The VMI ended cleanly and ran without a hook sidecar, so guest reboots stayed inside the guest: a guest poweroff"
+	case e.Cause == shutdown.CauseUnknown && e.Failed:
+		return "The VMI failed and no shutdown reason was recorded (crash, lost launcher pod or missing hook sidecar)"
+	case e.Cause == shutdown.CauseUnknown:
+		return "No shutdown reason was recorded (launcher pod gone or hook sidecar missing)"
+	default:
+		return fmt.Sprintf("QEMU reported %s", e.Cause)
+	}
+}
+
+func eventReason(s v1alpha1.ShutdownSource) string {
+	switch s {
+	case v1alpha1.ShutdownGuestReset:
+		return EventGuestReset
+	case v1alpha1.ShutdownGuestShutdown:
+		return EventGuestShutdown
+	case v1alpha1.ShutdownHostReset:
+		return EventHostReset
+	case v1alpha1.ShutdownUser:
+		return EventStopped
+	default:
+		return EventCrashed
+	}
+}
+
+func eventType(s v1alpha1.ShutdownSource) string {
+	if s == v1alpha1.ShutdownCrash || s == v1alpha1.ShutdownUnknown {
+		return corev1.EventTypeWarning
+	}
+	return corev1.EventTypeNormal
+}

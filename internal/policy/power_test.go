@@ -1,0 +1,300 @@
+package policy
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+	kvv1 "kubevirt.io/api/core/v1"
+
+	"github.com/runpolicy/runpolicy/api/v1alpha1"
+	"github.com/runpolicy/runpolicy/internal/shutdown"
+)
+
+// TestStep is the power state machine, one row per transition (docs/behaviour.md, docs/restart-protocol.md).
+func TestStep(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	backoff := Backoff{Base: 10 * time.Second, Max: time.Minute}
+	const old, cur = "vmi-old", "vmi-1"
+
+	kubeVirt := func(rs kvv1.VirtualMachineRunStrategy, reqs ...kvv1.VirtualMachineStateChangeRequest) *kvv1.VirtualMachine {
+		return &kvv1.VirtualMachine{Spec: kvv1.VirtualMachineSpec{RunStrategy: ptr.To(rs)},
+			Status: kvv1.VirtualMachineStatus{StateChangeRequests: reqs, PrintableStatus: kvv1.VirtualMachineStatusStopped}}
+	}
+	manual := kubeVirt(kvv1.RunStrategyManual)
+	running := kubeVirt(kvv1.RunStrategyManual)
+	running.Status.PrintableStatus = kvv1.VirtualMachineStatusRunning
+	start := kvv1.VirtualMachineStateChangeRequest{Action: kvv1.StartRequest}
+	stop := kvv1.VirtualMachineStateChangeRequest{Action: kvv1.StopRequest, UID: ptr.To(types.UID(cur))}
+
+	type vmiOpt func(*kvv1.VirtualMachineInstance)
+	vmi := func(uid string, phase kvv1.VirtualMachineInstancePhase, opts ...vmiOpt) *kvv1.VirtualMachineInstance {
+		v := &kvv1.VirtualMachineInstance{ObjectMeta: metav1.ObjectMeta{UID: types.UID(uid)},
+			Status: kvv1.VirtualMachineInstanceStatus{Phase: phase,
+				PhaseTransitionTimestamps: []kvv1.VirtualMachineInstancePhaseTransitionTimestamp{{Phase: phase,
+					PhaseTransitionTimestamp: metav1.Time{Time: now.Add(-time.Second)}}}}}
+		for _, o := range opts {
+			o(v)
+		}
+		return v
+	}
+	deleting := func(v *kvv1.VirtualMachineInstance) { v.DeletionTimestamp = &metav1.Time{Time: now} }
+	endedAt := func(d time.Duration) vmiOpt {
+		return func(v *kvv1.VirtualMachineInstance) {
+			v.Status.PhaseTransitionTimestamps[0].PhaseTransitionTimestamp.Time = now.Add(-d)
+		}
+	}
+	at := func(d time.Duration) *metav1.Time { return &metav1.Time{Time: now.Add(d)} }
+	shut := func(src v1alpha1.ShutdownSource, uid string) *v1alpha1.LastShutdown {
+		return &v1alpha1.LastShutdown{Source: src, VMIUID: uid}
+	}
+
+	type want struct {
+		status  Bookkeeping
+		action  ActionKind
+		event   string // reason of the event sent after the status write; "" for none
+		evType  string
+		requeue time.Duration
+		decided Action // the decision about a VMI seen to end; "" for none
+		// restartEvent is the reason of the event a restart reports once KubeVirt took it.
+		restartEvent string
+	}
+	cases := []struct {
+		name           string
+		policy         v1alpha1.RunPolicy
+		kv             *kvv1.VirtualMachine
+		notOurs        bool
+		vmi            *kvv1.VirtualMachineInstance
+		cause          shutdown.Cause
+		podTerminating bool
+		noSidecar      bool
+		status         Bookkeeping
+		want           want
+	}{
+		// Nothing to decide.
+		{name: "no KubeVirt VM", policy: v1alpha1.RunPolicyManual, vmi: vmi(cur, kvv1.Succeeded),
+			want: want{action: DoNothing}},
+		{name: "a KubeVirt VM that is not ours is never acted on", policy: v1alpha1.RunPolicyManual, kv: manual, notOurs: true,
+			vmi: vmi(cur, kvv1.Succeeded), cause: shutdown.CauseGuestReset, want: want{action: DoNothing}},
+		{name: "no VMI", policy: v1alpha1.RunPolicyManual, kv: manual, want: want{action: DoNothing}},
+		{name: "a running VMI", policy: v1alpha1.RunPolicyManual, kv: running, vmi: vmi(cur, kvv1.Running),
+			want: want{action: DoNothing}},
+
+		// Finishing a recorded restart.
+		{name: "restart done: KubeVirt runs the successor", policy: v1alpha1.RunPolicyManual, kv: running, vmi: vmi(cur, kvv1.Running),
+			status: Bookkeeping{RestartingVMIUID: old, RestartCount: 2, RestartNotBefore: at(-time.Second)},
+			want:   want{status: Bookkeeping{HandledVMIUID: old, RestartCount: 3}, action: DoNothing}},
+		{name: "restart not done: the successor is still starting", policy: v1alpha1.RunPolicyManual,
+			kv: func() *kvv1.VirtualMachine {
+				k := kubeVirt(kvv1.RunStrategyManual)
+				k.Status.PrintableStatus = kvv1.VirtualMachineStatusStarting
+				return k
+			}(), vmi: vmi(cur, kvv1.Scheduling), status: Bookkeeping{RestartingVMIUID: old},
+			want: want{status: Bookkeeping{RestartingVMIUID: old}, action: DoNothing}},
+		{name: "restart not done: the ended VMI is gone, KubeVirt holds the Start", policy: v1alpha1.RunPolicyManual,
+			kv: kubeVirt(kvv1.RunStrategyManual, start), status: Bookkeeping{RestartingVMIUID: old},
+			want: want{status: Bookkeeping{RestartingVMIUID: old}, action: DoNothing}},
+		{name: "restart done, and the successor ended already: decided in the same pass", policy: v1alpha1.RunPolicyManual,
+			kv: manual, vmi: vmi(cur, kvv1.Succeeded), cause: shutdown.CauseGuestReset, status: Bookkeeping{RestartingVMIUID: old, RestartCount: 1},
+			want: want{status: Bookkeeping{HandledVMIUID: old, RestartCount: 2, RestartingVMIUID: cur,
+				LastShutdown: shut(v1alpha1.ShutdownGuestReset, cur)}, action: DoRestart, decided: ActionRestart, restartEvent: EventGuestReset}},
+		{name: "a restart recorded for the ended VMI: verify past the cache", policy: v1alpha1.RunPolicyManual, kv: manual,
+			vmi: vmi(cur, kvv1.Succeeded), status: Bookkeeping{RestartingVMIUID: cur, LastShutdown: shut(v1alpha1.ShutdownGuestReset, cur)},
+			want: want{status: Bookkeeping{RestartingVMIUID: cur, LastShutdown: shut(v1alpha1.ShutdownGuestReset, cur)}, action: DoVerify,
+				restartEvent: EventRestarting}},
+
+		// Already decided.
+		{name: "handled, stays stopped: clean the VMI up (again)", policy: v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, kv: manual,
+			vmi: vmi(cur, kvv1.Succeeded), status: Bookkeeping{HandledVMIUID: cur},
+			want: want{status: Bookkeeping{HandledVMIUID: cur}, action: DoCleanup}},
+		{name: "handled, being deleted: nothing", policy: v1alpha1.RunPolicyManual, kv: manual,
+			vmi: vmi(cur, kvv1.Succeeded, deleting), status: Bookkeeping{HandledVMIUID: cur},
+			want: want{status: Bookkeeping{HandledVMIUID: cur}, action: DoNothing}},
+		{name: "handled under AlwaysOn: KubeVirt's", policy: v1alpha1.RunPolicyAlwaysOn, kv: kubeVirt(kvv1.RunStrategyAlways),
+			vmi: vmi(cur, kvv1.Succeeded), status: Bookkeeping{HandledVMIUID: cur},
+			want: want{status: Bookkeeping{HandledVMIUID: cur}, action: DoNothing}},
+
+		// Waiting for the launcher pod's termination message.
+		{name: "pod still terminating, no reason yet: wait", policy: v1alpha1.RunPolicyManual, kv: manual, vmi: vmi(cur, kvv1.Succeeded),
+			podTerminating: true, want: want{action: DoNothing, requeue: time.Second}},
+		{name: "pod still terminating past the settle timeout: judged without it", policy: v1alpha1.RunPolicyManual, kv: manual,
+			vmi: vmi(cur, kvv1.Succeeded, endedAt(PodSettleTimeout)), podTerminating: true,
+			want: want{status: Bookkeeping{HandledVMIUID: cur, LastShutdown: shut(v1alpha1.ShutdownUnknown, cur)}, action: DoCleanup,
+				event: EventCrashed, evType: corev1.EventTypeWarning, decided: ActionStayStopped}},
+		{name: "pod still terminating, reason known: no wait", policy: v1alpha1.RunPolicyManual, kv: manual, vmi: vmi(cur, kvv1.Succeeded),
+			podTerminating: true, cause: shutdown.CauseGuestShutdown,
+			want: want{status: Bookkeeping{HandledVMIUID: cur, LastShutdown: shut(v1alpha1.ShutdownGuestShutdown, cur)}, action: DoCleanup,
+				event: EventGuestShutdown, evType: corev1.EventTypeNormal, decided: ActionStayStopped}},
+
+		// Manual.
+		{name: "Manual, guest reset: restart", policy: v1alpha1.RunPolicyManual, kv: manual, vmi: vmi(cur, kvv1.Succeeded),
+			cause: shutdown.CauseGuestReset, status: Bookkeeping{FailureCount: 2, RestartNotBefore: at(time.Minute)},
+			want: want{status: Bookkeeping{RestartingVMIUID: cur, LastShutdown: shut(v1alpha1.ShutdownGuestReset, cur)}, action: DoRestart,
+				decided: ActionRestart, restartEvent: EventGuestReset}},
+		{name: "Manual, host reset (virtctl reset): restart", policy: v1alpha1.RunPolicyManual, kv: manual, vmi: vmi(cur, kvv1.Succeeded),
+			cause: shutdown.CauseHostReset,
+			want: want{status: Bookkeeping{RestartingVMIUID: cur, LastShutdown: shut(v1alpha1.ShutdownHostReset, cur)}, action: DoRestart,
+				decided: ActionRestart, restartEvent: EventHostReset}},
+		{name: "Manual, guest poweroff: stays stopped", policy: v1alpha1.RunPolicyManual, kv: manual, vmi: vmi(cur, kvv1.Succeeded),
+			cause: shutdown.CauseGuestShutdown,
+			want: want{status: Bookkeeping{HandledVMIUID: cur, LastShutdown: shut(v1alpha1.ShutdownGuestShutdown, cur)}, action: DoCleanup,
+				event: EventGuestShutdown, evType: corev1.EventTypeNormal, decided: ActionStayStopped}},
+		{name: "Manual, crash: stays stopped", policy: v1alpha1.RunPolicyManual, kv: manual, vmi: vmi(cur, kvv1.Failed),
+			status: Bookkeeping{FailureCount: 1},
+			want: want{status: Bookkeeping{HandledVMIUID: cur, FailureCount: 1, LastShutdown: shut(v1alpha1.ShutdownCrash, cur)}, action: DoCleanup,
+				event: EventCrashed, evType: corev1.EventTypeWarning, decided: ActionStayStopped}},
+		{name: "Manual, stopped through KubeVirt and already deleted: stays stopped, nothing to clean", policy: v1alpha1.RunPolicyManual,
+			kv: manual, vmi: vmi(cur, kvv1.Succeeded, deleting), cause: shutdown.CauseGuestShutdown,
+			want: want{status: Bookkeeping{HandledVMIUID: cur, LastShutdown: shut(v1alpha1.ShutdownUser, cur)}, action: DoNothing,
+				event: EventStopped, evType: corev1.EventTypeNormal, decided: ActionStayStopped}},
+		{name: "Manual, no sidecar, clean end: reboots stayed in the guest, so a poweroff", policy: v1alpha1.RunPolicyManual, kv: manual,
+			vmi: vmi(cur, kvv1.Succeeded), noSidecar: true,
+			want: want{status: Bookkeeping{HandledVMIUID: cur, LastShutdown: shut(v1alpha1.ShutdownGuestShutdown, cur)}, action: DoCleanup,
+				event: EventGuestShutdown, evType: corev1.EventTypeNormal, decided: ActionStayStopped}},
+
+		// AlwaysOnUntilStoppedManually.
+		{name: "AOUSM, guest reset: restart, failures forgotten", policy: v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, kv: manual,
+			vmi: vmi(cur, kvv1.Succeeded), cause: shutdown.CauseGuestReset, status: Bookkeeping{FailureCount: 3},
+			want: want{status: Bookkeeping{RestartingVMIUID: cur, LastShutdown: shut(v1alpha1.ShutdownGuestReset, cur)}, action: DoRestart,
+				decided: ActionRestart, restartEvent: EventGuestReset}},
+		{name: "AOUSM, guest poweroff: stays stopped, failures forgotten", policy: v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, kv: manual,
+			vmi: vmi(cur, kvv1.Succeeded), cause: shutdown.CauseGuestShutdown, status: Bookkeeping{FailureCount: 3},
+			want: want{status: Bookkeeping{HandledVMIUID: cur, LastShutdown: shut(v1alpha1.ShutdownGuestShutdown, cur)}, action: DoCleanup,
+				event: EventGuestShutdown, evType: corev1.EventTypeNormal, decided: ActionStayStopped}},
+		{name: "AOUSM, a user's stop (Stop request): stays stopped", policy: v1alpha1.RunPolicyAlwaysOnUntilStoppedManually,
+			kv: kubeVirt(kvv1.RunStrategyManual, stop), vmi: vmi(cur, kvv1.Succeeded), status: Bookkeeping{FailureCount: 1},
+			want: want{status: Bookkeeping{HandledVMIUID: cur, LastShutdown: shut(v1alpha1.ShutdownUser, cur)}, action: DoCleanup,
+				event: EventStopped, evType: corev1.EventTypeNormal, decided: ActionStayStopped}},
+		{name: "AOUSM, first crash: restart at once", policy: v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, kv: manual,
+			vmi: vmi(cur, kvv1.Failed),
+			want: want{status: Bookkeeping{RestartingVMIUID: cur, FailureCount: 1, RestartNotBefore: at(0), LastShutdown: shut(v1alpha1.ShutdownCrash, cur)},
+				action: DoRestart, decided: ActionRestartAfterBackoff, restartEvent: EventCrashed}},
+		{name: "AOUSM, second crash in a row: back off", policy: v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, kv: manual,
+			vmi: vmi(cur, kvv1.Failed), cause: shutdown.CauseGuestPanic, status: Bookkeeping{FailureCount: 1},
+			want: want{status: Bookkeeping{FailureCount: 2, RestartNotBefore: at(10 * time.Second), LastShutdown: shut(v1alpha1.ShutdownCrash, cur)},
+				action: DoNothing, event: EventCrashed, evType: corev1.EventTypeWarning, requeue: 10 * time.Second, decided: ActionRestartAfterBackoff}},
+		{name: "AOUSM, backing off: wait out the rest", policy: v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, kv: manual,
+			vmi: vmi(cur, kvv1.Failed), status: Bookkeeping{FailureCount: 2, RestartNotBefore: at(4 * time.Second), LastShutdown: shut(v1alpha1.ShutdownCrash, cur)},
+			want: want{status: Bookkeeping{FailureCount: 2, RestartNotBefore: at(4 * time.Second), LastShutdown: shut(v1alpha1.ShutdownCrash, cur)},
+				action: DoNothing, requeue: 4 * time.Second}},
+		{name: "AOUSM, backoff over: restart, reported once KubeVirt took it", policy: v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, kv: manual,
+			vmi: vmi(cur, kvv1.Failed), status: Bookkeeping{FailureCount: 2, RestartNotBefore: at(-time.Second), LastShutdown: shut(v1alpha1.ShutdownCrash, cur)},
+			want: want{status: Bookkeeping{RestartingVMIUID: cur, FailureCount: 2, RestartNotBefore: at(-time.Second), LastShutdown: shut(v1alpha1.ShutdownCrash, cur)},
+				action: DoRestart, restartEvent: EventCrashed}},
+		{name: "AOUSM, unknown end: never guessed as a reboot, restarted after backoff", policy: v1alpha1.RunPolicyAlwaysOnUntilStoppedManually,
+			kv: manual, vmi: vmi(cur, kvv1.Succeeded), status: Bookkeeping{FailureCount: 1},
+			want: want{status: Bookkeeping{FailureCount: 2, RestartNotBefore: at(10 * time.Second), LastShutdown: shut(v1alpha1.ShutdownUnknown, cur)},
+				action: DoNothing, event: EventCrashed, evType: corev1.EventTypeWarning, requeue: 10 * time.Second, decided: ActionRestartAfterBackoff}},
+		{name: "AOUSM still on Always (starting up): KubeVirt's strategy acts", policy: v1alpha1.RunPolicyAlwaysOnUntilStoppedManually,
+			kv: kubeVirt(kvv1.RunStrategyAlways), vmi: vmi(cur, kvv1.Succeeded, deleting), cause: shutdown.CauseGuestShutdown,
+			want: want{status: Bookkeeping{HandledVMIUID: cur, LastShutdown: shut(v1alpha1.ShutdownGuestShutdown, cur)}, action: DoNothing,
+				event: EventGuestShutdown, evType: corev1.EventTypeNormal, decided: ActionNone}},
+
+		// KubeVirt's own strategies.
+		{name: "AlwaysOn: KubeVirt restarts, runpolicy reports", policy: v1alpha1.RunPolicyAlwaysOn, kv: kubeVirt(kvv1.RunStrategyAlways),
+			vmi: vmi(cur, kvv1.Succeeded), cause: shutdown.CauseGuestReset,
+			want: want{status: Bookkeeping{HandledVMIUID: cur, LastShutdown: shut(v1alpha1.ShutdownGuestReset, cur)}, action: DoNothing,
+				event: EventGuestReset, evType: corev1.EventTypeNormal, decided: ActionNone}},
+		{name: "AlwaysOff: KubeVirt keeps it off", policy: v1alpha1.RunPolicyAlwaysOff, kv: kubeVirt(kvv1.RunStrategyHalted),
+			vmi: vmi(cur, kvv1.Succeeded), cause: shutdown.CauseGuestReset,
+			want: want{status: Bookkeeping{HandledVMIUID: cur, LastShutdown: shut(v1alpha1.ShutdownGuestReset, cur)}, action: DoNothing,
+				event: EventGuestReset, evType: corev1.EventTypeNormal, decided: ActionNone}},
+		{name: "a Manual VM still on Halted (policy change not applied): KubeVirt's", policy: v1alpha1.RunPolicyManual,
+			kv: kubeVirt(kvv1.RunStrategyHalted), vmi: vmi(cur, kvv1.Succeeded), cause: shutdown.CauseGuestReset,
+			want: want{status: Bookkeeping{HandledVMIUID: cur, LastShutdown: shut(v1alpha1.ShutdownGuestReset, cur)}, action: DoNothing,
+				event: EventGuestReset, evType: corev1.EventTypeNormal, decided: ActionNone}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cause := c.cause
+			if cause == "" {
+				cause = shutdown.CauseUnknown
+			}
+			in := PowerInput{Policy: c.policy, KubeVirt: c.kv, Managed: c.kv != nil && !c.notOurs, VMI: c.vmi, Cause: cause,
+				PodTerminating: c.podTerminating, RebootsStayInGuest: c.noSidecar, Status: c.status, Now: now, Backoff: backoff}
+			got := Step(in)
+			if g, w := bookkeepingString(got.Status), bookkeepingString(c.want.status); g != w {
+				t.Errorf("status\n got %s\nwant %s", g, w)
+			}
+			if got.Action.Kind != c.want.action {
+				t.Errorf("action = %s, want %s", got.Action.Kind, c.want.action)
+			}
+			if c.want.action != DoNothing && c.vmi != nil && got.Action.VMIUID != string(c.vmi.UID) {
+				t.Errorf("action's VMI = %q, want %q", got.Action.VMIUID, c.vmi.UID)
+			}
+			if got.Action.Event.Reason != c.want.restartEvent {
+				t.Errorf("restart event = %q, want %q", got.Action.Event.Reason, c.want.restartEvent)
+			}
+			switch {
+			case c.want.event == "" && got.Event != nil:
+				t.Errorf("event %+v, want none", *got.Event)
+			case c.want.event != "" && got.Event == nil:
+				t.Errorf("no event, want %s", c.want.event)
+			case got.Event != nil && (got.Event.Reason != c.want.event || got.Event.Type != c.want.evType || got.Event.Message == ""):
+				t.Errorf("event %+v, want %s %s with a message", *got.Event, c.want.evType, c.want.event)
+			}
+			if got.Requeue != c.want.requeue {
+				t.Errorf("requeue = %s, want %s", got.Requeue, c.want.requeue)
+			}
+			switch {
+			case c.want.decided == "" && got.Decided != nil:
+				t.Errorf("decided %+v, want no new decision", *got.Decided)
+			case c.want.decided != "" && (got.Decided == nil || got.Decided.Action != c.want.decided):
+				t.Errorf("decided %+v, want %s", got.Decided, c.want.decided)
+			}
+			if ls := got.Status.LastShutdown; ls != nil && c.status.LastShutdown == nil && (ls.Reason == "" || ls.Time == nil || !ls.Time.Equal(&metav1.Time{Time: now})) {
+				t.Errorf("lastShutdown %+v: want a reason and the pass's time", *ls)
+			}
+		})
+	}
+}
+
+// A user's stop through KubeVirt for a restart (virtctl restart: [Stop{uid}, Start]) is reported as such.
+func TestStepUserRestartMessage(t *testing.T) {
+	kv := &kvv1.VirtualMachine{Spec: kvv1.VirtualMachineSpec{RunStrategy: ptr.To(kvv1.RunStrategyManual)},
+		Status: kvv1.VirtualMachineStatus{StateChangeRequests: []kvv1.VirtualMachineStateChangeRequest{
+			{Action: kvv1.StopRequest, UID: ptr.To(types.UID("vmi-1"))}, {Action: kvv1.StartRequest}}}}
+	vmi := &kvv1.VirtualMachineInstance{ObjectMeta: metav1.ObjectMeta{UID: "vmi-1"}, Status: kvv1.VirtualMachineInstanceStatus{Phase: kvv1.Succeeded}}
+	got := Step(PowerInput{Policy: v1alpha1.RunPolicyManual, KubeVirt: kv, Managed: true, VMI: vmi, Cause: shutdown.CauseUnknown, Now: time.Now()})
+	if got.Event == nil || !strings.Contains(got.Event.Message, "KubeVirt starts the new one") {
+		t.Fatalf("event = %+v, want the restart-through-KubeVirt message", got.Event)
+	}
+	if got.Status.HandledVMIUID != "vmi-1" || got.Action.Kind != DoCleanup {
+		t.Fatalf("got %+v, want the VMI handled and cleaned up (KubeVirt starts the next one)", got)
+	}
+}
+
+// The bookkeeping round-trips through a VM's status, and Step does not change its input's status.
+func TestBookkeepingRoundTrip(t *testing.T) {
+	st := &v1alpha1.VirtualMachineStatus{Phase: v1alpha1.VirtualMachineRunning, RestartCount: 3, HandledVMIUID: "a", RestartingVMIUID: "b",
+		FailureCount: 2, RestartNotBefore: &metav1.Time{Time: time.Unix(100, 0)}, LastShutdown: &v1alpha1.LastShutdown{Source: v1alpha1.ShutdownCrash, VMIUID: "a"}}
+	b := BookkeepingOf(st)
+	b.LastShutdown.Source = v1alpha1.ShutdownUser
+	if st.LastShutdown.Source != v1alpha1.ShutdownCrash {
+		t.Fatal("BookkeepingOf must copy, not alias, lastShutdown")
+	}
+	var out v1alpha1.VirtualMachineStatus
+	BookkeepingOf(st).Into(&out)
+	out.Phase = st.Phase
+	if bookkeepingString(BookkeepingOf(&out)) != bookkeepingString(BookkeepingOf(st)) {
+		t.Fatalf("round trip: %+v != %+v", out, *st)
+	}
+}
+
+func bookkeepingString(b Bookkeeping) string {
+	ls := "nil"
+	if b.LastShutdown != nil {
+		ls = fmt.Sprintf("{%s %s}", b.LastShutdown.Source, b.LastShutdown.VMIUID)
+	}
+	nb := "nil"
+	if b.RestartNotBefore != nil {
+		nb = b.RestartNotBefore.UTC().Format(time.RFC3339)
+	}
+	return fmt.Sprintf("restarting=%q handled=%q restarts=%d failures=%d notBefore=%s lastShutdown=%s",
+		b.RestartingVMIUID, b.HandledVMIUID, b.RestartCount, b.FailureCount, nb, ls)
+}
