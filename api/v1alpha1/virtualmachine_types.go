@@ -31,9 +31,53 @@ type VirtualMachineSpec struct {
 	// +kubebuilder:default=AlwaysOnUntilStoppedManually
 	RunPolicy RunPolicy `json:"runPolicy,omitempty"`
 
+	// disruptions says whether runpolicy may restart the running VM by itself to apply a changed spec, and when.
+	// +optional
+	Disruptions *Disruptions `json:"disruptions,omitempty"`
+
 	// The KubeVirt VirtualMachine spec (template, dataVolumeTemplates, instancetype, preference, ...).
 	// running and runStrategy are refused: runPolicy replaces them.
 	kvv1.VirtualMachineSpec `json:",inline"`
+}
+
+// RestartApprovalMode says who approves the restart that applies a changed spec to a running VM.
+// +kubebuilder:validation:Enum=Manual;Automatic
+type RestartApprovalMode string
+
+const (
+	// RestartApprovalManual: the VM keeps running its old spec, with AwaitingRestartToApplyConfiguration=True,
+	// until someone restarts it (a VirtualMachineOperation, virtctl) or its guest reboots.
+	RestartApprovalManual RestartApprovalMode = "Manual"
+	// RestartApprovalAutomatic: runpolicy restarts the VM itself, by creating a VirtualMachineOperation of type
+	// Restart (labelled runpolicy.io/reason=apply-changes), inside the window if one is set.
+	RestartApprovalAutomatic RestartApprovalMode = "Automatic"
+)
+
+// Disruptions is when runpolicy may restart a running VM to apply a changed spec.
+// +kubebuilder:validation:XValidation:rule="!has(self.window) || self.restartApprovalMode == 'Automatic'",message="spec.disruptions.window limits automatic restarts: it needs spec.disruptions.restartApprovalMode Automatic"
+type Disruptions struct {
+	// restartApprovalMode: Manual (the default: the VM waits for a restart with AwaitingRestartToApplyConfiguration=True)
+	// or Automatic (runpolicy restarts it through a VirtualMachineOperation of type Restart). A stopped VM needs no
+	// restart: it starts with the current spec.
+	// +optional
+	// +kubebuilder:default=Manual
+	RestartApprovalMode RestartApprovalMode `json:"restartApprovalMode,omitempty"`
+	// window limits automatic restarts to a daily maintenance window; without one they happen at once.
+	// +optional
+	Window *DisruptionWindow `json:"window,omitempty"`
+}
+
+// DisruptionWindow is a daily window, in UTC.
+type DisruptionWindow struct {
+	// start is when the window opens each day, "HH:MM" in UTC (24-hour clock).
+	// +required
+	// +kubebuilder:validation:MaxLength=5
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([01][0-9]|2[0-3]):[0-5][0-9]$')",message="spec.disruptions.window.start must be a UTC time of day as HH:MM, 00:00 to 23:59"
+	Start string `json:"start"`
+	// duration is how long the window stays open, from 1m to 24h (e.g. "2h", "90m").
+	// +required
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]+([.][0-9]+)?(h|m|s|ms))+$') && duration(self) >= duration('1m') && duration(self) <= duration('24h')",message="spec.disruptions.window.duration must be a duration between 1m and 24h, such as 2h or 90m"
+	Duration metav1.Duration `json:"duration"`
 }
 
 // VirtualMachinePhase is the VM's power state, derived from KubeVirt's printableStatus.
@@ -95,8 +139,27 @@ const (
 	ShutdownUnknown   ShutdownSource = "unknown"
 )
 
-// LastShutdown records how the last VMI ended.
-type LastShutdown struct {
+// ShutdownAction is what runpolicy did about an ended VMI.
+// +kubebuilder:validation:Enum=Restarted;RestartAfterBackoff;StayedStopped;LeftToKubeVirt
+type ShutdownAction string
+
+const (
+	// ShutdownRestarted: runpolicy had KubeVirt start a new VMI with the current spec.
+	ShutdownRestarted ShutdownAction = "Restarted"
+	// ShutdownRestartAfterBackoff: a restart waits until restartNotBefore (consecutive failures); the entry becomes
+	// Restarted once it happened.
+	ShutdownRestartAfterBackoff ShutdownAction = "RestartAfterBackoff"
+	// ShutdownStayedStopped: the VM stays stopped, as its policy says.
+	ShutdownStayedStopped ShutdownAction = "StayedStopped"
+	// ShutdownLeftToKubeVirt: KubeVirt's own runStrategy acts (AlwaysOn: Always, AlwaysOff: Halted).
+	ShutdownLeftToKubeVirt ShutdownAction = "LeftToKubeVirt"
+)
+
+// MaxShutdownHistory is how many ended VMIs status.shutdownHistory keeps.
+const MaxShutdownHistory = 10
+
+// Shutdown records how a VMI ended and what runpolicy did about it.
+type Shutdown struct {
 	// source is what ended the VMI: guest-reset, guest-shutdown, host-reset (virtctl reset), crash, user or unknown.
 	// +required
 	Source ShutdownSource `json:"source"`
@@ -111,6 +174,13 @@ type LastShutdown struct {
 	// +optional
 	// +kubebuilder:validation:MaxLength=64
 	VMIUID string `json:"vmiUID,omitempty"`
+	// action is what runpolicy did: Restarted, RestartAfterBackoff (until restartNotBefore), StayedStopped or
+	// LeftToKubeVirt.
+	// +optional
+	Action ShutdownAction `json:"action,omitempty"`
+	// restartNotBefore is when a RestartAfterBackoff restart is due.
+	// +optional
+	RestartNotBefore *metav1.Time `json:"restartNotBefore,omitempty"`
 }
 
 // VirtualMachineStatus is the observed state of a VirtualMachine.
@@ -141,9 +211,17 @@ type VirtualMachineStatus struct {
 	// +kubebuilder:validation:MaxLength=64
 	PrintableStatus string `json:"printableStatus,omitempty"`
 
-	// lastShutdown tells how the last VMI ended.
+	// lastShutdown tells how the last VMI ended: always the first entry of shutdownHistory, kept for clients that
+	// read only the last one.
 	// +optional
-	LastShutdown *LastShutdown `json:"lastShutdown,omitempty"`
+	LastShutdown *Shutdown `json:"lastShutdown,omitempty"`
+
+	// shutdownHistory lists the last ended VMIs (at most 10), newest first: what ended each, when, and what
+	// runpolicy did about it.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=10
+	ShutdownHistory []Shutdown `json:"shutdownHistory,omitempty"`
 
 	// restartCount counts the restarts runpolicy made after a guest reset or a failure.
 	// +optional
@@ -166,6 +244,16 @@ type VirtualMachineStatus struct {
 	// restartNotBefore is set while a restart after a failure waits out its backoff.
 	// +optional
 	RestartNotBefore *metav1.Time `json:"restartNotBefore,omitempty"`
+
+	// nextAutomaticRestart is when the running VM will be restarted to apply its changed spec
+	// (restartApprovalMode Automatic): the next opening of spec.disruptions.window.
+	// +optional
+	NextAutomaticRestart *metav1.Time `json:"nextAutomaticRestart,omitempty"`
+
+	// automaticRestartOperation names the last VirtualMachineOperation runpolicy created to apply a changed spec.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	AutomaticRestartOperation string `json:"automaticRestartOperation,omitempty"`
 }
 
 // VirtualMachine is a KubeVirt virtual machine whose power state follows a runPolicy.

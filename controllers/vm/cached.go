@@ -23,7 +23,7 @@ const (
 func SpecHash(spec *v1alpha1.VirtualMachineSpec) string { return hashJSON(spec) }
 
 // TrimForCache reduces vm, in place, to what the reconcilers read: identity, labels, annotations (kubectl's
-// last-applied copy, a full copy of the object, dropped), the policy, the template's reboot policy, the two hashes, and the status.
+// last-applied copy, a full copy of the object, dropped), the policy, the disruptions, the template's reboot policy, the two hashes, and the status.
 func TrimForCache(vm *v1alpha1.VirtualMachine) {
 	if _, done := vm.Annotations[AnnotationCachedSpecHash]; done {
 		return
@@ -44,7 +44,8 @@ func TrimForCache(vm *v1alpha1.VirtualMachine) {
 	}
 	vm.Annotations = ann
 	vm.ManagedFields = nil
-	vm.Spec = v1alpha1.VirtualMachineSpec{RunPolicy: vm.Spec.RunPolicy, VirtualMachineSpec: kvv1.VirtualMachineSpec{Template: template}}
+	vm.Spec = v1alpha1.VirtualMachineSpec{RunPolicy: vm.Spec.RunPolicy, Disruptions: vm.Spec.Disruptions,
+		VirtualMachineSpec: kvv1.VirtualMachineSpec{Template: template}}
 }
 
 // trimmed tells whether vm is the cache's trimmed copy.

@@ -147,6 +147,7 @@ const cacheRecheck = time.Second
 // +kubebuilder:rbac:groups=kubevirt.io,resources=virtualmachineinstances,verbs=get;list;watch;delete
 // +kubebuilder:rbac:groups=subresources.kubevirt.io,resources=virtualmachines/start;virtualmachines/stop;virtualmachines/restart,verbs=update
 // +kubebuilder:rbac:groups=kubevirt.io,resources=kubevirts,verbs=get;list;watch
+// +kubebuilder:rbac:groups=runpolicy.io,resources=virtualmachineoperations,verbs=create
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
@@ -201,6 +202,11 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	}
 	deriveStatus(vm, kv, vmi, templateHashOf(vm), r.now())
 	r.setRebootCondition(vm, vmi, kvcfg, sc)
+	var autoOp *v1alpha1.VirtualMachineOperation
+	var autoWait time.Duration
+	if vm.DeletionTimestamp == nil && powerErr == nil && step.Action.Kind == policy.DoNothing {
+		autoOp, autoWait = automaticRestart(vm, vmi, r.now())
+	}
 	if syncErr == nil {
 		vm.Status.ObservedGeneration = vm.Generation
 	}
@@ -244,11 +250,27 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		}
 		return ctrl.Result{}, err
 	}
+	if autoOp != nil {
+		if err := r.createAutomaticRestart(ctx, vm, autoOp); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
 	var transient transientError
 	if errors.As(syncErr, &transient) {
 		return ctrl.Result{}, syncErr
 	}
-	return ctrl.Result{RequeueAfter: step.Requeue}, nil
+	return ctrl.Result{RequeueAfter: soonest(step.Requeue, autoWait)}, nil
+}
+
+// soonest is the shortest of the delays that are set (zero: none).
+func soonest(delays ...time.Duration) time.Duration {
+	var d time.Duration
+	for _, x := range delays {
+		if x > 0 && (d == 0 || x < d) {
+			d = x
+		}
+	}
+	return d
 }
 
 func (r *Reconciler) reader() client.Reader {

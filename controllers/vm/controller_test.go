@@ -1,3 +1,5 @@
+//go:build !unit
+
 package vm_test
 
 import (
@@ -283,7 +285,30 @@ var _ = Describe("Admission", func() {
 			[]string{"spec.template.spec.domain.rebootPolicy", "Reboot", "runPolicy Manual"}),
 		Entry("rebootPolicy Reboot with the default policy", map[string]any{"template": rebootPolicyTemplate("Reboot")},
 			[]string{"spec.template.spec.domain.rebootPolicy", "AlwaysOnUntilStoppedManually"}),
+		Entry("unknown restartApprovalMode", map[string]any{"template": template, "disruptions": map[string]any{"restartApprovalMode": "Sometimes"}},
+			[]string{"spec.disruptions.restartApprovalMode", "Unsupported value"}),
+		Entry("a window without Automatic", map[string]any{"template": template,
+			"disruptions": map[string]any{"window": map[string]any{"start": "02:00", "duration": "1h"}}},
+			[]string{"spec.disruptions.window", "restartApprovalMode Automatic"}),
+		Entry("a window start that is no time of day", map[string]any{"template": template,
+			"disruptions": map[string]any{"restartApprovalMode": "Automatic", "window": map[string]any{"start": "25:00", "duration": "1h"}}},
+			[]string{"spec.disruptions.window.start", "HH:MM"}),
+		Entry("a window longer than a day", map[string]any{"template": template,
+			"disruptions": map[string]any{"restartApprovalMode": "Automatic", "window": map[string]any{"start": "02:00", "duration": "48h"}}},
+			[]string{"spec.disruptions.window.duration", "between 1m and 24h"}),
+		Entry("a window duration that is no duration", map[string]any{"template": template,
+			"disruptions": map[string]any{"restartApprovalMode": "Automatic", "window": map[string]any{"start": "02:00", "duration": "soon"}}},
+			[]string{"spec.disruptions.window.duration", "between 1m and 24h"}),
+		Entry("a window without a duration", map[string]any{"template": template,
+			"disruptions": map[string]any{"restartApprovalMode": "Automatic", "window": map[string]any{"start": "02:00"}}},
+			[]string{"spec.disruptions.window.duration", "Required"}),
 	)
+
+	It("accepts a window with restartApprovalMode Automatic", func(ctx SpecContext) {
+		Expect(raw(ctx, "VirtualMachine", map[string]any{"metadata": map[string]any{"name": "windowed"}, "spec": map[string]any{
+			"template": template, "disruptions": map[string]any{"restartApprovalMode": "Automatic",
+				"window": map[string]any{"start": "23:30", "duration": "90m"}}}})).To(Succeed())
+	})
 
 	DescribeTable("accepts a rebootPolicy that agrees with the policy",
 		func(ctx SpecContext, policy, rebootPolicy string) {

@@ -57,7 +57,9 @@ type PowerInput struct {
 
 // Bookkeeping is the part of a runpolicy VM's status that the power step owns (docs/api.md).
 type Bookkeeping struct {
-	LastShutdown     *v1alpha1.LastShutdown
+	// LastShutdown is always a copy of ShutdownHistory's first entry (once there is one).
+	LastShutdown     *v1alpha1.Shutdown
+	ShutdownHistory  []v1alpha1.Shutdown
 	RestartCount     int32
 	HandledVMIUID    string
 	RestartingVMIUID string
@@ -67,14 +69,39 @@ type Bookkeeping struct {
 
 // BookkeepingOf returns the power step's part of st (a copy).
 func BookkeepingOf(st *v1alpha1.VirtualMachineStatus) Bookkeeping {
-	return Bookkeeping{LastShutdown: st.LastShutdown.DeepCopy(), RestartCount: st.RestartCount, HandledVMIUID: st.HandledVMIUID,
+	var history []v1alpha1.Shutdown
+	for i := range st.ShutdownHistory {
+		history = append(history, *st.ShutdownHistory[i].DeepCopy())
+	}
+	return Bookkeeping{LastShutdown: st.LastShutdown.DeepCopy(), ShutdownHistory: history, RestartCount: st.RestartCount, HandledVMIUID: st.HandledVMIUID,
 		RestartingVMIUID: st.RestartingVMIUID, FailureCount: st.FailureCount, RestartNotBefore: st.RestartNotBefore.DeepCopy()}
 }
 
 // Into writes the bookkeeping into st.
 func (b Bookkeeping) Into(st *v1alpha1.VirtualMachineStatus) {
-	st.LastShutdown, st.RestartCount, st.HandledVMIUID = b.LastShutdown, b.RestartCount, b.HandledVMIUID
+	st.LastShutdown, st.ShutdownHistory, st.RestartCount, st.HandledVMIUID = b.LastShutdown, b.ShutdownHistory, b.RestartCount, b.HandledVMIUID
 	st.RestartingVMIUID, st.FailureCount, st.RestartNotBefore = b.RestartingVMIUID, b.FailureCount, b.RestartNotBefore
+}
+
+// record puts how a VMI ended first in the history (keeping at most v1alpha1.MaxShutdownHistory entries) and makes
+// it lastShutdown.
+func (b *Bookkeeping) record(e v1alpha1.Shutdown) {
+	b.ShutdownHistory = append([]v1alpha1.Shutdown{e}, b.ShutdownHistory...)
+	if len(b.ShutdownHistory) > v1alpha1.MaxShutdownHistory {
+		b.ShutdownHistory = b.ShutdownHistory[:v1alpha1.MaxShutdownHistory]
+	}
+	b.LastShutdown = e.DeepCopy()
+}
+
+// restarted turns the entry of the VMI uid that waited for its restart into Restarted.
+func (b *Bookkeeping) restarted(uid string) {
+	if len(b.ShutdownHistory) == 0 || b.ShutdownHistory[0].VMIUID != uid || b.ShutdownHistory[0].Action != v1alpha1.ShutdownRestartAfterBackoff {
+		return
+	}
+	b.ShutdownHistory = append([]v1alpha1.Shutdown(nil), b.ShutdownHistory...) // never write through to the input
+	e := &b.ShutdownHistory[0]
+	e.Action, e.RestartNotBefore = v1alpha1.ShutdownRestarted, nil
+	b.LastShutdown = e.DeepCopy()
 }
 
 // ActionKind is what the reconciler does once the step's bookkeeping is written.
@@ -182,7 +209,15 @@ func Step(in PowerInput) PowerStep {
 		restartNow = !st.RestartNotBefore.After(in.Now)
 	}
 	if st.LastShutdown == nil || st.LastShutdown.VMIUID != uid {
-		st.LastShutdown = &v1alpha1.LastShutdown{Source: d.Source, Reason: ReasonText(ended), Time: &metav1.Time{Time: in.Now}, VMIUID: uid}
+		e := v1alpha1.Shutdown{Source: d.Source, Reason: ReasonText(ended), Time: &metav1.Time{Time: in.Now}, VMIUID: uid,
+			Action: shutdownAction(d.Action, restartNow)}
+		if ended.StoppedByUser && StartPending(kv) {
+			e.Action = v1alpha1.ShutdownRestarted // a restart through KubeVirt (an operation, virtctl restart)
+		}
+		if e.Action == v1alpha1.ShutdownRestartAfterBackoff {
+			e.RestartNotBefore = st.RestartNotBefore.DeepCopy()
+		}
+		st.record(e)
 		if !restartNow {
 			msg := d.Message
 			if d.Action == ActionRestartAfterBackoff {
@@ -201,6 +236,7 @@ func Step(in PowerInput) PowerStep {
 			return s
 		}
 		st.RestartingVMIUID = uid
+		st.restarted(uid)
 		s.Action = restart
 	case ActionRestart:
 		st.FailureCount = 0
@@ -220,6 +256,20 @@ func Step(in PowerInput) PowerStep {
 		st.HandledVMIUID = uid
 	}
 	return s
+}
+
+// shutdownAction is the history's word for a decision.
+func shutdownAction(a Action, restartNow bool) v1alpha1.ShutdownAction {
+	switch {
+	case a == ActionRestart, a == ActionRestartAfterBackoff && restartNow:
+		return v1alpha1.ShutdownRestarted
+	case a == ActionRestartAfterBackoff:
+		return v1alpha1.ShutdownRestartAfterBackoff
+	case a == ActionStayStopped:
+		return v1alpha1.ShutdownStayedStopped
+	default:
+		return v1alpha1.ShutdownLeftToKubeVirt
+	}
 }
 
 // PendingRestart says what a recorded restart of the ended VMI uid still needs, from KubeVirt's VM and VMI read

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
@@ -50,8 +51,8 @@ func TestStep(t *testing.T) {
 		}
 	}
 	at := func(d time.Duration) *metav1.Time { return &metav1.Time{Time: now.Add(d)} }
-	shut := func(src v1alpha1.ShutdownSource, uid string) *v1alpha1.LastShutdown {
-		return &v1alpha1.LastShutdown{Source: src, VMIUID: uid}
+	shut := func(src v1alpha1.ShutdownSource, uid string) *v1alpha1.Shutdown {
+		return &v1alpha1.Shutdown{Source: src, VMIUID: uid}
 	}
 
 	type want struct {
@@ -247,6 +248,15 @@ func TestStep(t *testing.T) {
 			case c.want.decided != "" && (got.Decided == nil || got.Decided.Action != c.want.decided):
 				t.Errorf("decided %+v, want %s", got.Decided, c.want.decided)
 			}
+			h := got.Status.ShutdownHistory
+			switch {
+			case got.Decided != nil && (len(h) != len(c.status.ShutdownHistory)+1 || h[0].Action != historyAction(got.Decided.Action, got.Action.Kind)):
+				t.Errorf("history %+v: want the decision %s first", h, got.Decided.Action)
+			case got.Decided == nil && len(h) != len(c.status.ShutdownHistory):
+				t.Errorf("history %+v: want no new entry", h)
+			case len(h) > 0 && !equality.Semantic.DeepEqual(&h[0], got.Status.LastShutdown):
+				t.Errorf("lastShutdown %+v is not the history's first entry %+v", got.Status.LastShutdown, h[0])
+			}
 			if ls := got.Status.LastShutdown; ls != nil && c.status.LastShutdown == nil && (ls.Reason == "" || ls.Time == nil || !ls.Time.Equal(&metav1.Time{Time: now})) {
 				t.Errorf("lastShutdown %+v: want a reason and the pass's time", *ls)
 			}
@@ -264,6 +274,9 @@ func TestStepUserRestartMessage(t *testing.T) {
 	if got.Event == nil || !strings.Contains(got.Event.Message, "KubeVirt starts the new one") {
 		t.Fatalf("event = %+v, want the restart-through-KubeVirt message", got.Event)
 	}
+	if h := got.Status.ShutdownHistory; len(h) != 1 || h[0].Source != v1alpha1.ShutdownUser || h[0].Action != v1alpha1.ShutdownRestarted {
+		t.Fatalf("history %+v, want the user's restart recorded as Restarted", h)
+	}
 	if got.Status.HandledVMIUID != "vmi-1" || got.Action.Kind != DoCleanup {
 		t.Fatalf("got %+v, want the VMI handled and cleaned up (KubeVirt starts the next one)", got)
 	}
@@ -272,7 +285,7 @@ func TestStepUserRestartMessage(t *testing.T) {
 // The bookkeeping round-trips through a VM's status, and Step does not change its input's status.
 func TestBookkeepingRoundTrip(t *testing.T) {
 	st := &v1alpha1.VirtualMachineStatus{Phase: v1alpha1.VirtualMachineRunning, RestartCount: 3, HandledVMIUID: "a", RestartingVMIUID: "b",
-		FailureCount: 2, RestartNotBefore: &metav1.Time{Time: time.Unix(100, 0)}, LastShutdown: &v1alpha1.LastShutdown{Source: v1alpha1.ShutdownCrash, VMIUID: "a"}}
+		FailureCount: 2, RestartNotBefore: &metav1.Time{Time: time.Unix(100, 0)}, LastShutdown: &v1alpha1.Shutdown{Source: v1alpha1.ShutdownCrash, VMIUID: "a"}}
 	b := BookkeepingOf(st)
 	b.LastShutdown.Source = v1alpha1.ShutdownUser
 	if st.LastShutdown.Source != v1alpha1.ShutdownCrash {
@@ -283,6 +296,61 @@ func TestBookkeepingRoundTrip(t *testing.T) {
 	out.Phase = st.Phase
 	if bookkeepingString(BookkeepingOf(&out)) != bookkeepingString(BookkeepingOf(st)) {
 		t.Fatalf("round trip: %+v != %+v", out, *st)
+	}
+}
+
+// historyAction is the history's word for what a step did.
+func historyAction(d Action, did ActionKind) v1alpha1.ShutdownAction {
+	switch {
+	case did == DoRestart:
+		return v1alpha1.ShutdownRestarted
+	case d == ActionRestartAfterBackoff:
+		return v1alpha1.ShutdownRestartAfterBackoff
+	case d == ActionStayStopped:
+		return v1alpha1.ShutdownStayedStopped
+	}
+	return v1alpha1.ShutdownLeftToKubeVirt
+}
+
+// The history keeps the last v1alpha1.MaxShutdownHistory ended VMIs, newest first; a restart that waited out its
+// backoff turns its entry into Restarted; Step never writes through to its input.
+func TestStepShutdownHistory(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	kv := &kvv1.VirtualMachine{Spec: kvv1.VirtualMachineSpec{RunStrategy: ptr.To(kvv1.RunStrategyManual)}}
+	var st Bookkeeping
+	for i := range v1alpha1.MaxShutdownHistory + 2 {
+		uid := types.UID(fmt.Sprintf("vmi-%d", i))
+		vmi := &kvv1.VirtualMachineInstance{ObjectMeta: metav1.ObjectMeta{UID: uid}, Status: kvv1.VirtualMachineInstanceStatus{Phase: kvv1.Succeeded}}
+		st = Step(PowerInput{Policy: v1alpha1.RunPolicyManual, KubeVirt: kv, Managed: true, VMI: vmi, Cause: shutdown.CauseGuestShutdown,
+			Status: st, Now: now.Add(time.Duration(i) * time.Minute)}).Status
+	}
+	h := st.ShutdownHistory
+	if len(h) != v1alpha1.MaxShutdownHistory || h[0].VMIUID != "vmi-11" || h[len(h)-1].VMIUID != "vmi-2" {
+		t.Fatalf("history of %d entries from %s to %s, want the last %d, newest first", len(h), h[0].VMIUID, h[len(h)-1].VMIUID,
+			v1alpha1.MaxShutdownHistory)
+	}
+	if h[0].Action != v1alpha1.ShutdownStayedStopped || h[0].Source != v1alpha1.ShutdownGuestShutdown || !h[0].Time.Equal(&metav1.Time{Time: now.Add(11 * time.Minute)}) {
+		t.Fatalf("newest entry %+v", h[0])
+	}
+
+	// A second crash in a row backs off; once the delay passed, the restart turns the entry into Restarted.
+	failed := &kvv1.VirtualMachineInstance{ObjectMeta: metav1.ObjectMeta{UID: "vmi-f"}, Status: kvv1.VirtualMachineInstanceStatus{Phase: kvv1.Failed}}
+	in := PowerInput{Policy: v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, KubeVirt: kv, Managed: true, VMI: failed, Cause: shutdown.CauseUnknown,
+		Status: Bookkeeping{FailureCount: 1, ShutdownHistory: h}, Now: now, Backoff: Backoff{Base: 10 * time.Second, Max: time.Minute}}
+	waiting := Step(in).Status
+	if e := waiting.ShutdownHistory[0]; e.Action != v1alpha1.ShutdownRestartAfterBackoff || e.RestartNotBefore == nil ||
+		!e.RestartNotBefore.Equal(&metav1.Time{Time: now.Add(10 * time.Second)}) {
+		t.Fatalf("backing off: entry %+v, want RestartAfterBackoff until now+10s", e)
+	}
+	in.Status, in.Now = waiting, now.Add(11*time.Second)
+	before := BookkeepingOf(&v1alpha1.VirtualMachineStatus{ShutdownHistory: waiting.ShutdownHistory})
+	done := Step(in)
+	if e := done.Status.ShutdownHistory[0]; done.Action.Kind != DoRestart || e.Action != v1alpha1.ShutdownRestarted || e.RestartNotBefore != nil ||
+		done.Status.LastShutdown.Action != v1alpha1.ShutdownRestarted {
+		t.Fatalf("backoff over: %s, entry %+v, lastShutdown %+v; want a restart recorded as Restarted", done.Action.Kind, e, done.Status.LastShutdown)
+	}
+	if waiting.ShutdownHistory[0].Action != before.ShutdownHistory[0].Action {
+		t.Fatal("Step changed its input's history")
 	}
 }
 

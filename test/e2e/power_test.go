@@ -1,3 +1,5 @@
+//go:build !unit
+
 package e2e
 
 import (
@@ -183,6 +185,37 @@ var _ = Describe("Power policy after guest events", func() {
 		},
 		Entry(nil, reboot), Entry(nil, poweroff), Entry(nil, crash), Entry(nil, podGone),
 	)
+
+	It("keeps a shutdown history: a reboot restarted, then a poweroff kept stopped, newest first", func(ctx SpecContext) {
+		ns := newNamespace(ctx)
+		obj := fixture.VM(ns, "vm", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)
+		key := client.ObjectKeyFromObject(obj)
+		Expect(k8s.Create(ctx, obj)).To(Succeed())
+		startAndWait(ctx, obj)
+		first, err := getVMI(ctx, key)
+		Expect(err).NotTo(HaveOccurred())
+		Expect(node.GuestReboot(ctx, ns, "vm")).To(Succeed())
+		var second *kvv1.VirtualMachineInstance
+		Eventually(func(g Gomega) {
+			g.Expect(getVM(ctx, g, key).Status.RestartCount).To(BeEquivalentTo(1))
+			vmi, err := getVMI(ctx, key)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(vmi.UID).NotTo(Equal(first.UID))
+			g.Expect(vmi.Status.Phase).To(Equal(kvv1.Running))
+			second = vmi
+		}).Should(Succeed())
+		Expect(node.GuestPoweroff(ctx, ns, "vm")).To(Succeed())
+		Eventually(func(g Gomega) {
+			st := getVM(ctx, g, key).Status
+			g.Expect(st.Phase).To(Equal(v1alpha1.VirtualMachineStopped))
+			g.Expect(st.ShutdownHistory).To(HaveLen(2))
+			g.Expect(st.ShutdownHistory[0]).To(And(HaveField("VMIUID", string(second.UID)),
+				HaveField("Source", v1alpha1.ShutdownGuestShutdown), HaveField("Action", v1alpha1.ShutdownStayedStopped)))
+			g.Expect(st.ShutdownHistory[1]).To(And(HaveField("VMIUID", string(first.UID)),
+				HaveField("Source", v1alpha1.ShutdownGuestReset), HaveField("Action", v1alpha1.ShutdownRestarted)))
+			g.Expect(st.LastShutdown).To(HaveValue(Equal(st.ShutdownHistory[0])))
+		}).Should(Succeed())
+	})
 
 	It("starts a Manual VM again after a guest poweroff", func(ctx SpecContext) {
 		ns := newNamespace(ctx)

@@ -1,3 +1,5 @@
+//go:build !unit
+
 // Package e2e runs the whole operator against the offline test cluster with KubeVirt's real virt-api and
 // virt-controller (Sidecar gate on) and the simulated node (test/kubevirt): guest reboots, poweroffs, crashes and
 // lost pods for every runPolicy, and operator restarts in the middle of a restart.
