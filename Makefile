@@ -8,8 +8,13 @@ BIN        := $(ROOT)/bin
 TOOLS_MOD  := test/tools
 CONTROLLER_GEN := $(BIN)/tools/controller-gen
 HELM       := $(BIN)/tools/helm
+PROM_TOOLS_MOD := test/tools/prom
+PROMTOOL   := $(BIN)/tools/promtool
+LINT_TOOLS_MOD := test/tools/lint
+GOLANGCI_LINT  := $(BIN)/tools/golangci-lint
 GUEST_DIR  ?= $(BIN)/guest
 GO_TEST_FLAGS ?= -count=1 -timeout 45m
+UNIT_TEST_FLAGS ?=
 BENCH_FLAGS ?=
 CHAOS_SEED ?= 1
 CHAOS_EVENTS ?= 1000
@@ -22,13 +27,13 @@ help: ## Show the targets.
 
 ##@ Main jobs
 .PHONY: demo
-demo: build test-assets ## Local demo: test cluster up, operator running, VMs following their policies.
+demo: build test-assets guest ## Local demo: test cluster up, operator running, VMs in real QEMU guests following their policies (needs root).
 	EXTRA=kubectl test/cluster/build-assets.sh >/dev/null
-	test/demo.sh
+	GUEST_DIR=$(GUEST_DIR) test/demo.sh
 
 .PHONY: test
-test: verify test-assets guest $(HELM) images ## Run all tests (generated-file check, unit, envtest integration, real QEMU, chart, images).
-	HELM=$(HELM) KUBEBUILDER_ASSETS="$$(EXTRA=kube-controller-manager test/cluster/build-assets.sh)" \
+test: verify lint test-unit test-assets guest $(HELM) $(PROMTOOL) images ## Run everything: generated-file check, lint, unit tests (-race), then every test (unit, envtest integration, real QEMU, KubeVirt, chart, images).
+	HELM=$(HELM) PROMTOOL=$(PROMTOOL) KUBEBUILDER_ASSETS="$$(EXTRA=kube-controller-manager test/cluster/build-assets.sh)" \
 		RUNPOLICY_GUEST_DIR=$(GUEST_DIR) RUNPOLICY_REQUIRE_GUEST=1 go test $(GO_TEST_FLAGS) ./...
 
 .PHONY: bench
@@ -56,6 +61,14 @@ verify: ## Fail when generated files (deepcopy, CRDs, RBAC, chart) are stale or 
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$unformatted" ]; then \
 		echo "verify: not gofmt'ed (run make fmt):"; echo "$$unformatted"; exit 1; fi
 
+.PHONY: lint
+lint: $(GOLANGCI_LINT) ## Lint the root module: golangci-lint (.golangci.yml), with kube-api-linter on api/.
+	$(GOLANGCI_LINT) run ./...
+
+.PHONY: test-unit
+test-unit: $(HELM) $(PROMTOOL) ## Tests that need no cluster, KubeVirt or QEMU, with -race (test/unit.sh); UNIT_TEST_FLAGS="-run TestDecide".
+	HELM=$(HELM) PROMTOOL=$(PROMTOOL) test/unit.sh $(UNIT_TEST_FLAGS)
+
 .PHONY: fmt
 fmt: ## go fmt.
 	go fmt ./...
@@ -67,10 +80,14 @@ vet: ## go vet.
 .PHONY: helm
 helm: $(HELM) ## Build the pinned helm (test/tools/go.mod) into bin/tools/helm.
 
+.PHONY: promtool
+promtool: $(PROMTOOL) ## Build the pinned promtool (test/tools/prom/go.mod) into bin/tools/promtool (tests the chart's alerts).
+
 .PHONY: build
-build: ## Build the binaries into bin/.
+build: ## Build the binaries into bin/ (runpolicy-controller, hook-sidecar, the kubectl plugin kubectl-runpolicy).
 	CGO_ENABLED=0 go build -o $(BIN)/runpolicy-controller ./cmd/controller
 	CGO_ENABLED=0 go build -o $(BIN)/hook-sidecar ./cmd/hook-sidecar
+	CGO_ENABLED=0 go build -o $(BIN)/kubectl-runpolicy ./cmd/kubectl-runpolicy
 
 # Neither a container engine nor a base image: images/build assembles each image around its static binary with
 # go-containerregistry. Same sources, version and Go toolchain give the same digests (SOURCE_DATE_EPOCH or the
@@ -102,3 +119,17 @@ $(HELM): $(TOOLS_MOD)/go.mod
 	CGO_ENABLED=0 go -C $(TOOLS_MOD) build -o $@ -ldflags "$(foreach p,chartutil lint/rules,\
 		-X helm.sh/helm/v3/pkg/$(p).k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/$(p).k8sVersionMinor=$$minor)" \
 		helm.sh/helm/v3/cmd/helm
+
+# Prometheus' rule checker and unit tester, for the chart's PrometheusRule (test/chart). A module of its own: in
+# test/tools it would move helm's and controller-gen's Kubernetes dependencies.
+$(PROMTOOL): $(PROM_TOOLS_MOD)/go.mod
+	v=$$(go -C $(PROM_TOOLS_MOD) list -m -f '{{.Version}}' github.com/prometheus/prometheus); \
+	CGO_ENABLED=0 go -C $(PROM_TOOLS_MOD) build -o $@ -ldflags "-X github.com/prometheus/common/version.Version=$$v" \
+		github.com/prometheus/prometheus/cmd/promtool
+
+# golangci-lint with Kubernetes' API linter compiled in as a module plugin: kube-api-linter's own
+# cmd/golangci-lint-kube-api-linter, built against the golangci-lint that test/tools/lint/go.mod pins. It is what
+# `golangci-lint custom` builds, but from the module proxy: custom clones golangci-lint from GitHub. A module of its
+# own: in test/tools it would move golang.org/x/tools and grpc under controller-gen and protoc-gen-go-grpc.
+$(GOLANGCI_LINT): $(LINT_TOOLS_MOD)/go.mod
+	go -C $(LINT_TOOLS_MOD) build -o $@ sigs.k8s.io/kube-api-linter/cmd/golangci-lint-kube-api-linter

@@ -4,8 +4,6 @@ package controllers
 import (
 	"time"
 
-	"github.com/runpolicy/runpolicy/internal/lifecycle"
-	"github.com/runpolicy/runpolicy/internal/policy"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -19,6 +17,8 @@ import (
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
 	"github.com/runpolicy/runpolicy/controllers/vm"
 	"github.com/runpolicy/runpolicy/controllers/vmop"
+	"github.com/runpolicy/runpolicy/internal/lifecycle"
+	"github.com/runpolicy/runpolicy/internal/policy"
 )
 
 // Options configures the reconcilers.
@@ -84,13 +84,16 @@ func CacheOptions() cache.Options {
 
 // Setup registers every runpolicy reconciler with mgr.
 func Setup(mgr ctrl.Manager, opts Options) error {
-	var lc lifecycle.Interface = opts.Lifecycle
+	lc := opts.Lifecycle
 	if lc == nil {
 		c, err := lifecycle.NewClient(mgr.GetConfig())
 		if err != nil {
 			return err
 		}
 		lc = c
+	}
+	if err := SetupMetrics(mgr); err != nil {
+		return err
 	}
 	if err := (&vm.Reconciler{
 		Client:           mgr.GetClient(),

@@ -31,7 +31,7 @@ func WriteArchive(archivePath string, img v1.Image, ref string, mtime time.Time)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
+	defer func() { _ = os.RemoveAll(dir) }()
 	p, err := layout.Write(dir, empty.Index)
 	if err != nil {
 		return err
@@ -44,7 +44,7 @@ func WriteArchive(archivePath string, img v1.Image, ref string, mtime time.Time)
 	}
 	tmp := archivePath + ".tmp"
 	if err := tarDir(tmp, dir, mtime); err != nil {
-		os.Remove(tmp)
+		_ = os.Remove(tmp)
 		return err
 	}
 	return os.Rename(tmp, archivePath)
@@ -57,7 +57,7 @@ func tarDir(out, dir string, mtime time.Time) error {
 	if err != nil {
 		return err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	tw := tar.NewWriter(f)
 	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || p == dir {
@@ -85,7 +85,7 @@ func tarDir(out, dir string, mtime time.Time) error {
 			if err != nil {
 				return err
 			}
-			defer src.Close()
+			defer func() { _ = src.Close() }()
 			_, err = io.Copy(tw, src)
 			return err
 		default:
@@ -143,7 +143,7 @@ func untar(archivePath, dir string) error {
 	if err != nil {
 		return err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
@@ -156,11 +156,11 @@ func untar(archivePath, dir string) error {
 		if err != nil {
 			return err
 		}
-		name := path.Clean(hdr.Name)
-		if !fs.ValidPath(name) {
+		rel := path.Clean(hdr.Name)
+		if !fs.ValidPath(rel) {
 			return fmt.Errorf("unsafe path %q", hdr.Name)
 		}
-		target := filepath.Join(dir, filepath.FromSlash(name))
+		target := filepath.Join(dir, filepath.FromSlash(rel))
 		switch hdr.Typeflag {
 		case tar.TypeDir:
 			if err := os.MkdirAll(target, 0o755); err != nil {
@@ -185,7 +185,7 @@ func writeFile(target string, r io.Reader, mode os.FileMode) error {
 		return err
 	}
 	if _, err := io.Copy(out, r); err != nil {
-		out.Close()
+		_ = out.Close()
 		return err
 	}
 	return out.Close()
@@ -196,7 +196,7 @@ func writeFile(target string, r io.Reader, mode os.FileMode) error {
 func ExtractFile(img v1.Image, file, dst string) error {
 	want := strings.TrimPrefix(path.Clean(file), "/")
 	rc := mutate.Extract(img)
-	defer rc.Close()
+	defer func() { _ = rc.Close() }()
 	tr := tar.NewReader(rc)
 	for {
 		hdr, err := tr.Next()
@@ -228,7 +228,7 @@ func ExtractRootFS(img v1.Image, dst string) (*v1.ConfigFile, error) {
 		return nil, err
 	}
 	rc := mutate.Extract(img)
-	defer rc.Close()
+	defer func() { _ = rc.Close() }()
 	tr := tar.NewReader(rc)
 	chown := os.Geteuid() == 0
 	for {
@@ -239,11 +239,11 @@ func ExtractRootFS(img v1.Image, dst string) (*v1.ConfigFile, error) {
 		if err != nil {
 			return nil, err
 		}
-		name := strings.TrimPrefix(path.Clean(hdr.Name), "/")
-		if !fs.ValidPath(name) {
+		rel := strings.TrimPrefix(path.Clean(hdr.Name), "/")
+		if !fs.ValidPath(rel) {
 			return nil, fmt.Errorf("unsafe path %q in the image", hdr.Name)
 		}
-		target := filepath.Join(dst, filepath.FromSlash(name))
+		target := filepath.Join(dst, filepath.FromSlash(rel))
 		mode := hdr.FileInfo().Mode()
 		switch hdr.Typeflag {
 		case tar.TypeDir:

@@ -112,7 +112,7 @@ func Build(ctx context.Context, root, outDir string, spec Spec, meta Metadata) (
 	if err != nil {
 		return Result{}, err
 	}
-	defer os.RemoveAll(work)
+	defer func() { _ = os.RemoveAll(work) }()
 	bin := filepath.Join(work, filepath.Base(spec.Binary))
 	if err := BuildBinary(ctx, root, spec, meta, bin); err != nil {
 		return Result{}, err

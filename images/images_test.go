@@ -1,3 +1,5 @@
+//go:build !unit
+
 package images_test
 
 import (
@@ -40,7 +42,7 @@ var (
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if buildDir != "" {
-		os.RemoveAll(buildDir)
+		_ = os.RemoveAll(buildDir)
 	}
 	os.Exit(code)
 }
@@ -148,7 +150,7 @@ func TestImageConfigAndAnnotations(t *testing.T) {
 			if cfg.OS != "linux" || cfg.Architecture != "amd64" {
 				t.Errorf("platform %s/%s, want linux/amd64", cfg.OS, cfg.Architecture)
 			}
-			if !cfg.Created.Time.Equal(meta.Created) {
+			if !cfg.Created.Equal(meta.Created) {
 				t.Errorf("config created %s, want %s", cfg.Created.Time, meta.Created)
 			}
 			for k, v := range manifest.Annotations {
@@ -171,7 +173,7 @@ func TestImageLayer(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer rc.Close()
+			defer func() { _ = rc.Close() }()
 			home := strings.TrimPrefix(spec.Home, "/") + "/"
 			bin := strings.TrimPrefix(spec.Binary, "/")
 			var names []string
@@ -381,7 +383,7 @@ func TestNewImageDependsOnInputsOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	var sums []string
+	sums := make([]string, 0, 2)
 	for _, name := range []string{"a.tar", "b.tar"} {
 		if err := images.WriteArchive(filepath.Join(dir, name), img, "registry.example/x/y:1.2.3", m.Created); err != nil {
 			t.Fatal(err)

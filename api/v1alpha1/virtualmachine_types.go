@@ -56,7 +56,7 @@ const (
 // Disruptions is when runpolicy may restart a running VM to apply a changed spec.
 // +kubebuilder:validation:XValidation:rule="!has(self.window) || self.restartApprovalMode == 'Automatic'",message="spec.disruptions.window limits automatic restarts: it needs spec.disruptions.restartApprovalMode Automatic"
 type Disruptions struct {
-	// restartApprovalMode: Manual (the default: the VM waits for a restart with AwaitingRestartToApplyConfiguration=True)
+	// restartApprovalMode is Manual (the default: the VM waits for a restart with AwaitingRestartToApplyConfiguration=True)
 	// or Automatic (runpolicy restarts it through a VirtualMachineOperation of type Restart). A stopped VM needs no
 	// restart: it starts with the current spec.
 	// +optional
@@ -71,12 +71,14 @@ type Disruptions struct {
 type DisruptionWindow struct {
 	// start is when the window opens each day, "HH:MM" in UTC (24-hour clock).
 	// +required
+	// +kubebuilder:validation:MinLength=5
 	// +kubebuilder:validation:MaxLength=5
 	// +kubebuilder:validation:XValidation:rule="self.matches('^([01][0-9]|2[0-3]):[0-5][0-9]$')",message="spec.disruptions.window.start must be a UTC time of day as HH:MM, 00:00 to 23:59"
-	Start string `json:"start"`
+	Start string `json:"start,omitempty"`
 	// duration is how long the window stays open, from 1m to 24h (e.g. "2h", "90m").
 	// +required
 	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]+([.][0-9]+)?(h|m|s|ms))+$') && duration(self) >= duration('1m') && duration(self) <= duration('24h')",message="spec.disruptions.window.duration must be a duration between 1m and 24h, such as 2h or 90m"
+	//nolint:kubeapilinter // nodurations: a window's length is written by people ("2h", "90m"), checked by CEL at admission; only runpolicy parses it
 	Duration metav1.Duration `json:"duration"`
 }
 
@@ -162,7 +164,7 @@ const MaxShutdownHistory = 10
 type Shutdown struct {
 	// source is what ended the VMI: guest-reset, guest-shutdown, host-reset (virtctl reset), crash, user or unknown.
 	// +required
-	Source ShutdownSource `json:"source"`
+	Source ShutdownSource `json:"source,omitempty"`
 	// reason is the detail behind source: the QEMU SHUTDOWN reason from the hook sidecar, or why none was found.
 	// +optional
 	// +kubebuilder:validation:MaxLength=256
@@ -185,7 +187,7 @@ type Shutdown struct {
 
 // VirtualMachineStatus is the observed state of a VirtualMachine.
 type VirtualMachineStatus struct {
-	// conditions: Ready, AwaitingRestartToApplyConfiguration, Synced, RebootsApplyChanges.
+	// conditions are Ready, AwaitingRestartToApplyConfiguration, Synced and RebootsApplyChanges.
 	// +optional
 	// +listType=map
 	// +listMapKey=type
@@ -268,11 +270,15 @@ type VirtualMachineStatus struct {
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type VirtualMachine struct {
 	metav1.TypeMeta `json:",inline"`
+	// metadata is the standard object metadata.
 	// +optional
 	metav1.ObjectMeta `json:"metadata,omitzero"`
 
+	// spec is the desired VM: its run policy and KubeVirt's VirtualMachineSpec.
 	// +required
+	//nolint:kubeapilinter // requiredfields: a value, as in KubeVirt's VirtualMachine; the schema requires spec.template, so an empty spec is refused
 	Spec VirtualMachineSpec `json:"spec"`
+	// status is the observed state, written by the operator only.
 	// +optional
 	Status VirtualMachineStatus `json:"status,omitzero"`
 }
@@ -283,8 +289,4 @@ type VirtualMachineList struct {
 	metav1.TypeMeta `json:",inline"`
 	metav1.ListMeta `json:"metadata,omitzero"`
 	Items           []VirtualMachine `json:"items"`
-}
-
-func init() {
-	SchemeBuilder.Register(&VirtualMachine{}, &VirtualMachineList{})
 }

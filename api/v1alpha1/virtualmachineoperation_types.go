@@ -22,11 +22,11 @@ type VirtualMachineOperationSpec struct {
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=63
 	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",message="spec.virtualMachineName must be the name of a VirtualMachine in this namespace: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit (a DNS-1123 subdomain)"
-	VirtualMachineName string `json:"virtualMachineName"`
+	VirtualMachineName string `json:"virtualMachineName,omitempty"`
 
 	// type is the action: Start, Stop or Restart.
 	// +required
-	Type VirtualMachineOperationType `json:"type"`
+	Type VirtualMachineOperationType `json:"type,omitempty"`
 
 	// force stops the guest at once (grace period 0) for Stop and Restart. Not allowed with Start.
 	// +optional
@@ -80,7 +80,7 @@ const (
 
 // VirtualMachineOperationStatus is the observed state of a VirtualMachineOperation.
 type VirtualMachineOperationStatus struct {
-	// conditions: Completed, SignalSent.
+	// conditions are Completed and SignalSent.
 	// +optional
 	// +listType=map
 	// +listMapKey=type
@@ -91,7 +91,7 @@ type VirtualMachineOperationStatus struct {
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
-	// phase: Pending, InProgress, Completed or Failed.
+	// phase is Pending, InProgress, Completed or Failed.
 	// +optional
 	Phase VirtualMachineOperationPhase `json:"phase,omitempty"`
 
@@ -122,12 +122,15 @@ type VirtualMachineOperationStatus struct {
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type VirtualMachineOperation struct {
 	metav1.TypeMeta `json:",inline"`
+	// metadata is the standard object metadata.
 	// +optional
 	metav1.ObjectMeta `json:"metadata,omitzero"`
 
+	// spec names the VM and the action; it is immutable.
 	// +required
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec is immutable: create a new VirtualMachineOperation instead"
-	Spec VirtualMachineOperationSpec `json:"spec"`
+	Spec VirtualMachineOperationSpec `json:"spec,omitzero"`
+	// status is where the operation stands, written by the operator only.
 	// +optional
 	Status VirtualMachineOperationStatus `json:"status,omitzero"`
 }
@@ -138,8 +141,4 @@ type VirtualMachineOperationList struct {
 	metav1.TypeMeta `json:",inline"`
 	metav1.ListMeta `json:"metadata,omitzero"`
 	Items           []VirtualMachineOperation `json:"items"`
-}
-
-func init() {
-	SchemeBuilder.Register(&VirtualMachineOperation{}, &VirtualMachineOperationList{})
 }

@@ -1,3 +1,5 @@
+//go:build !unit
+
 package main
 
 import (
@@ -19,8 +21,11 @@ import (
 	"k8s.io/client-go/kubernetes"
 	ctrl "sigs.k8s.io/controller-runtime"
 
+	"github.com/runpolicy/runpolicy/api/v1alpha1"
 	"github.com/runpolicy/runpolicy/controllers"
+	"github.com/runpolicy/runpolicy/internal/policy"
 	"github.com/runpolicy/runpolicy/test/cluster"
+	"github.com/runpolicy/runpolicy/test/fixture"
 )
 
 // The metrics endpoint answers only clients that kube-apiserver authenticates and authorizes for GET /metrics.
@@ -38,8 +43,11 @@ func TestMetricsNeedAuthorization(t *testing.T) {
 	addr := l.Addr().String()
 	g.Expect(l.Close()).To(Succeed())
 	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{Scheme: controllers.NewScheme(), HealthProbeBindAddress: "0",
-		Metrics: MetricsOptions(addr, true, "")})
+		Cache: controllers.CacheOptions(), Metrics: MetricsOptions(addr, true, "")})
 	g.Expect(err).NotTo(HaveOccurred())
+	// The state gauges and the shutdown counter, as controllers.Setup wires them (the reconcilers stay out: the
+	// status below is what they would write).
+	g.Expect(controllers.SetupMetrics(mgr)).To(Succeed())
 	go func() { _ = mgr.Start(ctx) }()
 
 	get := func(token string) (int, string, error) {
@@ -53,7 +61,7 @@ func TestMetricsNeedAuthorization(t *testing.T) {
 		if err != nil {
 			return 0, "", err
 		}
-		defer res.Body.Close()
+		defer func() { _ = res.Body.Close() }()
 		b, _ := io.ReadAll(res.Body)
 		return res.StatusCode, string(b), nil
 	}
@@ -92,4 +100,38 @@ func TestMetricsNeedAuthorization(t *testing.T) {
 		g.Expect(code).To(Equal(http.StatusOK), body)
 		g.Expect(body).To(ContainSubstring("runpolicy_hook_sidecar_degraded"), fmt.Sprintf("%.300s", strings.TrimSpace(body)))
 	}).Should(Succeed())
+
+	t.Log("the state gauges are computed from the cache at scrape time, and a recorded shutdown is counted")
+	vm := fixture.VM("default", "web", v1alpha1.RunPolicyManual)
+	g.Expect(env.Client.Create(ctx, vm)).To(Succeed())
+	since := metav1.NewTime(time.Unix(1767323045, 0))
+	vm.Status = v1alpha1.VirtualMachineStatus{Phase: v1alpha1.VirtualMachineRunning, RestartCount: 2, Conditions: []metav1.Condition{
+		{Type: v1alpha1.ConditionAwaitingRestart, Status: metav1.ConditionTrue, Reason: v1alpha1.ReasonChangesPending, Message: "m", LastTransitionTime: since},
+		{Type: v1alpha1.ConditionRebootsApplyChanges, Status: metav1.ConditionFalse, Reason: policy.ReasonFeatureGateDisabled, Message: "m", LastTransitionTime: since},
+	}}
+	g.Expect(env.Client.Status().Update(ctx, vm)).To(Succeed())
+	scrape := func(g Gomega) string {
+		code, body, err := get(token)
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(code).To(Equal(http.StatusOK))
+		return body
+	}
+	g.Eventually(func(g Gomega) {
+		body := scrape(g)
+		for _, line := range []string{
+			`runpolicy_vms{phase="Running",policy="Manual"} 1`,
+			`runpolicy_vms{phase="Stopped",policy="Manual"} 0`,
+			`runpolicy_vms_awaiting_restart{policy="Manual",reason="ChangesPendingRestart"} 1`,
+			`runpolicy_vms_reboots_not_applying_changes{policy="Manual",reason="SidecarFeatureGateDisabled"} 1`,
+			`runpolicy_vm_awaiting_restart_since_timestamp_seconds{name="web",namespace="default",policy="Manual"} 1.767323045e+09`,
+			`runpolicy_vm_status_restarts_total{name="web",namespace="default"} 2`,
+			`runpolicy_vmops{phase="InProgress",type="Restart"} 0`,
+			`runpolicy_vm_shutdowns_total{policy="Manual",reason="unknown"} 0`,
+		} {
+			g.Expect(body).To(ContainSubstring("\n" + line + "\n"))
+		}
+	}).Should(Succeed())
+	vm.Status.LastShutdown = &v1alpha1.Shutdown{Source: v1alpha1.ShutdownUnknown, VMIUID: "vmi-1", Time: &since}
+	g.Expect(env.Client.Status().Update(ctx, vm)).To(Succeed())
+	g.Eventually(scrape).Should(ContainSubstring("\n" + `runpolicy_vm_shutdowns_total{policy="Manual",reason="unknown"} 1` + "\n"))
 }

@@ -14,6 +14,8 @@ import (
 // architecture, kubevirt.io/ template annotations: isDefault) and, from v1.9, virt-controller's firmware
 // synchronizer (pkg/virt-controller/watch/vm/firmware.go). They are kept when runpolicy reverts foreign changes;
 // anything else in the spec that runpolicy did not apply is foreign.
+//
+//nolint:goconst // field paths read best spelled out, element by element.
 var kubeVirtDefaults = [][]string{
 	{"template", "spec", "domain", "firmware", "uuid"},
 	{"template", "spec", "domain", "firmware", "serial"},

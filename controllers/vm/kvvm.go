@@ -63,7 +63,7 @@ func hashJSON(v any) string {
 // sidecars. runpolicy's entry is always the last one: an entry of the user's that merely names the same image is
 // the user's, and its container's termination message is never read (ourSidecarContainer).
 func withHookSidecar(current, image string) (string, error) {
-	var list []json.RawMessage
+	list := make([]json.RawMessage, 0, 1)
 	if current != "" {
 		if err := json.Unmarshal([]byte(current), &list); err != nil {
 			return "", fmt.Errorf("template annotation %s is not a JSON list: %w", AnnotationHookSidecars, err)

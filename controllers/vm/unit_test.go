@@ -74,22 +74,9 @@ func TestApplyObjectDropsNullsAndStatus(t *testing.T) {
 		}
 	}
 	walk("", u.Object)
-	if rs, _, _ := unstructuredString(u.Object, "spec", "runStrategy"); rs != "Manual" {
+	if rs, _, _ := unstructured.NestedString(u.Object, "spec", "runStrategy"); rs != "Manual" {
 		t.Errorf("runStrategy = %q", rs)
 	}
-}
-
-func unstructuredString(m map[string]any, path ...string) (string, bool, error) {
-	var cur any = m
-	for _, p := range path {
-		mm, ok := cur.(map[string]any)
-		if !ok {
-			return "", false, nil
-		}
-		cur = mm[p]
-	}
-	s, ok := cur.(string)
-	return s, ok, nil
 }
 
 func TestTerminationMessages(t *testing.T) {

@@ -1,3 +1,5 @@
+//go:build !unit
+
 package vmop_test
 
 import (
@@ -240,7 +242,7 @@ func newNamespace(ctx context.Context) string {
 	return ns.Name
 }
 
-func createVM(ctx context.Context, ns, name string, p v1alpha1.RunPolicy) *v1alpha1.VirtualMachine {
+func createVM(ctx context.Context, ns, name string, p v1alpha1.RunPolicy) {
 	obj := &v1alpha1.VirtualMachine{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
 		Spec: v1alpha1.VirtualMachineSpec{
@@ -256,16 +258,14 @@ func createVM(ctx context.Context, ns, name string, p v1alpha1.RunPolicy) *v1alp
 		},
 	}
 	Expect(k8s.Create(ctx, obj)).To(Succeed())
-	return obj
 }
 
-func createOp(ctx context.Context, ns, name, vmName string, t v1alpha1.VirtualMachineOperationType, force bool) *v1alpha1.VirtualMachineOperation {
+func createOp(ctx context.Context, ns, name, vmName string, t v1alpha1.VirtualMachineOperationType, force bool) {
 	op := &v1alpha1.VirtualMachineOperation{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
 		Spec:       v1alpha1.VirtualMachineOperationSpec{VirtualMachineName: vmName, Type: t, Force: force},
 	}
 	ExpectWithOffset(1, k8s.Create(ctx, op)).To(Succeed())
-	return op
 }
 
 func getOp(ctx context.Context, ns, name string) func(Gomega) *v1alpha1.VirtualMachineOperation {
@@ -294,6 +294,8 @@ func vmPhase(ctx context.Context, ns, name string) func(Gomega) v1alpha1.Virtual
 }
 
 // runningVMI waits until the VM reads Running and its VMI runs, and returns the VMI.
+//
+//nolint:unparam // name says at each call which VM the spec waits for.
 func runningVMI(ctx context.Context, ns, name string) *kvv1.VirtualMachineInstance {
 	var vmi *kvv1.VirtualMachineInstance
 	EventuallyWithOffset(1, func(g Gomega) {

@@ -36,7 +36,7 @@ func run(args []string) int {
 	source := fs.String("source", "", "source repository URL (default "+images.DefaultSource+")")
 	created := fs.String("created", "", "creation time in Unix seconds (default: SOURCE_DATE_EPOCH, else HEAD's commit time)")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: build [flags] [image ...]\nImages: %s, %s (default both).\n",
+		_, _ = fmt.Fprintf(fs.Output(), "Usage: build [flags] [image ...]\nImages: %s, %s (default both).\n",
 			images.Controller.Name, images.HookSidecar.Name)
 		fs.PrintDefaults()
 	}

@@ -51,7 +51,15 @@ var (
 )
 
 func init() {
-	crmetrics.Registry.MustRegister(VMRestarts, VMOPDuration, Degraded, StatusWriteFailures)
+	crmetrics.Registry.MustRegister(VMRestarts, VMOPDuration, Degraded, StatusWriteFailures, VMShutdowns, state)
+	// Counters by policy and reason start at 0, so that the first restart or shutdown of a kind shows as an
+	// increase (a series born at 1 does not): the alerts on unknown shutdowns rely on it.
+	for _, p := range knownPolicies {
+		for _, r := range knownSources {
+			VMRestarts.WithLabelValues(p, r)
+			VMShutdowns.WithLabelValues(p, r)
+		}
+	}
 }
 
 // StatusWriteFailures counts the VM status writes the API server refused for a reason other than a conflict:

@@ -79,7 +79,7 @@ func TestDecide(t *testing.T) {
 		action Action
 		source v1alpha1.ShutdownSource
 	}
-	var rows []row
+	rows := make([]row, 0, 26) // the rows below
 	for _, p := range []v1alpha1.RunPolicy{v1alpha1.RunPolicyAlwaysOff, v1alpha1.RunPolicyAlwaysOn} {
 		for name, e := range map[string]Ended{"reset": reset, "poweroff": poweroff, "crash": crashed, "pod gone": podGone} {
 			rows = append(rows, row{string(p) + "/" + name, p, e, ActionNone, e.Source()})

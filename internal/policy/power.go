@@ -70,6 +70,9 @@ type Bookkeeping struct {
 // BookkeepingOf returns the power step's part of st (a copy).
 func BookkeepingOf(st *v1alpha1.VirtualMachineStatus) Bookkeeping {
 	var history []v1alpha1.Shutdown
+	if len(st.ShutdownHistory) > 0 {
+		history = make([]v1alpha1.Shutdown, 0, len(st.ShutdownHistory))
+	}
 	for i := range st.ShutdownHistory {
 		history = append(history, *st.ShutdownHistory[i].DeepCopy())
 	}
@@ -209,23 +212,7 @@ func Step(in PowerInput) PowerStep {
 		restartNow = !st.RestartNotBefore.After(in.Now)
 	}
 	if st.LastShutdown == nil || st.LastShutdown.VMIUID != uid {
-		e := v1alpha1.Shutdown{Source: d.Source, Reason: ReasonText(ended), Time: &metav1.Time{Time: in.Now}, VMIUID: uid,
-			Action: shutdownAction(d.Action, restartNow)}
-		if ended.StoppedByUser && StartPending(kv) {
-			e.Action = v1alpha1.ShutdownRestarted // a restart through KubeVirt (an operation, virtctl restart)
-		}
-		if e.Action == v1alpha1.ShutdownRestartAfterBackoff {
-			e.RestartNotBefore = st.RestartNotBefore.DeepCopy()
-		}
-		st.record(e)
-		if !restartNow {
-			msg := d.Message
-			if d.Action == ActionRestartAfterBackoff {
-				msg = fmt.Sprintf("%s at %s", msg, st.RestartNotBefore.UTC().Format(time.RFC3339))
-			}
-			s.Event = &Event{eventType(d.Source), eventReason(d.Source), msg}
-		}
-		s.Decided = &d
+		s.recordEnd(d, ended, StartPending(kv), uid, restartNow, in.Now)
 	}
 
 	restart := PowerAction{Kind: DoRestart, VMIUID: uid, Event: Event{eventType(d.Source), eventReason(d.Source), d.Message}}
@@ -256,6 +243,29 @@ func Step(in PowerInput) PowerStep {
 		st.HandledVMIUID = uid
 	}
 	return s
+}
+
+// recordEnd records how the VMI uid ended, once: first in the shutdown history, with what runpolicy does about it,
+// and the event that reports it — unless a restart is made in this pass, which reports it once KubeVirt took it.
+func (s *PowerStep) recordEnd(d Decision, ended Ended, startPending bool, uid string, restartNow bool, now time.Time) {
+	st := &s.Status
+	e := v1alpha1.Shutdown{Source: d.Source, Reason: ReasonText(ended), Time: &metav1.Time{Time: now}, VMIUID: uid,
+		Action: shutdownAction(d.Action, restartNow)}
+	if ended.StoppedByUser && startPending {
+		e.Action = v1alpha1.ShutdownRestarted // a restart through KubeVirt (an operation, virtctl restart)
+	}
+	if e.Action == v1alpha1.ShutdownRestartAfterBackoff {
+		e.RestartNotBefore = st.RestartNotBefore.DeepCopy()
+	}
+	st.record(e)
+	if !restartNow {
+		msg := d.Message
+		if d.Action == ActionRestartAfterBackoff {
+			msg = fmt.Sprintf("%s at %s", msg, st.RestartNotBefore.UTC().Format(time.RFC3339))
+		}
+		s.Event = &Event{eventType(d.Source), eventReason(d.Source), msg}
+	}
+	s.Decided = &d
 }
 
 // shutdownAction is the history's word for a decision.

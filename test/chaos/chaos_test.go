@@ -35,6 +35,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -127,7 +128,6 @@ func (w *world) count(k string) {
 }
 
 func TestChaos(t *testing.T) {
-	ctrl.SetLogger(zap.New(zap.WriteTo(discard{}), zap.UseDevMode(true)))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	seed, nEvents, nVMs := *seedFlag, *eventsFlag, *vmsFlag
@@ -137,6 +137,11 @@ func TestChaos(t *testing.T) {
 	env, err := cluster.Start(cluster.Options{GarbageCollector: true,
 		KubeVirt: &cluster.KubeVirtOptions{FeatureGates: []string{"Sidecar"}}})
 	must(t, err)
+	// The operator's log goes next to the cluster's, kept when the test fails.
+	opLog, err := os.Create(filepath.Join(env.Dir(), "operator.log"))
+	must(t, err)
+	defer func() { _ = opLog.Close() }()
+	ctrl.SetLogger(zap.New(zap.WriteTo(opLog), zap.UseDevMode(true)))
 	defer func() {
 		if t.Failed() {
 			env.MarkFailed()
@@ -145,7 +150,7 @@ func TestChaos(t *testing.T) {
 	}()
 	node, err := kvnode.Start(ctx, env.Config, kvnode.Options{AuditLog: env.AuditLog, HookSidecarImage: hookSidecarImage})
 	must(t, err)
-	defer node.Stop()
+	defer func() { _ = node.Stop() }()
 	real, err := lifecycle.NewClient(env.Config)
 	must(t, err)
 
@@ -345,10 +350,10 @@ func (w *world) step(rng *rand.Rand, i int, bg *sync.WaitGroup) {
 		w.count("policy change")
 		if err = w.setPolicy(name, p); err == nil {
 			m.policy = p
-			switch {
-			case p == v1alpha1.RunPolicyAlwaysOff:
+			switch p {
+			case v1alpha1.RunPolicyAlwaysOff:
 				m.running = false
-			case p == v1alpha1.RunPolicyAlwaysOn || p == v1alpha1.RunPolicyAlwaysOnUntilStoppedManually:
+			case v1alpha1.RunPolicyAlwaysOn, v1alpha1.RunPolicyAlwaysOnUntilStoppedManually:
 				if !m.running {
 					m.running, m.vmis = true, m.vmis+1
 				}
@@ -738,7 +743,3 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
-
-type discard struct{}
-
-func (discard) Write(p []byte) (int, error) { return len(p), nil }

@@ -1,3 +1,5 @@
+//go:build !unit
+
 package chart
 
 import (
@@ -101,17 +103,17 @@ func checkVirtctlObeysPolicy(ctx context.Context, t *testing.T, g Gomega, cfg *r
 	rc, err := kubevirt.NewSubresourceClient(cfg)
 	g.Expect(err).NotTo(HaveOccurred())
 	off, on := fixture.VM(ns, "virtctl-off", v1alpha1.RunPolicyAlwaysOff), fixture.VM(ns, "virtctl-on", v1alpha1.RunPolicyAlwaysOn)
-	for _, vm := range []*v1alpha1.VirtualMachine{off, on} {
-		g.Expect(admin.Create(ctx, vm)).To(Succeed())
-		defer func() { g.Expect(client.IgnoreNotFound(admin.Delete(ctx, vm))).To(Succeed()) }()
+	for _, v := range []*v1alpha1.VirtualMachine{off, on} {
+		g.Expect(admin.Create(ctx, v)).To(Succeed())
+		defer func() { g.Expect(client.IgnoreNotFound(admin.Delete(ctx, v))).To(Succeed()) }()
 	}
 	g.Eventually(func(g Gomega) {
-		for _, vm := range []*v1alpha1.VirtualMachine{off, on} {
+		for _, v := range []*v1alpha1.VirtualMachine{off, on} {
 			got := &v1alpha1.VirtualMachine{}
-			g.Expect(admin.Get(ctx, client.ObjectKeyFromObject(vm), got)).To(Succeed())
+			g.Expect(admin.Get(ctx, client.ObjectKeyFromObject(v), got)).To(Succeed())
 			want := map[v1alpha1.RunPolicy]v1alpha1.VirtualMachinePhase{v1alpha1.RunPolicyAlwaysOff: v1alpha1.VirtualMachineStopped,
-				v1alpha1.RunPolicyAlwaysOn: v1alpha1.VirtualMachineRunning}[vm.Spec.RunPolicy]
-			g.Expect(got.Status.Phase).To(Equal(want), vm.Name)
+				v1alpha1.RunPolicyAlwaysOn: v1alpha1.VirtualMachineRunning}[v.Spec.RunPolicy]
+			g.Expect(got.Status.Phase).To(Equal(want), v.Name)
 		}
 	}).Should(Succeed())
 	running := &kvv1.VirtualMachineInstance{}

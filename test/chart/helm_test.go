@@ -82,7 +82,8 @@ func mustHelm(t *testing.T, args ...string) string {
 
 func render(t *testing.T, set ...string) string {
 	t.Helper()
-	args := []string{"template", release, chartDir(), "--namespace", namespace, "--kube-version", kubeVersion}
+	args := make([]string, 0, 7+2*len(set))
+	args = append(args, "template", release, chartDir(), "--namespace", namespace, "--kube-version", kubeVersion)
 	for _, s := range set {
 		args = append(args, "--set", s)
 	}
@@ -116,7 +117,7 @@ func isCRD(d document) bool { return strings.HasPrefix(d.source, release+"/templ
 func TestLint(t *testing.T) {
 	t.Log(mustHelm(t, "lint", "--strict", "--kube-version", kubeVersion, chartDir()))
 	t.Log(mustHelm(t, "lint", "--strict", "--kube-version", kubeVersion, chartDir(),
-		"--set", "metrics.serviceMonitor.enabled=true,hookSidecar.enabled=false"))
+		"--set", "metrics.serviceMonitor.enabled=true,hookSidecar.enabled=false,prometheusRules.enabled=true"))
 }
 
 // TestTemplateGolden compares the rendered chart, CRDs left out (TestCRDsMatchGenerated covers them), with
@@ -130,6 +131,8 @@ func TestTemplateGolden(t *testing.T) {
 			"rbac.aggregateToDefaultRoles=false", "metrics.serviceMonitor.enabled=true",
 			"metrics.serviceMonitor.labels.release=prometheus", "vmop.ttl=-1s", "vmop.maxPerVM=-1",
 			"restartBackoff.base=1s", "logging.level=debug", "nodeSelector.role=infra",
+			"prometheusRules.enabled=true", "prometheusRules.labels.release=prometheus",
+			"prometheusRules.alertLabels.team=vms", "prometheusRules.changePending.threshold=1h30m",
 		},
 	}
 	for name, set := range cases {
@@ -280,6 +283,12 @@ func TestBadValuesFail(t *testing.T) {
 		{"leaderElection.enabled=false", "leaderElection.enabled"}, // two replicas, no leader
 		{"serviceAccount.create=false", "serviceAccount.name"},
 		{"metrics.serviceMonitor.enabled=true,metrics.service.enabled=false", "metrics.service.enabled"},
+		{"prometheusRules.enabled=yes", "/prometheusRules/enabled"},
+		{"prometheusRules.changePending.threshold=1.5h", "threshold"}, // a Go duration, not Prometheus'
+		{"prometheusRules.restartLoop.window=30", "window"},
+		{"prometheusRules.restartLoop.restarts=0", "restarts"},
+		{"prometheusRules.degraded.severity=", "severity"},
+		{"prometheusRules.thresholds.x=1", "thresholds"}, // unknown key
 	}
 	for _, c := range cases {
 		t.Run(c.set, func(t *testing.T) {

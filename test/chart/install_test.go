@@ -1,3 +1,5 @@
+//go:build !unit
+
 package chart
 
 import (
@@ -143,6 +145,7 @@ func TestInstallAndRunAsServiceAccount(t *testing.T) {
 	// The registry is the process's: count from here.
 	restartLabels := map[string]string{"policy": "AlwaysOnUntilStoppedManually", "reason": "guest-reset"}
 	restartsBefore := metricCount(t, metrics.VMRestartsName, restartLabels)
+	resetsBefore := metricCount(t, metrics.VMShutdownsName, restartLabels)
 	opsBefore := map[string]float64{}
 	for _, typ := range []string{"Stop", "Start", "Restart"} {
 		opsBefore[typ] = metricCount(t, metrics.VMOPDurationName, map[string]string{"type": typ, "result": "Completed"})
@@ -202,7 +205,7 @@ func TestInstallAndRunAsServiceAccount(t *testing.T) {
 	g.Eventually(func(g Gomega) []string {
 		var evs eventsv1.EventList
 		g.Expect(admin.List(ctx, &evs, client.InNamespace(ns.Name))).To(Succeed())
-		var reasons []string
+		reasons := make([]string, 0, len(evs.Items))
 		for _, e := range evs.Items {
 			reasons = append(reasons, e.Reason)
 		}
@@ -215,6 +218,13 @@ func TestInstallAndRunAsServiceAccount(t *testing.T) {
 		g.Expect(metricCount(t, metrics.VMOPDurationName, map[string]string{"type": typ, "result": "Completed"})-before).
 			To(BeEquivalentTo(1), typ)
 	}
+
+	t.Log("the shutdown counter and the state gauges (leader only, from the cache) follow the VM's status")
+	g.Expect(metricCount(t, metrics.VMShutdownsName, restartLabels) - resetsBefore).To(BeEquivalentTo(1))
+	g.Expect(metricCount(t, metrics.VMStatusRestartsName, map[string]string{"namespace": ns.Name, "name": "vm"})).To(BeEquivalentTo(1))
+	g.Expect(metricCount(t, metrics.VMsName, map[string]string{"policy": "AlwaysOnUntilStoppedManually", "phase": "Running"})).
+		To(BeNumerically(">=", 1))
+	g.Expect(metricCount(t, metrics.VMOPsName, map[string]string{"type": "Restart", "phase": "Completed"})).To(BeNumerically(">=", 1))
 
 	t.Log("the operator met no refusal on the way")
 	g.Expect(logs.String()).NotTo(ContainSubstring("forbidden"), "a permission the operator needs is missing from the chart")
@@ -330,8 +340,8 @@ func allowed(ctx context.Context, g Gomega, admin client.Client, user string, a 
 	return sar.Status.Allowed
 }
 
-// metricCount returns a counter's value or a histogram's sample count, for the metric of family name with exactly
-// the given labels in controller-runtime's registry (which the manager's /metrics endpoint serves); 0 if absent.
+// metricCount returns a counter's or gauge's value or a histogram's sample count, for the metric of family name with
+// exactly the given labels in controller-runtime's registry (which the manager's /metrics endpoint serves); 0 if absent.
 func metricCount(t *testing.T, name string, labels map[string]string) float64 {
 	t.Helper()
 	families, err := crmetrics.Registry.Gather()
@@ -354,6 +364,9 @@ func metricCount(t *testing.T, name string, labels map[string]string) float64 {
 			}
 			if h := m.GetHistogram(); h != nil {
 				return float64(h.GetSampleCount())
+			}
+			if gauge := m.GetGauge(); gauge != nil {
+				return gauge.GetValue()
 			}
 			return m.GetCounter().GetValue()
 		}

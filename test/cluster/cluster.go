@@ -128,6 +128,10 @@ func CRDs(manifestDir string) ([]*apiextv1.CustomResourceDefinition, error) {
 
 // Start brings the cluster up. Call Stop when done.
 func Start(opts Options) (_ *Env, err error) {
+	if unitBuild {
+		return nil, errors.New("make test-unit (-tags unit) starts no test cluster: " +
+			"a test file that needs one carries the constraint //go:build !unit")
+	}
 	assets, err := AssetsDir()
 	if err != nil {
 		return nil, err
@@ -283,7 +287,7 @@ func (e *Env) MarkFailed() { e.failed = true }
 
 // Logs names the log files of the processes the cluster runs.
 func (e *Env) Logs() []string {
-	var out []string
+	out := make([]string, 0, len(e.procs))
 	for _, p := range e.procs {
 		out = append(out, p.log)
 	}
@@ -328,7 +332,7 @@ func (e *Env) startProcess(name string, out *os.File, bin string, args ...string
 		if err != nil {
 			return nil, err
 		}
-		defer f.Close()
+		defer func() { _ = f.Close() }()
 		out = f
 	}
 	cmd.Stdout, cmd.Stderr = out, out

@@ -80,8 +80,8 @@ func (r *kubelet) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result,
 // shutdown, else Failed (the domain is gone; virt-controller also fails a Running VMI whose pod vanished).
 func (r *kubelet) podDeleted(ctx context.Context, pod *corev1.Pod) error {
 	n := r.n
-	if real, err := n.deleteRealLauncher(ctx, pod); real || err != nil {
-		return err // its containers end for real: realPodExited reports them, the next pass removes the pod
+	if n.deleteRealLauncher(pod) {
+		return nil // its containers end for real: realPodExited reports them, the next pass removes the pod
 	}
 	if !podTerminated(pod) {
 		vmi, err := n.podVMI(ctx, pod)

@@ -125,9 +125,9 @@ func Start(ctx context.Context, cfg *rest.Config, opts Options) (*Node, error) {
 	}
 	n.cache = mgr.GetClient()
 	fast := controller.Options{MaxConcurrentReconciles: 4}
-	launcher := predicate.NewPredicateFuncs(func(o client.Object) bool { return o.GetLabels()[virtv1.AppLabel] == "virt-launcher" })
+	launcherPod := predicate.NewPredicateFuncs(func(o client.Object) bool { return o.GetLabels()[virtv1.AppLabel] == "virt-launcher" })
 	if err := ctrl.NewControllerManagedBy(mgr).Named("node-kubelet").
-		For(&corev1.Pod{}, builder.WithPredicates(launcher)).WithOptions(fast).Complete(&kubelet{n: n}); err != nil {
+		For(&corev1.Pod{}, builder.WithPredicates(launcherPod)).WithOptions(fast).Complete(&kubelet{n: n}); err != nil {
 		return nil, err
 	}
 	if err := ctrl.NewControllerManagedBy(mgr).Named("node-virt-handler").For(&virtv1.VirtualMachineInstance{}).

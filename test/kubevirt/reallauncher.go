@@ -2,6 +2,7 @@ package kubevirt
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -92,16 +93,16 @@ func (n *Node) syncRealLauncher(ctx context.Context, vmi *virtv1.VirtualMachineI
 // deleteRealLauncher is the kubelet's pod deletion for a real-launcher pod whose containers still run: SIGTERM,
 // SIGKILL after the pod's grace period, in the background; the containers' end is then reported (realPodExited) and
 // the pod removed by the next reconcile. It reports whether pod is one.
-func (n *Node) deleteRealLauncher(ctx context.Context, pod *corev1.Pod) (bool, error) {
+func (n *Node) deleteRealLauncher(pod *corev1.Pod) bool {
 	if podTerminated(pod) || n.opts.RealLauncher == nil || n.opts.RealLauncher.Pod(pod.UID) == nil {
-		return false, nil
+		return false
 	}
 	grace := 30 * time.Second
 	if pod.DeletionGracePeriodSeconds != nil {
 		grace = time.Duration(*pod.DeletionGracePeriodSeconds) * time.Second
 	}
 	go n.opts.RealLauncher.Delete(pod.UID, grace)
-	return true, nil
+	return true
 }
 
 // realPodExited writes what the kubelet reports once a real-launcher pod's containers exited: their real states
@@ -161,4 +162,19 @@ func (n *Node) realPodExited(ctx context.Context, pod *corev1.Pod, real []corev1
 		}
 		return err
 	})
+}
+
+// RealLauncherPod is the real-launcher pod of the running VMI of that name (its serial console, say: what
+// virt-handler serves `virtctl console` from); an error when the VMI does not run or its pod is simulated.
+func (n *Node) RealLauncherPod(ctx context.Context, namespace, vmName string) (*launcher.Pod, error) {
+	_, pod, err := n.runningLauncher(ctx, namespace, vmName)
+	if err != nil {
+		return nil, err
+	}
+	if n.opts.RealLauncher != nil {
+		if p := n.opts.RealLauncher.Pod(pod.UID); p != nil {
+			return p, nil
+		}
+	}
+	return nil, fmt.Errorf("the launcher pod %s/%s of VMI %s is simulated, not a real virt-launcher", pod.Namespace, pod.Name, vmName)
 }

@@ -1,3 +1,5 @@
+//go:build !unit
+
 package kubevirt_test
 
 import (
@@ -132,7 +134,7 @@ var _ = Describe("virt-launcher pod", func() {
 		Expect(ref.Kind).To(Equal("VirtualMachine"))
 		Expect(ref.UID).To(Equal(getVM(ns, "vm").UID))
 		Expect(vmi.Finalizers).To(ContainElements(virtv1.VirtualMachineInstanceFinalizer, virtv1.VirtualMachineControllerFinalizer))
-		phases := []virtv1.VirtualMachineInstancePhase{}
+		phases := make([]virtv1.VirtualMachineInstancePhase, 0, len(vmi.Status.PhaseTransitionTimestamps))
 		for _, t := range vmi.Status.PhaseTransitionTimestamps {
 			phases = append(phases, t.Phase)
 		}
@@ -153,7 +155,7 @@ var _ = Describe("virt-launcher pod", func() {
 		Expect(metav1.GetControllerOf(&pod).UID).To(Equal(vmi.UID))
 		Expect(pod.Spec.NodeName).To(Equal("node01"))
 		Expect(pod.Status.Phase).To(Equal(corev1.PodRunning))
-		names := []string{}
+		names := make([]string, 0, len(pod.Spec.Containers))
 		for _, c := range pod.Spec.Containers {
 			names = append(names, c.Name)
 		}

@@ -1,3 +1,5 @@
+//go:build !unit
+
 package kubevirt_test
 
 import (
@@ -73,6 +75,7 @@ func newNamespace() string {
 
 const sidecarAnnotation = `[{"image":"` + hookImage + `","args":["--version","v1alpha2"]}]`
 
+//nolint:unparam // every spec so far names its one VM "vm"; the helper takes the name like the others.
 func newVM(ns, name string, rs virtv1.VirtualMachineRunStrategy) *virtv1.VirtualMachine {
 	vm := &virtv1.VirtualMachine{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
@@ -136,6 +139,8 @@ func succeededAndStopped() state { return state{virtv1.VirtualMachineStatusStopp
 func failedAndStopped() state    { return state{virtv1.VirtualMachineStatusStopped, virtv1.Failed} }
 
 // settle waits until the VM reaches want and the number of VMIs created is wantVMIs, then checks it stays so.
+//
+//nolint:unparam // every spec so far names its one VM "vm"; the helper takes the name like the others.
 func settle(ns, name string, want state, wantVMIs int) {
 	EventuallyWithOffset(1, func() int { return kv.VMIsCreated(ns, name) }).Should(Equal(wantVMIs))
 	EventuallyWithOffset(1, func() state { return stateOf(ns, name) }).Should(Equal(want))
@@ -143,6 +148,7 @@ func settle(ns, name string, want state, wantVMIs int) {
 	ExpectWithOffset(1, kv.VMIsCreated(ns, name)).To(Equal(wantVMIs))
 }
 
+//nolint:unparam // every spec so far names its one VM "vm"; the helper takes the name like the others.
 func put(ns, name, action string, body any) error {
 	return kubevirt.PutVMSubresource(ctx, rc, ns, name, action, body)
 }

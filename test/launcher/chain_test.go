@@ -1,3 +1,5 @@
+//go:build !unit
+
 package launcher_test
 
 import (

@@ -356,7 +356,7 @@ func resourceField(c corev1.Container, ref *corev1.ResourceFieldSelector) string
 // expand replaces $(VAR) with the variable's value, as Kubernetes does in command, args and env values ($$ is a
 // literal $; unknown variables stay as they are).
 func expand(in []string, vars map[string]string) []string {
-	var out []string
+	out := make([]string, 0, len(in))
 	for _, s := range in {
 		var b strings.Builder
 		for i := 0; i < len(s); i++ {

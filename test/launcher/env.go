@@ -96,6 +96,10 @@ type TestEnv struct {
 // pass as a skip).
 func Require(t testing.TB) TestEnv {
 	t.Helper()
+	if unitBuild {
+		t.Fatal("make test-unit (-tags unit) runs no virt-launcher: a test file that needs one carries the " +
+			"constraint //go:build !unit")
+	}
 	unavailable := func(format string, args ...any) {
 		t.Helper()
 		msg := fmt.Sprintf(format, args...)

@@ -1,3 +1,5 @@
+//go:build !unit
+
 package launcher
 
 import (
@@ -136,6 +138,9 @@ func TestRealLauncherGuestEnd(t *testing.T) {
 			}
 			if _, err := p.Handler().WaitEvent(ctx, func(ev DomainEvent) bool { return ev.Domain != nil && ev.Domain.Deleted }); err != nil {
 				t.Errorf("no final delete notification from virt-launcher: %v", err)
+			}
+			if log, err := p.SerialConsoleLog(); err != nil || !strings.Contains(string(log), "RUNPOLICY-GUEST booted action="+tc.action) {
+				t.Errorf("serial console log %q (%v), want the guest's boot line", tail(log, 512), err)
 			}
 
 			// The containers end on their own once the VMI is final: virt-launcher after its final notification, the

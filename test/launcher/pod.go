@@ -203,7 +203,7 @@ func ptrTrue() *bool { b := true; return &b }
 
 // ContainerStatuses are the statuses of the containers run, in the pod's order.
 func (p *Pod) ContainerStatuses() []corev1.ContainerStatus {
-	var out []corev1.ContainerStatus
+	out := make([]corev1.ContainerStatus, 0, len(p.containers))
 	for _, c := range p.containers {
 		out = append(out, c.Status())
 	}

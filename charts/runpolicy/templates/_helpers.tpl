@@ -52,3 +52,14 @@ app.kubernetes.io/component: controller
 {{- printf "%s:%s" .image.repository (default .appVersion .image.tag) }}
 {{- end }}
 {{- end }}
+
+{{/* seconds turns a Prometheus duration such as 1h30m or 1d (values.schema.json: units s, m, h, d, w) into seconds. */}}
+{{- define "runpolicy.seconds" -}}
+{{- $units := dict "s" 1 "m" 60 "h" 3600 "d" 86400 "w" 604800 }}
+{{- $total := 0 }}
+{{- range regexFindAll "[0-9]+[smhdw]" . -1 }}
+{{- $n := regexFind "^[0-9]+" . }}
+{{- $total = add $total (mul (atoi $n) (get $units (trimPrefix $n .))) }}
+{{- end }}
+{{- $total }}
+{{- end }}

@@ -30,7 +30,7 @@ func hostileTemplates(ctx context.Context, operator string, n, size int) error {
 	if err != nil {
 		return err
 	}
-	defer env.Stop()
+	defer func() { _ = env.Stop() }()
 	measure := func(tag string, size int) (float64, error) {
 		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "hostile-"}}
 		if err := env.Client.Create(ctx, ns); err != nil {
@@ -40,7 +40,7 @@ func hostileTemplates(ctx context.Context, operator string, n, size int) error {
 		if err != nil {
 			return 0, err
 		}
-		defer logf.Close()
+		defer func() { _ = logf.Close() }()
 		cmd := exec.Command(operator, "--kubeconfig", env.Kubeconfig, "--leader-elect=false", "--metrics-bind-address", "0",
 			"--health-probe-bind-address", "0")
 		cmd.Stdout, cmd.Stderr = logf, logf
@@ -79,7 +79,7 @@ func hostileTemplates(ctx context.Context, operator string, n, size int) error {
 			time.Sleep(time.Second)
 		}
 		time.Sleep(10 * time.Second)
-		hwm, _, err := memKiB(cmd.Process.Pid)
+		hwm, err := memKiB(cmd.Process.Pid)
 		return float64(hwm) / 1024, err
 	}
 	small, err := measure("small", 16)

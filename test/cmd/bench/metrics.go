@@ -59,7 +59,7 @@ func (r *run) scrape() (opMetrics, error) {
 	if err != nil {
 		return m, err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	families, err := parseMetrics(resp.Body)
 	if err != nil {
 		return m, err
@@ -138,7 +138,7 @@ func topAPITime(before, after map[string][2]float64, n int) string {
 		k    string
 		s, c float64
 	}
-	var rows []row
+	rows := make([]row, 0, len(after))
 	for k, v := range after {
 		rows = append(rows, row{k, v[0] - before[k][0], v[1] - before[k][1]})
 	}

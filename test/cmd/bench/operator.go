@@ -17,7 +17,7 @@ func freePort() (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	defer ln.Close()
+	defer func() { _ = ln.Close() }()
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
@@ -43,11 +43,11 @@ func (r *run) startOperator() error {
 		"--restart-backoff-base", "1s", "--restart-backoff-max", "4s", "--restart-request", r.cfg.restartRequest)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
-		logf.Close()
+		_ = logf.Close()
 		return err
 	}
 	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
+	go func() { _ = cmd.Wait(); _ = logf.Close(); close(done) }()
 	r.op, r.opDone = cmd, done
 	return nil
 }
@@ -71,7 +71,7 @@ func (r *run) sampleRSS() float64 {
 	if pid == 0 {
 		return 0
 	}
-	hwm, _, err := memKiB(pid)
+	hwm, err := memKiB(pid)
 	if err != nil {
 		return 0
 	}
@@ -86,7 +86,7 @@ func (r *run) heapProfile() error {
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
 		return err

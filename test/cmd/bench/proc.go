@@ -35,13 +35,13 @@ func cpuSeconds(pid int) (float64, error) {
 	return float64(ut+st) / clockTicks, nil
 }
 
-// memKiB reads VmHWM (peak RSS) and VmRSS from /proc/PID/status, in KiB.
-func memKiB(pid int) (hwm, rss int64, err error) {
+// memKiB reads VmHWM (peak RSS) from /proc/PID/status, in KiB.
+func memKiB(pid int) (hwm int64, err error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, 0, err
+		return 0, err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		k, v, ok := strings.Cut(sc.Text(), ":")
@@ -53,14 +53,11 @@ func memKiB(pid int) (hwm, rss int64, err error) {
 			continue
 		}
 		n, _ := strconv.ParseInt(fs[0], 10, 64)
-		switch k {
-		case "VmHWM":
+		if k == "VmHWM" {
 			hwm = n
-		case "VmRSS":
-			rss = n
 		}
 	}
-	return hwm, rss, sc.Err()
+	return hwm, sc.Err()
 }
 
 // children maps the command name (comm) of this process's direct children to their pids: kube-apiserver,

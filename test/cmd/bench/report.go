@@ -19,11 +19,11 @@ func ms(s float64) string { return fmt.Sprintf("%.1f", s*1000) }
 func table(rs []result) string {
 	var b strings.Builder
 	w := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "N\tresets rp/kv\treset→new VMI p50 ms rp\tkv\tratio\tp99 ms rp\tkv\tratio\t"+
+	_, _ = fmt.Fprintln(w, "N\tresets rp/kv\treset→new VMI p50 ms rp\tkv\tratio\tp99 ms rp\tkv\tratio\t"+
 		"reset→Running p50 ms rp\tkv\tratio\tp99 ms rp\tkv\tratio\tVMI final→new p50 ms rp\tkv\t")
 	for _, r := range rs {
 		k := r.KubeVirt
-		fmt.Fprintf(w, "%d\t%d/%d\t%s\t%s\t%.2f\t%s\t%s\t%.2f\t%s\t%s\t%.2f\t%s\t%s\t%.2f\t%s\t%s\t\n",
+		_, _ = fmt.Fprintf(w, "%d\t%d/%d\t%s\t%s\t%.2f\t%s\t%s\t%.2f\t%s\t%s\t%.2f\t%s\t%s\t%.2f\t%s\t%s\t\n",
 			r.N, r.Resets, k.Resets,
 			ms(r.ResetP50), ms(k.ResetP50), ratio(r.ResetP50, k.ResetP50), ms(r.ResetP99), ms(k.ResetP99), ratio(r.ResetP99, k.ResetP99),
 			ms(r.RunningP50), ms(k.RunningP50), ratio(r.RunningP50, k.RunningP50), ms(r.RunningP99), ms(k.RunningP99), ratio(r.RunningP99, k.RunningP99),
@@ -32,11 +32,11 @@ func table(rs []result) string {
 	_ = w.Flush()
 	b.WriteString("\n")
 	w = tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "N\tcreate s\tconverge(create) s\tresync(plain restart) s\tresync writes\tconverge(restart, every spec changed) s\top first write s\t"+
+	_, _ = fmt.Fprintln(w, "N\tcreate s\tconverge(create) s\tresync(plain restart) s\tresync writes\tconverge(restart, every spec changed) s\top first write s\t"+
 		"max reset ms\twrite floor p50 ms\tp99 ms\tVM write floor p50 ms\tp99 ms\treconcile mean ms\t2×floor+reconcile ms\t2×VM floor+reconcile ms\t"+
 		"writes/restart\tstate writes/restart\tevents/restart\top peak RSS MiB\top CPU s create/resync/restart/resets\t")
 	for _, r := range rs {
-		fmt.Fprintf(w, "%d\t%.1f\t%.1f\t%.1f\t%d\t%.1f\t%.1f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.2f\t%.2f\t%.0f\t%.1f/%.1f/%.1f/%.1f\t\n",
+		_, _ = fmt.Fprintf(w, "%d\t%.1f\t%.1f\t%.1f\t%d\t%.1f\t%.1f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f\t%.2f\t%.2f\t%.0f\t%.1f/%.1f/%.1f/%.1f\t\n",
 			r.N, r.CreateSeconds, r.ConvergeCreate, r.ResyncRestart, r.ResyncWrites, r.ConvergeRestart, r.OperatorReadyAfter,
 			ms(r.ResetMax), ms(r.FloorP50), ms(r.FloorP99), ms(r.VMFloorP50), ms(r.VMFloorP99), ms(r.ReconcileMean), ms(2*r.FloorP50+r.ReconcileMean),
 			ms(2*r.VMFloorP50+r.ReconcileMean),

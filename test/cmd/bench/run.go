@@ -67,7 +67,7 @@ func runOne(parent context.Context, c config, n int) (res result, err error) {
 	if err != nil {
 		return res, err
 	}
-	defer env.Stop()
+	defer func() { _ = env.Stop() }()
 	// The logs of virt-api, virt-controller and kube-controller-manager go to the results folder.
 	defer func() {
 		for _, l := range env.Logs() {
@@ -87,7 +87,7 @@ func runOne(parent context.Context, c config, n int) (res result, err error) {
 	if err != nil {
 		return res, err
 	}
-	defer node.Stop()
+	defer func() { _ = node.Stop() }()
 	r := &run{ctx: ctx, cfg: c, n: n, res: &res, env: env, node: node, k8s: env.Client, auditLog: env.AuditLog, kubecfg: env.Kubeconfig,
 		vmiFinal: map[types.UID]time.Time{}, runningAt: map[types.UID]time.Time{}}
 	if err := r.startCache(ctx); err != nil {

@@ -1,0 +1,6 @@
+//go:build !unit
+
+package cluster
+
+// unitBuild: see unit.go.
+const unitBuild = false

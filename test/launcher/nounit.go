@@ -1,0 +1,6 @@
+//go:build !unit
+
+package launcher
+
+// unitBuild: see unit.go.
+const unitBuild = false
