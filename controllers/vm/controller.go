@@ -68,7 +68,7 @@ type Reconciler struct {
 	SidecarMode policy.SidecarMode
 	// APIReader reads past the cache where a stale read could repeat a request; nil means the cached client.
 	APIReader client.Reader
-	// Lifecycle calls KubeVirt's start/stop/restart subresources.
+	// Lifecycle asks KubeVirt for the new VMI of a restart (Replace, or its start subresource).
 	Lifecycle lifecycle.Interface
 	// RestartRequest is how a restart asks KubeVirt for the new VMI; empty means RestartViaStartRequest.
 	RestartRequest RestartRequest
