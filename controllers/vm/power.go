@@ -96,7 +96,7 @@ func (r *Reconciler) act(ctx context.Context, vm *v1alpha1.VirtualMachine, vmi *
 		return r.cleanup(ctx, vmi)
 	case policy.DoVerify:
 		// Read past the cache: right after our own request, or after KubeVirt acted, the cache may lag.
-		kv, fresh, err := r.readFresh(ctx, client.ObjectKeyFromObject(vm))
+		kv, fresh, err := r.readFresh(ctx, client.ObjectKeyFromObject(vm), types.UID(a.VMIUID))
 		if err != nil {
 			return err
 		}
@@ -116,20 +116,19 @@ func (r *Reconciler) act(ctx context.Context, vm *v1alpha1.VirtualMachine, vmi *
 	return nil
 }
 
-// readFresh reads the KubeVirt VM and VMI past the cache; nil for one that does not exist.
-func (r *Reconciler) readFresh(ctx context.Context, key client.ObjectKey) (*kvv1.VirtualMachine, *kvv1.VirtualMachineInstance, error) {
-	kv, vmi := &kvv1.VirtualMachine{}, &kvv1.VirtualMachineInstance{}
+// readFresh reads the VMI past the cache and, while it is still the ended VMI, the KubeVirt VM too; nil for one that
+// does not exist or was not read (a VMI KubeVirt already replaced or is deleting needs no second read).
+func (r *Reconciler) readFresh(ctx context.Context, key client.ObjectKey, ended types.UID) (*kvv1.VirtualMachine, *kvv1.VirtualMachineInstance, error) {
+	vmi := &kvv1.VirtualMachineInstance{}
 	if err := r.reader().Get(ctx, key, vmi); err != nil {
-		if !apierrors.IsNotFound(err) {
-			return nil, nil, err
-		}
-		vmi = nil
+		return nil, nil, client.IgnoreNotFound(err)
 	}
+	if !policy.StillEnded(vmi, ended) {
+		return nil, vmi, nil
+	}
+	kv := &kvv1.VirtualMachine{}
 	if err := r.reader().Get(ctx, key, kv); err != nil {
-		if !apierrors.IsNotFound(err) {
-			return nil, nil, err
-		}
-		kv = nil
+		return nil, vmi, client.IgnoreNotFound(err)
 	}
 	return kv, vmi, nil
 }

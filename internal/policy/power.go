@@ -285,7 +285,7 @@ func shutdownAction(a Action, restartNow bool) v1alpha1.ShutdownAction {
 // PendingRestart says what a recorded restart of the ended VMI uid still needs, from KubeVirt's VM and VMI read
 // past the cache (DoVerify); vmi is nil when there is none.
 func PendingRestart(kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance, uid types.UID) RestartNext {
-	if kv == nil || vmi == nil || vmi.UID != uid || vmi.DeletionTimestamp != nil || !vmi.IsFinal() {
+	if kv == nil || !StillEnded(vmi, uid) {
 		return RestartWait
 	}
 	// virt-api's start writes [Stop{uid}, Start] in one patch and virt-controller trims the Stop only once that VMI
@@ -301,6 +301,12 @@ func PendingRestart(kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance, u
 		return RestartServeStale
 	}
 	return RestartWait
+}
+
+// StillEnded tells whether vmi is the ended VMI uid, not yet deleted: only then can a recorded restart of it still
+// need runpolicy (PendingRestart); otherwise KubeVirt has taken it.
+func StillEnded(vmi *kvv1.VirtualMachineInstance, uid types.UID) bool {
+	return vmi != nil && vmi.UID == uid && vmi.DeletionTimestamp == nil && vmi.IsFinal()
 }
 
 // RestartNext is what a restart that was recorded but not seen through needs from runpolicy.
