@@ -39,7 +39,7 @@ type Options struct {
 	// OperationTimeout fails an operation whose target state KubeVirt has not reached that long after accepting
 	// its signal; zero means vmop.DefaultTimeout, negative waits for ever.
 	OperationTimeout time.Duration
-	// RestartRequest is how a restart asks KubeVirt for the new VMI; empty means vm.RestartViaStartRequest.
+	// RestartRequest is how a restart asks KubeVirt for the new VMI; empty means vm.RestartViaStateChangeRequest.
 	RestartRequest vm.RestartRequest
 	// Workers is how many VMs are reconciled at once; 0 means DefaultWorkers.
 	Workers int

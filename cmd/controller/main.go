@@ -95,9 +95,9 @@ func main() {
 		"How long a VirtualMachineOperation may wait for KubeVirt to reach its target state after accepting its signal "+
 			"before it fails with reason TimedOut; a negative value waits for ever.")
 	flag.IntVar(&opts.Workers, "workers", controllers.DefaultWorkers, "How many VMs are reconciled at once.")
-	restartRequest := flag.String("restart-request", string(vm.RestartViaStartRequest),
-		"How a restart asks KubeVirt for the new VMI: start-request (write KubeVirt's Start request into the KubeVirt "+
-			"VM's status and delete the ended VMI) or start-subresource (KubeVirt's start subresource, like virtctl start).")
+	restartRequest := flag.String("restart-request", string(vm.RestartViaStateChangeRequest),
+		"How a restart asks KubeVirt for the new VMI: state-change-request (write KubeVirt's [Stop, Start] requests into "+
+			"the KubeVirt VM's status and delete the ended VMI) or start-subresource (KubeVirt's start subresource, like virtctl start).")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine) // --zap-devel, --zap-encoder, --zap-log-level, --zap-stacktrace-level, --zap-time-encoding
 	flag.Parse()                        // --kubeconfig is registered by controller-runtime
@@ -111,10 +111,10 @@ func main() {
 	}
 	opts.HookSidecarMode = mode
 	switch rr := vm.RestartRequest(*restartRequest); rr {
-	case vm.RestartViaStartRequest, vm.RestartViaStartSubresource:
+	case vm.RestartViaStateChangeRequest, vm.RestartViaStartSubresource:
 		opts.RestartRequest = rr
 	default:
-		log.Error(fmt.Errorf("%q is neither %s nor %s", rr, vm.RestartViaStartRequest, vm.RestartViaStartSubresource), "Bad --restart-request")
+		log.Error(fmt.Errorf("%q is neither %s nor %s", rr, vm.RestartViaStateChangeRequest, vm.RestartViaStartSubresource), "Bad --restart-request")
 		os.Exit(2)
 	}
 

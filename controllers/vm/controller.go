@@ -37,9 +37,10 @@ const DefaultWorkers = 4
 type RestartRequest string
 
 const (
-	// RestartViaStartRequest writes KubeVirt's Start request into the KubeVirt VM's status and deletes the ended VMI
-	// (lifecycle.Client.Replace): virt-controller then creates the new VMI in one pass, as under runStrategy Always.
-	RestartViaStartRequest RestartRequest = "start-request"
+	// RestartViaStateChangeRequest writes KubeVirt's requests [Stop{ended VMI}, Start] into the KubeVirt VM's
+	// status and deletes the ended VMI at once (lifecycle.Client.Replace): once it is gone, virt-controller trims
+	// the Stop and creates the new VMI.
+	RestartViaStateChangeRequest RestartRequest = "state-change-request"
 	// RestartViaStartSubresource calls KubeVirt's start subresource, like virtctl start: virt-api writes
 	// [Stop{ended VMI}, Start], which virt-controller serves in three passes (delete, trim the Stop, create).
 	RestartViaStartSubresource RestartRequest = "start-subresource"
@@ -70,7 +71,7 @@ type Reconciler struct {
 	APIReader client.Reader
 	// Lifecycle asks KubeVirt for the new VMI of a restart (Replace, or its start subresource).
 	Lifecycle lifecycle.Interface
-	// RestartRequest is how a restart asks KubeVirt for the new VMI; empty means RestartViaStartRequest.
+	// RestartRequest is how a restart asks KubeVirt for the new VMI; empty means RestartViaStateChangeRequest.
 	RestartRequest RestartRequest
 	// Backoff spaces out restarts after consecutive failures; a zero Base means policy.DefaultBackoff.
 	Backoff policy.Backoff

@@ -104,10 +104,10 @@ func (r *Reconciler) act(ctx context.Context, vm *v1alpha1.VirtualMachine, vmi *
 		case policy.RestartSend:
 			return r.restart(ctx, vm, a)
 		case policy.RestartServeStale:
-			// A Start request beside the ended VMI: left from the previous restart, which KubeVirt trims only once a
-			// VMI runs, when that VMI ended first; or runpolicy's own, cut short by a crash before the deletion.
-			// KubeVirt never serves it while the ended VMI is there (and virt-api refuses another start, "already
-			// underway"); without the ended VMI, KubeVirt serves it.
+			// A Start request without a Stop for the ended VMI, beside it: left from the previous restart, which
+			// KubeVirt trims only once it sees the VMI it started neither final nor deleted, when that VMI ended
+			// first (runpolicy's own request carries the Stop). KubeVirt never serves it while the ended VMI is there
+			// (and virt-api refuses another start, "already underway"); without the ended VMI, KubeVirt serves it.
 			ctrl.LoggerFrom(ctx).Info("KubeVirt holds a Start request beside the ended VMI: deleting the VMI so that it is served",
 				"VirtualMachineInstance", klog.KObj(fresh))
 			return r.cleanup(ctx, fresh)
@@ -134,7 +134,7 @@ func (r *Reconciler) readFresh(ctx context.Context, key client.ObjectKey, ended 
 }
 
 // restart has KubeVirt start a new VMI, built from the VM's current template, in place of the ended one: by default
-// with KubeVirt's Start request written directly and the ended VMI deleted (lifecycle.Client.Replace), or through
+// with KubeVirt's requests written directly and the ended VMI deleted (lifecycle.Client.Replace), or through
 // KubeVirt's start subresource (RestartRequest). The event reports the restart once KubeVirt accepted it.
 func (r *Reconciler) restart(ctx context.Context, vm *v1alpha1.VirtualMachine, a policy.PowerAction) error {
 	ctrl.LoggerFrom(ctx).Info("Restarting VMI", "endedVMI", a.VMIUID)

@@ -17,29 +17,36 @@ var ErrRequestPending = errors.New("KubeVirt already holds a state change reques
 
 // Replace starts a new VMI in place of the ended VMI ended, under runStrategy Manual, in two writes:
 //
-//  1. KubeVirt's Start request into the VM's status.stateChangeRequests, only if KubeVirt holds no request at all
-//     (a JSON patch whose test fails otherwise: ErrRequestPending). This is the request virt-api's start writes,
-//     minus the Stop{ended} in front of it that virt-controller would first have to act on and trim.
-//  2. The ended VMI deleted, and only that one (UID precondition; already gone is fine). Under Manual,
-//     virt-controller leaves a Start request beside an existing VMI alone; once the VMI is gone it creates the
-//     new one from the VM's current template, as under runStrategy Always it replaces an ended VMI.
+//  1. KubeVirt's request to replace it, [Stop{ended}, Start], into the VM's status.stateChangeRequests, only if
+//     KubeVirt holds no request at all (a JSON patch whose test fails otherwise: ErrRequestPending). These are the
+//     requests virt-api's start writes for a VM whose VMI is final (RequestRestart says why the Stop is needed).
+//  2. The ended VMI deleted, and only that one (UID precondition; already gone is fine). virt-controller would
+//     delete it itself on the Stop; deleting it at once saves waiting for virt-controller's pass. Once the VMI is
+//     gone, virt-controller drops the Stop and creates the new VMI from the VM's current template.
 //
-// The order keeps a crash in between harmless: a Start request beside the ended VMI is found and served by deleting
-// that VMI (the caller's restart protocol, docs/restart-protocol.md); the reverse order could leave the VM with
-// neither VMI nor request.
+// A crash in between is harmless: the Stop makes virt-controller delete the ended VMI itself, and the test of the
+// first write refuses a second request while KubeVirt holds this one.
 func (c *Client) Replace(ctx context.Context, namespace, name string, ended types.UID) error {
-	if err := c.RequestStart(ctx, namespace, name); err != nil {
+	if err := c.RequestRestart(ctx, namespace, name, ended); err != nil {
 		return err
 	}
 	return c.DeleteEnded(ctx, namespace, name, ended)
 }
 
-// RequestStart writes KubeVirt's Start request into the VM's status.stateChangeRequests if KubeVirt holds no request
+// RequestRestart writes [Stop{ended}, Start] into the VM's status.stateChangeRequests if KubeVirt holds no request
 // (else ErrRequestPending): Replace's first step.
-func (c *Client) RequestStart(ctx context.Context, namespace, name string) error {
+//
+// A Start alone is not enough: virt-controller drops a leading Start as soon as its cache shows a VMI that is
+// neither final nor being deleted (pkg/virt-controller/watch/vm/vm.go, isTrimFirstChangeRequestNeeded), and its
+// cache of VMIs can lag behind its cache of VMs, still showing the ended VMI as running. The Start would be dropped,
+// the deletion would follow, and the VM would be left with neither a VMI nor a request. A leading Stop{ended} is
+// dropped only once that VMI is gone or another replaced it, and the Start behind it is served only then
+// (test/kubevirt, "a restart request written beside a VMI virt-controller sees running").
+func (c *Client) RequestRestart(ctx context.Context, namespace, name string, ended types.UID) error {
 	patch, err := json.Marshal([]map[string]any{
 		{"op": "test", "path": "/status/stateChangeRequests", "value": nil},
-		{"op": "add", "path": "/status/stateChangeRequests", "value": []kvv1.VirtualMachineStateChangeRequest{{Action: kvv1.StartRequest}}},
+		{"op": "add", "path": "/status/stateChangeRequests", "value": []kvv1.VirtualMachineStateChangeRequest{
+			{Action: kvv1.StopRequest, UID: &ended}, {Action: kvv1.StartRequest}}},
 	})
 	if err != nil {
 		return err
@@ -49,9 +56,9 @@ func (c *Client) RequestStart(ctx context.Context, namespace, name string) error
 	switch {
 	case apierrors.IsInvalid(err):
 		// kube-apiserver answers a failed JSON patch test with 422.
-		return fmt.Errorf("start request for %s/%s: %w (%v)", namespace, name, ErrRequestPending, err)
+		return fmt.Errorf("restart request for %s/%s: %w (%v)", namespace, name, ErrRequestPending, err)
 	case err != nil:
-		return fmt.Errorf("start request for %s/%s: %w", namespace, name, err)
+		return fmt.Errorf("restart request for %s/%s: %w", namespace, name, err)
 	}
 	return nil
 }

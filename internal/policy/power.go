@@ -288,10 +288,10 @@ func PendingRestart(kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance, u
 	if kv == nil || !StillEnded(vmi, uid) {
 		return RestartWait
 	}
-	// virt-api's start writes [Stop{uid}, Start] in one patch and virt-controller trims the Stop only once that VMI
-	// is gone; runpolicy's own request (a Start alone) is followed by the VMI's deletion at once. A Start without
-	// the Stop beside the ended VMI is therefore one from before it, or runpolicy's own cut short by a crash: under
-	// Manual, KubeVirt serves it once the ended VMI is gone.
+	// virt-api's start and runpolicy's own request both write [Stop{uid}, Start] in one patch, and virt-controller
+	// trims the Stop only once that VMI is gone (under Manual it deletes the VMI itself on the Stop). A Start without
+	// the Stop beside the ended VMI is therefore one from before it: under Manual, KubeVirt serves it once the ended
+	// VMI is gone.
 	switch {
 	case !StartPending(kv):
 		return RestartSend

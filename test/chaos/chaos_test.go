@@ -689,7 +689,7 @@ func (k *killingLifecycle) Start(ctx context.Context, ns, name string) error {
 }
 
 func (k *killingLifecycle) Replace(ctx context.Context, ns, name string, ended types.UID) error {
-	return k.around(func() error { return k.RequestStart(ctx, ns, name) }, func() error { return k.DeleteEnded(ctx, ns, name, ended) })
+	return k.around(func() error { return k.RequestRestart(ctx, ns, name, ended) }, func() error { return k.DeleteEnded(ctx, ns, name, ended) })
 }
 
 // around runs the steps of one request; armed, it kills the operator before the first step, or after the first.

@@ -186,7 +186,7 @@ func (f *faultyLifecycle) Replace(ctx context.Context, ns, name string, ended ty
 		before()
 		return context.Canceled
 	}
-	if err := f.RequestStart(ctx, ns, name); err != nil || between != nil {
+	if err := f.RequestRestart(ctx, ns, name, ended); err != nil || between != nil {
 		if between != nil {
 			between()
 			return context.Canceled

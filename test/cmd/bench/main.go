@@ -77,7 +77,7 @@ func main() {
 	flag.IntVar(&c.workers, "workers", 8, "Concurrent clients creating/updating VMs.")
 	flag.IntVar(&c.floorN, "floor-writes", 200, "Sequential writes measuring the apiserver's round trip.")
 	flag.Uint64Var(&c.seed, "seed", 1, "Random seed (which VMs are reset).")
-	flag.StringVar(&c.restartRequest, "restart-request", "start-request", "The operator's --restart-request: start-request or start-subresource.")
+	flag.StringVar(&c.restartRequest, "restart-request", "state-change-request", "The operator's --restart-request: state-change-request or start-subresource.")
 	flag.BoolVar(&c.keepAudit, "keep-audit", false, "Copy kube-apiserver's audit log (writes only) to the results folder.")
 	hostile := flag.Int("hostile-templates", 0, "Instead of the scale runs: peak RSS of the operator with this many runpolicy VMs "+
 		"whose templates are -hostile-size bytes, next to the same VMs with one-line templates (issue: memory under hostile input).")
