@@ -93,7 +93,7 @@ func (r *Reconciler) act(ctx context.Context, vm *v1alpha1.VirtualMachine, vmi *
 	case policy.DoRestart:
 		return r.restart(ctx, vm, a)
 	case policy.DoCleanup:
-		return r.cleanup(ctx, vmi)
+		return r.stayStopped(ctx, vm, vmi)
 	case policy.DoVerify:
 		// Read past the cache: right after our own request, or after KubeVirt acted, the cache may lag.
 		kv, fresh, err := r.readFresh(ctx, client.ObjectKeyFromObject(vm), types.UID(a.VMIUID))
@@ -159,6 +159,24 @@ func (r *Reconciler) restart(ctx context.Context, vm *v1alpha1.VirtualMachine, a
 	}
 	metrics.RestartRequested(string(vm.Spec.RunPolicy), string(reason))
 	return nil
+}
+
+// stayStopped deletes the ended VMI of a VM that stays stopped, after dropping a Start request KubeVirt kept beside
+// it (policy.StaleStart), which KubeVirt would serve once the VMI is gone. The KubeVirt VM is read past the cache:
+// a Start the cache does not show yet would start the VM against its policy.
+func (r *Reconciler) stayStopped(ctx context.Context, vm *v1alpha1.VirtualMachine, vmi *kvv1.VirtualMachineInstance) error {
+	kv := &kvv1.VirtualMachine{}
+	if err := r.reader().Get(ctx, client.ObjectKeyFromObject(vm), kv); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	if policy.StaleStart(kv, vmi.UID) {
+		ctrl.LoggerFrom(ctx).Info("KubeVirt holds a Start request beside the ended VMI of a VM that stays stopped: dropping it",
+			"VirtualMachineInstance", klog.KObj(vmi), "stateChangeRequests", kv.Status.StateChangeRequests)
+		if err := r.Lifecycle.DropStarts(ctx, vm.Namespace, vm.Name, kv.Status.StateChangeRequests); err != nil {
+			return err
+		}
+	}
+	return r.cleanup(ctx, vmi)
 }
 
 // cleanup deletes a finished VMI, and only that one (UID precondition).

@@ -76,3 +76,37 @@ func (c *Client) DeleteEnded(ctx context.Context, namespace, name string, ended 
 	}
 	return nil
 }
+
+// DropStarts removes the Start requests from the VM's status.stateChangeRequests, in one JSON patch whose test lets
+// it through only while they still read current (else ErrRequestPending).
+//
+// A VM that stays stopped needs it when KubeVirt kept a Start beside its ended VMI: virt-controller drops a Start
+// only once it sees the VMI it started neither final nor deleted, so a VMI that ended before that leaves the Start
+// pending, and once the ended VMI is deleted, KubeVirt would serve it and start the VM against its policy.
+func (c *Client) DropStarts(ctx context.Context, namespace, name string, current []kvv1.VirtualMachineStateChangeRequest) error {
+	var kept []kvv1.VirtualMachineStateChangeRequest
+	for _, r := range current {
+		if r.Action != kvv1.StartRequest {
+			kept = append(kept, r)
+		}
+	}
+	ops := []map[string]any{{"op": "test", "path": "/status/stateChangeRequests", "value": current}}
+	if len(kept) == 0 {
+		ops = append(ops, map[string]any{"op": "remove", "path": "/status/stateChangeRequests"})
+	} else {
+		ops = append(ops, map[string]any{"op": "replace", "path": "/status/stateChangeRequests", "value": kept})
+	}
+	patch, err := json.Marshal(ops)
+	if err != nil {
+		return err
+	}
+	err = c.core.Patch(types.JSONPatchType).Namespace(namespace).Resource("virtualmachines").Name(name).
+		SubResource("status").Body(patch).Do(ctx).Error()
+	switch {
+	case apierrors.IsInvalid(err):
+		return fmt.Errorf("dropping the Start request of %s/%s: %w (%v)", namespace, name, ErrRequestPending, err)
+	case err != nil:
+		return fmt.Errorf("dropping the Start request of %s/%s: %w", namespace, name, err)
+	}
+	return nil
+}

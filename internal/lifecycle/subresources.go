@@ -26,6 +26,9 @@ type Interface interface {
 	Restart(ctx context.Context, namespace, name string, force bool) error
 	// Replace starts a new VMI in place of the ended VMI ended, under runStrategy Manual (see replace.go).
 	Replace(ctx context.Context, namespace, name string, ended types.UID) error
+	// DropStarts removes the Start requests from the VM's stateChangeRequests, only if they still read current
+	// (see replace.go).
+	DropStarts(ctx context.Context, namespace, name string, current []kvv1.VirtualMachineStateChangeRequest) error
 }
 
 // Client is an Interface over REST clients: one for KubeVirt's subresource API, one for kubevirt.io/v1.

@@ -295,12 +295,17 @@ func PendingRestart(kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance, u
 	switch {
 	case !StartPending(kv):
 		return RestartSend
-	case StopRequested(kv, uid):
-		return RestartWait
-	case kv.Spec.RunStrategy != nil && *kv.Spec.RunStrategy == kvv1.RunStrategyManual:
+	case StaleStart(kv, uid) && kv.Spec.RunStrategy != nil && *kv.Spec.RunStrategy == kvv1.RunStrategyManual:
 		return RestartServeStale
 	}
 	return RestartWait
+}
+
+// StaleStart tells whether KubeVirt holds a Start request without a Stop for the ended VMI uid beside it: one left
+// from before that VMI, which KubeVirt serves once the VMI is gone. (Every start through KubeVirt of a VM whose VMI
+// is final, and runpolicy's own restart, write [Stop{uid}, Start].)
+func StaleStart(kv *kvv1.VirtualMachine, uid types.UID) bool {
+	return StartPending(kv) && !StopRequested(kv, uid)
 }
 
 // StillEnded tells whether vmi is the ended VMI uid, not yet deleted: only then can a recorded restart of it still

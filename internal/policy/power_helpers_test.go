@@ -176,3 +176,29 @@ func TestPendingRestartVMI(t *testing.T) {
 		}
 	}
 }
+
+// A Start without a Stop for the ended VMI is one KubeVirt kept from before it; with the Stop it is a start (or
+// runpolicy's restart) of that very VMI.
+func TestStaleStart(t *testing.T) {
+	const ended = types.UID("vmi-2")
+	start := kvv1.VirtualMachineStateChangeRequest{Action: kvv1.StartRequest}
+	stop := func(uid types.UID) kvv1.VirtualMachineStateChangeRequest {
+		return kvv1.VirtualMachineStateChangeRequest{Action: kvv1.StopRequest, UID: ptr.To(uid)}
+	}
+	for _, c := range []struct {
+		name string
+		reqs []kvv1.VirtualMachineStateChangeRequest
+		want bool
+	}{
+		{"none", nil, false},
+		{"a Start alone", []kvv1.VirtualMachineStateChangeRequest{start}, true},
+		{"a Stop for an older VMI, then a Start", []kvv1.VirtualMachineStateChangeRequest{stop("vmi-1"), start}, true},
+		{"a restart of the ended VMI", []kvv1.VirtualMachineStateChangeRequest{stop(ended), start}, false},
+		{"a Stop of the ended VMI alone", []kvv1.VirtualMachineStateChangeRequest{stop(ended)}, false},
+	} {
+		kv := &kvv1.VirtualMachine{Status: kvv1.VirtualMachineStatus{StateChangeRequests: c.reqs}}
+		if got := StaleStart(kv, ended); got != c.want {
+			t.Errorf("%s: StaleStart = %v, want %v", c.name, got, c.want)
+		}
+	}
+}

@@ -9,6 +9,7 @@ import (
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -320,5 +321,45 @@ var _ = Describe("A stale Start request KubeVirt kept", func() {
 			g.Expect(vm.Status.Phase).To(Equal(v1alpha1.VirtualMachineRunning))
 		}).Should(Succeed())
 		Expect(node.VMIsCreated(ns, "stale")).To(Equal(2), "exactly one new VMI")
+	})
+
+	It("does not start a VM its policy keeps stopped when the ended VMI is cleaned up", func(ctx SpecContext) {
+		ns := newNamespace(ctx)
+		obj := fixture.VM(ns, "kept", v1alpha1.RunPolicyManual)
+		Expect(k8s.Create(ctx, obj)).To(Succeed())
+		startAndWait(ctx, obj)
+		key := client.ObjectKeyFromObject(obj)
+
+		// With the operator down, the guest powers off and KubeVirt is left holding a Start beside the ended VMI.
+		op.stop()
+		DeferCleanup(func() {
+			if op.stopped() {
+				op.start()
+			}
+		})
+		Expect(node.GuestPoweroff(ctx, ns, "kept")).To(Succeed())
+		Eventually(func(g Gomega) {
+			vmi, err := getVMI(ctx, key)
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(vmi.IsFinal()).To(BeTrue())
+		}).Should(Succeed())
+		kvvm := &kvv1.VirtualMachine{}
+		Expect(k8s.Get(ctx, key, kvvm)).To(Succeed())
+		Expect(kvvm.Status.StateChangeRequests).To(BeEmpty())
+		patch := []byte(`[{"op":"add","path":"/status/stateChangeRequests","value":[{"action":"Start"}]}]`)
+		Expect(k8s.Status().Patch(ctx, kvvm, client.RawPatch(types.JSONPatchType, patch))).To(Succeed())
+
+		op.start()
+		Eventually(func(g Gomega) {
+			vm := getVM(ctx, g, key)
+			g.Expect(vm.Status.Phase).To(Equal(v1alpha1.VirtualMachineStopped))
+			g.Expect(vm.Status.LastShutdown).NotTo(BeNil())
+			g.Expect(vm.Status.LastShutdown.Source).To(Equal(v1alpha1.ShutdownGuestShutdown))
+			_, err := getVMI(ctx, key)
+			g.Expect(apierrors.IsNotFound(err)).To(BeTrue(), "the ended VMI is cleaned up")
+			g.Expect(k8s.Get(ctx, key, kvvm)).To(Succeed())
+			g.Expect(kvvm.Status.StateChangeRequests).To(BeEmpty(), "the kept Start is dropped")
+		}).Should(Succeed())
+		Consistently(func() int { return node.VMIsCreated(ns, "kept") }, "2s").Should(Equal(1), "no VMI started against Manual")
 	})
 })
