@@ -12,6 +12,9 @@ import (
 	kvv1 "kubevirt.io/api/core/v1"
 )
 
+// requestsPath is the JSON pointer to KubeVirt's state change requests in a VirtualMachine.
+const requestsPath = "/status/stateChangeRequests"
+
 // ErrRequestPending: KubeVirt already holds a start or stop request for the VM, so Replace wrote none.
 var ErrRequestPending = errors.New("KubeVirt already holds a state change request for the VirtualMachine")
 
@@ -44,8 +47,8 @@ func (c *Client) Replace(ctx context.Context, namespace, name string, ended type
 // (test/kubevirt, "a restart request written beside a VMI virt-controller sees running").
 func (c *Client) RequestRestart(ctx context.Context, namespace, name string, ended types.UID) error {
 	patch, err := json.Marshal([]map[string]any{
-		{"op": "test", "path": "/status/stateChangeRequests", "value": nil},
-		{"op": "add", "path": "/status/stateChangeRequests", "value": []kvv1.VirtualMachineStateChangeRequest{
+		{"op": "test", "path": requestsPath, "value": nil},
+		{"op": "add", "path": requestsPath, "value": []kvv1.VirtualMachineStateChangeRequest{
 			{Action: kvv1.StopRequest, UID: &ended}, {Action: kvv1.StartRequest}}},
 	})
 	if err != nil {
@@ -90,11 +93,11 @@ func (c *Client) DropStarts(ctx context.Context, namespace, name string, current
 			kept = append(kept, r)
 		}
 	}
-	ops := []map[string]any{{"op": "test", "path": "/status/stateChangeRequests", "value": current}}
+	ops := []map[string]any{{"op": "test", "path": requestsPath, "value": current}}
 	if len(kept) == 0 {
-		ops = append(ops, map[string]any{"op": "remove", "path": "/status/stateChangeRequests"})
+		ops = append(ops, map[string]any{"op": "remove", "path": requestsPath})
 	} else {
-		ops = append(ops, map[string]any{"op": "replace", "path": "/status/stateChangeRequests", "value": kept})
+		ops = append(ops, map[string]any{"op": "replace", "path": requestsPath, "value": kept})
 	}
 	patch, err := json.Marshal(ops)
 	if err != nil {

@@ -668,7 +668,7 @@ func (o *operator) ensureRunning() {
 }
 
 // killingLifecycle passes calls to KubeVirt and, when armed, kills the operator right before or right after
-// the next restart request (Start, or Replace: after its Start request, before the ended VMI's deletion), restarting
+// the next restart request (Start, or Replace: after its [Stop, Start] request, before the ended VMI's deletion), restarting
 // it in the background, like a pod dying mid-restart.
 type killingLifecycle struct {
 	*lifecycle.Client
