@@ -15,6 +15,13 @@ import (
 // requestsPath is the JSON pointer to KubeVirt's state change requests in a VirtualMachine.
 const requestsPath = "/status/stateChangeRequests"
 
+// op is one JSON patch operation (RFC 6902); a remove ignores its value.
+type op struct {
+	Op    string `json:"op"`
+	Path  string `json:"path"`
+	Value any    `json:"value"`
+}
+
 // ErrRequestPending: KubeVirt already holds a start or stop request for the VM, so Replace wrote none.
 var ErrRequestPending = errors.New("KubeVirt already holds a state change request for the VirtualMachine")
 
@@ -46,9 +53,9 @@ func (c *Client) Replace(ctx context.Context, namespace, name string, ended type
 // dropped only once that VMI is gone or another replaced it, and the Start behind it is served only then
 // (test/kubevirt, "a restart request written beside a VMI virt-controller sees running").
 func (c *Client) RequestRestart(ctx context.Context, namespace, name string, ended types.UID) error {
-	patch, err := json.Marshal([]map[string]any{
-		{"op": "test", "path": requestsPath, "value": nil},
-		{"op": "add", "path": requestsPath, "value": []kvv1.VirtualMachineStateChangeRequest{
+	patch, err := json.Marshal([]op{
+		{Op: "test", Path: requestsPath, Value: nil},
+		{Op: "add", Path: requestsPath, Value: []kvv1.VirtualMachineStateChangeRequest{
 			{Action: kvv1.StopRequest, UID: &ended}, {Action: kvv1.StartRequest}}},
 	})
 	if err != nil {
@@ -93,11 +100,11 @@ func (c *Client) DropStarts(ctx context.Context, namespace, name string, current
 			kept = append(kept, r)
 		}
 	}
-	ops := []map[string]any{{"op": "test", "path": requestsPath, "value": current}}
+	ops := []op{{Op: "test", Path: requestsPath, Value: current}}
 	if len(kept) == 0 {
-		ops = append(ops, map[string]any{"op": "remove", "path": requestsPath})
+		ops = append(ops, op{Op: "remove", Path: requestsPath})
 	} else {
-		ops = append(ops, map[string]any{"op": "replace", "path": requestsPath, "value": kept})
+		ops = append(ops, op{Op: "replace", Path: requestsPath, Value: kept})
 	}
 	patch, err := json.Marshal(ops)
 	if err != nil {
