@@ -63,6 +63,7 @@ import (
 	"github.com/runpolicy/runpolicy/internal/lifecycle"
 	"github.com/runpolicy/runpolicy/internal/policy"
 	"github.com/runpolicy/runpolicy/test/cluster"
+	"github.com/runpolicy/runpolicy/test/fault"
 	"github.com/runpolicy/runpolicy/test/fixture"
 	kvnode "github.com/runpolicy/runpolicy/test/kubevirt"
 )
@@ -107,7 +108,7 @@ type world struct {
 	cache cache.Cache
 	ns    string
 	op    *operator
-	lc    *killingLifecycle
+	kill  *killer
 
 	mu     sync.Mutex
 	models map[string]*model
@@ -156,9 +157,9 @@ func TestChaos(t *testing.T) {
 
 	w := &world{t: t, ctx: ctx, env: env, k8s: env.Client, node: node, models: map[string]*model{}, counts: map[string]int{},
 		kvUIDs: map[string]types.UID{}, dvUIDs: map[string]types.UID{}}
-	w.lc = &killingLifecycle{Client: real}
-	w.op = &operator{env: env, lc: w.lc}
-	w.lc.op = w.op
+	lc := &fault.Lifecycle{Client: real}
+	w.op = &operator{env: env, lc: lc}
+	w.kill = &killer{lc: lc, op: w.op}
 	must(t, w.op.start())
 	defer w.op.stop()
 	must(t, w.startCache())
@@ -252,7 +253,7 @@ func TestChaos(t *testing.T) {
 		t.Logf("chaos: %-28s %d", k, w.counts[k])
 	}
 	w.mu.Unlock()
-	t.Logf("chaos: operator restarts %d (kills mid-Start: before %d, after %d)", w.op.restarts.Load(), w.lc.killedBefore.Load(), w.lc.killedAfter.Load())
+	t.Logf("chaos: operator restarts %d (kills mid-Start: before %d, after %d)", w.op.restarts.Load(), w.kill.killedBefore.Load(), w.kill.killedAfter.Load())
 	t.Logf("chaos: conflict storms wrote %d times, %d conflicts seen by the storm itself", w.stormWrites.Load(), w.conflicts.Load())
 	t.Logf("chaos: VMIs created %d, guest resets %d, KubeVirt VM deletions %d, DataVolume deletions %d (of %d), subresource calls %d, VMs off-model at the end %d",
 		totalVMIs, totalResets, w.kvVMDeletes.Load(), w.dvDeletes.Load(), len(w.dvUIDs), len(node.Calls()), len(bad))
@@ -279,7 +280,7 @@ func (w *world) step(rng *rand.Rand, i int, bg *sync.WaitGroup) {
 		return
 	case x < 10: // operator killed around its next KubeVirt Start call
 		w.count("operator kill (around Start)")
-		w.lc.arm(rng.IntN(2) == 0)
+		w.kill.arm(rng.IntN(2) == 0)
 		return
 	case x < 13: // conflict storm: rapid writes to runpolicy and KubeVirt VMs
 		w.count("conflict storm")
@@ -667,56 +668,25 @@ func (o *operator) ensureRunning() {
 	}
 }
 
-// killingLifecycle passes calls to KubeVirt and, when armed, kills the operator right before or right after
-// the next restart request (Start, or Replace: after its [Stop, Start] request, before the ended VMI's deletion), restarting
-// it in the background, like a pod dying mid-restart.
-type killingLifecycle struct {
-	*lifecycle.Client
+// killer kills the operator around its next restart request (fault.Lifecycle), restarting it in the background,
+// like a pod dying mid-restart, and counts the kills.
+type killer struct {
+	lc                        *fault.Lifecycle
 	op                        *operator
-	mu                        sync.Mutex
-	armed, after              bool
 	killedBefore, killedAfter atomic.Int64
 }
 
-func (k *killingLifecycle) arm(after bool) {
-	k.mu.Lock()
-	k.armed, k.after = true, after
-	k.mu.Unlock()
-}
-
-func (k *killingLifecycle) Start(ctx context.Context, ns, name string) error {
-	return k.around(func() error { return k.Client.Start(ctx, ns, name) })
-}
-
-func (k *killingLifecycle) Replace(ctx context.Context, ns, name string, ended types.UID) error {
-	return k.around(func() error { return k.RequestRestart(ctx, ns, name, ended) }, func() error { return k.DeleteEnded(ctx, ns, name, ended) })
-}
-
-// around runs the steps of one request; armed, it kills the operator before the first step, or after the first.
-func (k *killingLifecycle) around(steps ...func() error) error {
-	k.mu.Lock()
-	armed, after := k.armed, k.after
-	k.armed = false
-	k.mu.Unlock()
-	if armed && !after {
-		k.killedBefore.Add(1)
-		k.killAndRestart()
-		return context.Canceled
+// arm kills the operator right before the next restart request, or (after) right after its first step: the
+// request of Replace, the call of Start.
+func (k *killer) arm(after bool) {
+	if !after {
+		k.lc.Arm(fault.Before, func() { k.killedBefore.Add(1); k.killAndRestart() })
+		return
 	}
-	for i, step := range steps {
-		if err := step(); err != nil {
-			return err
-		}
-		if armed && i == 0 {
-			k.killedAfter.Add(1)
-			k.killAndRestart()
-			return context.Canceled
-		}
-	}
-	return nil
+	k.lc.Arm(fault.Between, func() { k.killedAfter.Add(1); k.killAndRestart() })
 }
 
-func (k *killingLifecycle) killAndRestart() {
+func (k *killer) killAndRestart() {
 	k.op.kill()
 	go func() {
 		k.op.mu.Lock()

@@ -17,6 +17,7 @@ import (
 
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
 	"github.com/runpolicy/runpolicy/internal/policy"
+	"github.com/runpolicy/runpolicy/test/fault"
 	"github.com/runpolicy/runpolicy/test/fixture"
 )
 
@@ -257,15 +258,6 @@ var _ = Describe("Power policy after guest events", func() {
 	})
 })
 
-// crashPoint is where in the restart request the operator crashes.
-type crashPoint int
-
-const (
-	crashBefore crashPoint = iota
-	crashBetween
-	crashAfter
-)
-
 var _ = Describe("Operator restarts", Ordered, func() {
 	// runs the operator again after each test, whatever happened.
 	AfterEach(func() {
@@ -275,7 +267,7 @@ var _ = Describe("Operator restarts", Ordered, func() {
 	})
 
 	DescribeTable("a crash around the restart request still gives exactly one new VMI",
-		func(ctx SpecContext, at crashPoint) {
+		func(ctx SpecContext, at fault.Point) {
 			ns := newNamespace(ctx)
 			obj := fixture.VM(ns, "vm", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)
 			key := client.ObjectKeyFromObject(obj)
@@ -284,22 +276,13 @@ var _ = Describe("Operator restarts", Ordered, func() {
 			first, err := getVMI(ctx, key)
 			Expect(err).NotTo(HaveOccurred())
 
-			lc.mu.Lock()
-			switch at {
-			case crashBefore:
-				lc.crashBefore = op.crash
-			case crashBetween:
-				lc.crashBetween = op.crash
-			case crashAfter:
-				lc.crashAfter = op.crash
-			}
-			lc.mu.Unlock()
+			lc.Arm(at, op.crash)
 			Expect(node.GuestReboot(ctx, ns, "vm")).To(Succeed())
 			Eventually(op.stopped).Should(BeTrue())
 
 			By("the decision was recorded before KubeVirt was asked")
 			Expect(getVM(ctx, Default, key).Status.RestartingVMIUID).To(Equal(string(first.UID)))
-			if at == crashBefore {
+			if at == fault.Before {
 				// Nothing was asked: nothing happens until an operator runs again.
 				Consistently(func() int { return node.VMIsCreated(ns, "vm") }, "1s").Should(Equal(1))
 			} else {
@@ -319,9 +302,9 @@ var _ = Describe("Operator restarts", Ordered, func() {
 			}).Should(Succeed())
 			Consistently(func() int { return node.VMIsCreated(ns, "vm") }, "2s").Should(Equal(2))
 		},
-		Entry("crash before the start request", crashBefore),
-		Entry("crash between the start request and the ended VMI's deletion", crashBetween),
-		Entry("crash after the start request", crashAfter),
+		Entry("crash before the restart request", fault.Before),
+		Entry("crash between the restart request and the ended VMI's deletion", fault.Between),
+		Entry("crash after the restart request", fault.After),
 	)
 
 	DescribeTable("a VMI that ended while the operator was down and whose pod is gone does not park the VM",

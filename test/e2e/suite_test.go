@@ -15,7 +15,6 @@ import (
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -27,6 +26,7 @@ import (
 	"github.com/runpolicy/runpolicy/internal/lifecycle"
 	"github.com/runpolicy/runpolicy/internal/policy"
 	"github.com/runpolicy/runpolicy/test/cluster"
+	"github.com/runpolicy/runpolicy/test/fault"
 	kvnode "github.com/runpolicy/runpolicy/test/kubevirt"
 )
 
@@ -36,7 +36,7 @@ var (
 	env  *cluster.Env
 	k8s  client.Client
 	node *kvnode.Node
-	lc   *faultyLifecycle
+	lc   *fault.Lifecycle
 	op   *operator
 )
 
@@ -62,7 +62,7 @@ var _ = BeforeSuite(func() {
 
 	real, err := lifecycle.NewClient(env.Config)
 	Expect(err).NotTo(HaveOccurred())
-	lc = &faultyLifecycle{Client: real}
+	lc = &fault.Lifecycle{Client: real}
 	op = &operator{}
 	op.start()
 })
@@ -146,59 +146,6 @@ func (o *operator) stop() {
 	}
 	o.cancel()
 	<-o.done
-}
-
-// faultyLifecycle passes calls to KubeVirt and can simulate an operator crash around the next restart request
-// (Start or Replace): before it, after it, or, for Replace, between its Start request and its deletion.
-type faultyLifecycle struct {
-	*lifecycle.Client
-	mu sync.Mutex
-	// crash, when set, runs instead of returning from the next restart request.
-	crashBefore, crashBetween, crashAfter func()
-}
-
-// armed takes the crash points set for the next call.
-func (f *faultyLifecycle) armed() (before, between, after func()) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	before, between, after = f.crashBefore, f.crashBetween, f.crashAfter
-	f.crashBefore, f.crashBetween, f.crashAfter = nil, nil, nil
-	return before, between, after
-}
-
-func (f *faultyLifecycle) Start(ctx context.Context, ns, name string) error {
-	before, _, after := f.armed()
-	if before != nil {
-		before()
-		return context.Canceled
-	}
-	err := f.Client.Start(ctx, ns, name)
-	if after != nil {
-		after()
-		return context.Canceled
-	}
-	return err
-}
-
-func (f *faultyLifecycle) Replace(ctx context.Context, ns, name string, ended types.UID) error {
-	before, between, after := f.armed()
-	if before != nil {
-		before()
-		return context.Canceled
-	}
-	if err := f.RequestRestart(ctx, ns, name, ended); err != nil || between != nil {
-		if between != nil {
-			between()
-			return context.Canceled
-		}
-		return err
-	}
-	err := f.DeleteEnded(ctx, ns, name, ended)
-	if after != nil {
-		after()
-		return context.Canceled
-	}
-	return err
 }
 
 func newNamespace(ctx context.Context) string {
