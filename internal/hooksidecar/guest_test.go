@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/runpolicy/runpolicy/internal/hooksidecar/qmp"
+
+	testguest "github.com/runpolicy/runpolicy/test/guest"
 )
 
 // bootTimeout bounds one boot of the tiny guest: about 2 s under TCG on an idle machine, but a boot and reboot once
@@ -32,35 +34,8 @@ func requireGuest(t *testing.T) guest {
 	if err != nil {
 		unavailable(t, "qemu-system-x86_64 not found (apt-get install qemu-system-x86, or run test/guest/setup.sh)")
 	}
-	dir := os.Getenv("RUNPOLICY_GUEST_DIR")
-	if dir == "" {
-		dir = filepath.Join(repoRoot(t), "bin", "guest")
-	}
-	g := guest{qemu: qemu, kernel: filepath.Join(dir, "vmlinux"), initrd: filepath.Join(dir, "initramfs.cpio.gz")}
-	for _, f := range []string{g.kernel, g.initrd} {
-		if _, err := os.Stat(f); err != nil {
-			unavailable(t, "guest not built: %v (run test/guest/setup.sh %s)", err, dir)
-		}
-	}
-	return g
-}
-
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("repository root (go.mod) not found")
-		}
-		dir = parent
-	}
+	dir := testguest.Dir(t)
+	return guest{qemu: qemu, kernel: filepath.Join(dir, testguest.Kernel), initrd: filepath.Join(dir, testguest.Initrd)}
 }
 
 // baseDomain is the libvirt domain of the tiny guest as a KubeVirt-like launcher would define it, before the hook.

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/runpolicy/runpolicy/internal/shutdown"
+
+	testguest "github.com/runpolicy/runpolicy/test/guest"
 )
 
 // requireLibvirt makes a system libvirtd available through test/guest/libvirt.sh (root, no systemd), stopping it
@@ -34,7 +36,7 @@ func requireLibvirt(t *testing.T) {
 			t.Skipf("skipping the libvirt tier: %s", msg)
 		}
 	}
-	script := filepath.Join(repoRoot(t), "test", "guest", "libvirt.sh")
+	script := filepath.Join(testguest.RepoRoot(t), "test", "guest", "libvirt.sh")
 	out, err := exec.Command(script, "start").CombinedOutput()
 	if err != nil {
 		t.Fatalf("%s start: %v\n%s", script, err, out)

@@ -6,7 +6,6 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"fmt"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -22,6 +21,8 @@ import (
 
 	"github.com/runpolicy/runpolicy/internal/hooksidecar/hookapi/v1alpha3"
 	"github.com/runpolicy/runpolicy/internal/shutdown"
+
+	testguest "github.com/runpolicy/runpolicy/test/guest"
 )
 
 // The real-QEMU tests run the sidecar in the launcher pod's layout. KubeVirt mounts the hook-sidecar-sockets
@@ -315,11 +316,7 @@ func TestPodLayoutSeparatesViews(t *testing.T) {
 // so a broken setup cannot pass as a skip).
 func unavailable(t *testing.T, format string, args ...any) {
 	t.Helper()
-	msg := fmt.Sprintf(format, args...)
-	if os.Getenv("RUNPOLICY_REQUIRE_GUEST") == "1" {
-		t.Fatalf("%s (RUNPOLICY_REQUIRE_GUEST=1)", msg)
-	}
-	t.Skipf("skipping real-QEMU test: %s", msg)
+	testguest.Unavailable(t, format, args...)
 }
 
 // exitCode is the exit status of a sidecar that ended with err (from wait).

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/runpolicy/runpolicy/images"
+	"github.com/runpolicy/runpolicy/test/guest"
 
 	corev1 "k8s.io/api/core/v1"
 	kvv1 "kubevirt.io/api/core/v1"
@@ -102,11 +103,7 @@ func Require(t testing.TB) TestEnv {
 	}
 	unavailable := func(format string, args ...any) {
 		t.Helper()
-		msg := fmt.Sprintf(format, args...)
-		if os.Getenv("RUNPOLICY_REQUIRE_GUEST") == "1" {
-			t.Fatalf("%s (RUNPOLICY_REQUIRE_GUEST=1)", msg)
-		}
-		t.Skipf("skipping real-launcher test: %s", msg)
+		guest.Unavailable(t, format, args...)
 	}
 	if os.Geteuid() != 0 {
 		unavailable("needs root (mount and PID namespaces for the container views)")
@@ -118,15 +115,7 @@ func Require(t testing.TB) TestEnv {
 			}
 		}
 	}
-	e := TestEnv{Root: repoRoot(t), GuestDir: os.Getenv("RUNPOLICY_GUEST_DIR")}
-	if e.GuestDir == "" {
-		e.GuestDir = filepath.Join(e.Root, "bin", "guest")
-	}
-	for _, f := range []string{"vmlinux", "initramfs.cpio.gz"} {
-		if _, err := os.Stat(filepath.Join(e.GuestDir, f)); err != nil {
-			unavailable("guest not built: %v (run test/guest/setup.sh)", err)
-		}
-	}
+	e := TestEnv{Root: guest.RepoRoot(t), GuestDir: guest.Dir(t)}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	var err error
@@ -140,22 +129,4 @@ func Require(t testing.TB) TestEnv {
 		}
 	}
 	return e
-}
-
-func repoRoot(t testing.TB) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("repository root (go.mod) not found")
-		}
-		dir = parent
-	}
 }
