@@ -53,11 +53,17 @@ func (c *Client) Replace(ctx context.Context, namespace, name string, ended type
 // dropped only once that VMI is gone or another replaced it, and the Start behind it is served only then
 // (test/kubevirt, "a restart request written beside a VMI virt-controller sees running").
 func (c *Client) RequestRestart(ctx context.Context, namespace, name string, ended types.UID) error {
-	patch, err := json.Marshal([]op{
+	return c.patchRequests(ctx, namespace, name, "restart request", []op{
 		{Op: "test", Path: requestsPath, Value: nil},
 		{Op: "add", Path: requestsPath, Value: []kvv1.VirtualMachineStateChangeRequest{
 			{Action: kvv1.StopRequest, UID: &ended}, {Action: kvv1.StartRequest}}},
 	})
+}
+
+// patchRequests applies ops, a JSON patch that starts with a test, to the VM's status: a failed test (kube-apiserver
+// answers 422) is ErrRequestPending.
+func (c *Client) patchRequests(ctx context.Context, namespace, name, what string, ops []op) error {
+	patch, err := json.Marshal(ops)
 	if err != nil {
 		return err
 	}
@@ -65,10 +71,9 @@ func (c *Client) RequestRestart(ctx context.Context, namespace, name string, end
 		SubResource("status").Body(patch).Do(ctx).Error()
 	switch {
 	case apierrors.IsInvalid(err):
-		// kube-apiserver answers a failed JSON patch test with 422.
-		return fmt.Errorf("restart request for %s/%s: %w (%v)", namespace, name, ErrRequestPending, err)
+		return fmt.Errorf("%s for %s/%s: %w (%v)", what, namespace, name, ErrRequestPending, err)
 	case err != nil:
-		return fmt.Errorf("restart request for %s/%s: %w", namespace, name, err)
+		return fmt.Errorf("%s for %s/%s: %w", what, namespace, name, err)
 	}
 	return nil
 }
@@ -106,17 +111,5 @@ func (c *Client) DropStarts(ctx context.Context, namespace, name string, current
 	} else {
 		ops = append(ops, op{Op: "replace", Path: requestsPath, Value: kept})
 	}
-	patch, err := json.Marshal(ops)
-	if err != nil {
-		return err
-	}
-	err = c.core.Patch(types.JSONPatchType).Namespace(namespace).Resource("virtualmachines").Name(name).
-		SubResource("status").Body(patch).Do(ctx).Error()
-	switch {
-	case apierrors.IsInvalid(err):
-		return fmt.Errorf("dropping the Start request of %s/%s: %w (%v)", namespace, name, ErrRequestPending, err)
-	case err != nil:
-		return fmt.Errorf("dropping the Start request of %s/%s: %w", namespace, name, err)
-	}
-	return nil
+	return c.patchRequests(ctx, namespace, name, "dropping the Start request", ops)
 }

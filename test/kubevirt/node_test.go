@@ -68,10 +68,7 @@ var _ = Describe("subresource calls", func() {
 
 var _ = Describe("guest end", func() {
 	It("leaves the final VMI and its pod under Manual, with the sidecar's message, until the next start", func() {
-		ns := newNamespace()
-		newVM(ns, "vm", virtv1.RunStrategyManual)
-		Expect(put(ns, "vm", "start", nil)).To(Succeed())
-		settle(ns, "vm", running, 1)
+		ns := runningManualVM()
 		Expect(kv.GuestReboot(ctx, ns, "vm")).To(Succeed())
 		settle(ns, "vm", succeededAndStopped(), 1)
 		pods, err := kv.LauncherPods(ctx, ns, "vm")
@@ -85,10 +82,7 @@ var _ = Describe("guest end", func() {
 	})
 
 	It("of a stop through KubeVirt is an ACPI shutdown: guest-shutdown, then libvirt's host-signal", func() {
-		ns := newNamespace()
-		newVM(ns, "vm", virtv1.RunStrategyManual)
-		Expect(put(ns, "vm", "start", nil)).To(Succeed())
-		settle(ns, "vm", running, 1)
+		ns := runningManualVM()
 		pods, err := kv.LauncherPods(ctx, ns, "vm")
 		Expect(err).NotTo(HaveOccurred())
 		var seen *corev1.Pod

@@ -183,10 +183,7 @@ var _ = Describe("virt-launcher pod", func() {
 
 var _ = Describe("stateChangeRequests", func() {
 	It("ignores a Stop whose UID is not the current VMI's, and drops it", func() {
-		ns := newNamespace()
-		newVM(ns, "vm", virtv1.RunStrategyManual)
-		Expect(put(ns, "vm", "start", nil)).To(Succeed())
-		settle(ns, "vm", running, 1)
+		ns := runningManualVM()
 		other := "not-the-vmi"
 		writeRequests(ns, "vm", virtv1.VirtualMachineStateChangeRequest{Action: virtv1.StopRequest, UID: ptr(typesUID(other))})
 		Eventually(func() []virtv1.VirtualMachineStateChangeRequest { return getVM(ns, "vm").Status.StateChangeRequests }).Should(BeEmpty())
@@ -194,10 +191,7 @@ var _ = Describe("stateChangeRequests", func() {
 	})
 
 	It("acts on a Stop with the VMI's UID under Manual and keeps the strategy", func() {
-		ns := newNamespace()
-		newVM(ns, "vm", virtv1.RunStrategyManual)
-		Expect(put(ns, "vm", "start", nil)).To(Succeed())
-		settle(ns, "vm", running, 1)
+		ns := runningManualVM()
 		uid := getVMI(ns, "vm").UID
 		writeRequests(ns, "vm", virtv1.VirtualMachineStateChangeRequest{Action: virtv1.StopRequest, UID: &uid})
 		settle(ns, "vm", stopped, 1)
@@ -212,10 +206,7 @@ var _ = Describe("stateChangeRequests", func() {
 // cache of VMs and then still shows a VMI that just ended as running. Here the VMI really runs: the widest such lag.
 var _ = Describe("a restart request written beside a VMI virt-controller sees running", func() {
 	It("is dropped when it is a Start alone, and deleting the VMI then leaves the VM stopped", func() {
-		ns := newNamespace()
-		newVM(ns, "vm", virtv1.RunStrategyManual)
-		Expect(put(ns, "vm", "start", nil)).To(Succeed())
-		settle(ns, "vm", running, 1)
+		ns := runningManualVM()
 		writeRequests(ns, "vm", virtv1.VirtualMachineStateChangeRequest{Action: virtv1.StartRequest})
 		Eventually(func() []virtv1.VirtualMachineStateChangeRequest { return getVM(ns, "vm").Status.StateChangeRequests }).Should(BeEmpty())
 		Expect(k8s.Delete(ctx, getVMI(ns, "vm"))).To(Succeed())
@@ -223,10 +214,7 @@ var _ = Describe("a restart request written beside a VMI virt-controller sees ru
 	})
 
 	It("is kept behind a Stop for that VMI: virt-controller deletes the VMI, then starts a new one", func() {
-		ns := newNamespace()
-		newVM(ns, "vm", virtv1.RunStrategyManual)
-		Expect(put(ns, "vm", "start", nil)).To(Succeed())
-		settle(ns, "vm", running, 1)
+		ns := runningManualVM()
 		uid := getVMI(ns, "vm").UID
 		writeRequests(ns, "vm", virtv1.VirtualMachineStateChangeRequest{Action: virtv1.StopRequest, UID: &uid},
 			virtv1.VirtualMachineStateChangeRequest{Action: virtv1.StartRequest})

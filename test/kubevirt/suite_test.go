@@ -97,6 +97,15 @@ func newVM(ns, name string, rs virtv1.VirtualMachineRunStrategy) *virtv1.Virtual
 	return vm
 }
 
+// runningManualVM makes a namespace with a VM "vm" under runStrategy Manual, started and running with its first VMI.
+func runningManualVM() string {
+	ns := newNamespace()
+	newVM(ns, "vm", virtv1.RunStrategyManual)
+	ExpectWithOffset(1, put(ns, "vm", "start", nil)).To(Succeed())
+	settle(ns, "vm", running, 1)
+	return ns
+}
+
 func getVM(ns, name string) *virtv1.VirtualMachine {
 	vm := &virtv1.VirtualMachine{}
 	ExpectWithOffset(1, k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, vm)).To(Succeed())
