@@ -22,8 +22,10 @@ type op struct {
 	Value any    `json:"value"`
 }
 
-// ErrRequestPending: KubeVirt already holds a start or stop request for the VM, so Replace wrote none.
-var ErrRequestPending = errors.New("KubeVirt already holds a state change request for the VirtualMachine")
+// ErrRequestPending: KubeVirt's state change requests were not what the write's test expected, so nothing was
+// written: Replace found a start or stop request already held, DropStarts found the requests changed since they
+// were read. The caller decides again from a fresh read.
+var ErrRequestPending = errors.New("KubeVirt holds other state change requests for the VirtualMachine than expected")
 
 // Replace starts a new VMI in place of the ended VMI ended, under runStrategy Manual, in two writes:
 //
