@@ -32,7 +32,7 @@ func requireGuest(t *testing.T) guest {
 	t.Helper()
 	qemu, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {
-		unavailable(t, "qemu-system-x86_64 not found (apt-get install qemu-system-x86, or run test/guest/setup.sh)")
+		testguest.Unavailable(t, "qemu-system-x86_64 not found (apt-get install qemu-system-x86, or run test/guest/setup.sh)")
 	}
 	dir := testguest.Dir(t)
 	return guest{qemu: qemu, kernel: filepath.Join(dir, testguest.Kernel), initrd: filepath.Join(dir, testguest.Initrd)}

@@ -107,7 +107,7 @@ type sidecar struct {
 func requireMountNamespace(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		unavailable(t, "the launcher pod's hooks layout (a bind mount in a private mount namespace) needs root")
+		testguest.Unavailable(t, "the launcher pod's hooks layout (a bind mount in a private mount namespace) needs root")
 	}
 }
 
@@ -310,13 +310,6 @@ func TestPodLayoutSeparatesViews(t *testing.T) {
 	if res := sc.result(t); len(res.Events) != 0 || res.Cause != shutdown.CauseUnknown {
 		t.Errorf("termination log has %+v, want nothing", res)
 	}
-}
-
-// unavailable skips a test whose requirements are missing, or fails it when RUNPOLICY_REQUIRE_GUEST=1 (CI sets it,
-// so a broken setup cannot pass as a skip).
-func unavailable(t *testing.T, format string, args ...any) {
-	t.Helper()
-	testguest.Unavailable(t, format, args...)
 }
 
 // exitCode is the exit status of a sidecar that ended with err (from wait).

@@ -101,17 +101,13 @@ func Require(t testing.TB) TestEnv {
 		t.Fatal("make test-unit (-tags unit) runs no virt-launcher: a test file that needs one carries the " +
 			"constraint //go:build !unit")
 	}
-	unavailable := func(format string, args ...any) {
-		t.Helper()
-		guest.Unavailable(t, format, args...)
-	}
 	if os.Geteuid() != 0 {
-		unavailable("needs root (mount and PID namespaces for the container views)")
+		guest.Unavailable(t, "needs root (mount and PID namespaces for the container views)")
 	}
 	for _, bin := range []string{"qemu-system-x86_64", "libvirtd", "virtlogd", "setpriv"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			if _, err := os.Stat("/usr/sbin/" + bin); err != nil {
-				unavailable("%s not found (test/guest/setup.sh installs QEMU and libvirt; setpriv is util-linux)", bin)
+				guest.Unavailable(t, "%s not found (test/guest/setup.sh installs QEMU and libvirt; setpriv is util-linux)", bin)
 			}
 		}
 	}
