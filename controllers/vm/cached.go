@@ -1,6 +1,8 @@
 package vm
 
 import (
+	"encoding/json"
+
 	corev1 "k8s.io/api/core/v1"
 	kvv1 "kubevirt.io/api/core/v1"
 
@@ -12,18 +14,24 @@ import (
 // annotations of the cached copy. Those annotations exist only in the operator's memory: runpolicy writes a VM's
 // status only, and kube-apiserver keeps everything but the status of a status update. The full object is read from
 // the API server when it has to be applied.
+//
+// Their keys are ones the API server refuses (a key's name may not hold ':'), so no object read from it carries
+// them: a user's annotation cannot make the cache take a VM for already trimmed (keeping its template) or feed it a
+// hash.
 const (
 	// AnnotationCachedSpecHash is the hash of the VM's whole spec (SpecHash), in the cached copy only.
-	AnnotationCachedSpecHash = "cache.runpolicy.io/spec-hash"
+	AnnotationCachedSpecHash = "runpolicy.io/cache:spec-hash"
 	// AnnotationCachedTemplateHash is TemplateHash of the VM's template, in the cached copy only.
-	AnnotationCachedTemplateHash = "cache.runpolicy.io/template-hash"
+	AnnotationCachedTemplateHash = "runpolicy.io/cache:template-hash"
 )
 
 // SpecHash hashes a VM's spec.
 func SpecHash(spec *v1alpha1.VirtualMachineSpec) string { return hashJSON(spec) }
 
-// TrimForCache reduces vm, in place, to what the reconcilers read: identity, labels, annotations (kubectl's
-// last-applied copy, a full copy of the object, dropped), the policy, the disruptions, the template's reboot policy, the two hashes, and the status.
+// TrimForCache reduces vm's spec, in place, to what the reconcilers read: the policy, the disruptions, the
+// template's reboot policy, and the two hashes of the full spec and template. Of its metadata it drops kubectl's
+// last-applied copy (a full copy of the object) and managedFields; the cache's transform drops the rest of what
+// users store there (controllers/cachetrim.go).
 func TrimForCache(vm *v1alpha1.VirtualMachine) {
 	if _, done := vm.Annotations[AnnotationCachedSpecHash]; done {
 		return
@@ -89,3 +97,36 @@ type applyInputs struct {
 const applyFormat = 2
 
 func (in applyInputs) hash() string { return hashJSON(in) }
+
+// maxCachedHookSidecars is the most hook-sidecar entries a VMI's cached annotation keeps count of: KubeVirt runs a
+// container per entry, and a VMI asking for more than this many is taken as one without runpolicy's sidecar (its
+// launcher's termination messages are not read).
+const maxCachedHookSidecars = 256
+
+// maxImageReference is longer than any valid image reference (a 255-character name, a 128-character tag, a
+// digest): a longer image is not runpolicy's.
+const maxImageReference = 512
+
+// unreadableHookSidecars stands, in the cache, for a hook-sidecar annotation that is not a JSON list of at most
+// maxCachedHookSidecars entries: set, and not one whose last entry is runpolicy's sidecar.
+const unreadableHookSidecars = "unreadable"
+
+// HookSidecarsForCache reduces the value of a VMI's hook-sidecar annotation, which comes from the user's template
+// (each entry's args, ConfigMaps, volumes: up to the 256 KiB of all of a VMI's annotations), to what decisions read
+// of it (ourSidecarContainer, rebootsStayInGuest): whether it is set, how many entries it has, and the last
+// entry's image.
+func HookSidecarsForCache(v string) string {
+	if v == "" {
+		return ""
+	}
+	var list []hookSidecar
+	if json.Unmarshal([]byte(v), &list) != nil || len(list) == 0 || len(list) > maxCachedHookSidecars {
+		return unreadableHookSidecars
+	}
+	out := make([]hookSidecar, len(list))
+	if last := list[len(list)-1].Image; len(last) <= maxImageReference {
+		out[len(out)-1].Image = last
+	}
+	b, _ := json.Marshal(out)
+	return string(b)
+}
