@@ -43,6 +43,9 @@ type Options struct {
 	RestartRequest vm.RestartRequest
 	// Workers is how many VMs are reconciled at once; 0 means DefaultWorkers.
 	Workers int
+	// PodGuardInterval is how often the operator looks whether the launcher-pod admission policy is installed
+	// (podguard.go); zero means once a minute.
+	PodGuardInterval time.Duration
 	// Lifecycle overrides the client of KubeVirt's start/stop/restart subresources (tests inject faults with it);
 	// nil means a client built from the manager's config.
 	Lifecycle lifecycle.Interface
@@ -61,8 +64,9 @@ func NewScheme() *runtime.Scheme {
 }
 
 // CacheOptions limits the manager's caches to what runpolicy reads: of all pods, only KubeVirt's launcher pods, and
-// of those, of KubeVirt's VMs and VMIs and of runpolicy's own VMs only the fields the reconcilers use (cachetrim.go);
-// managedFields of every object are dropped.
+// of those, of KubeVirt's VMs and VMIs, of runpolicy's own VMs and of VirtualMachineOperations only the fields the
+// reconcilers use (cachetrim.go): no annotation or label they do not read, whatever users store there. managedFields
+// of every object are dropped.
 func CacheOptions() cache.Options {
 	return cache.Options{
 		DefaultTransform: cache.TransformStripManagedFields(),
@@ -71,9 +75,10 @@ func CacheOptions() cache.Options {
 				Label:     labels.SelectorFromSet(labels.Set{vm.LabelLauncher: vm.LauncherValue}),
 				Transform: trimLauncherPod,
 			},
-			&v1alpha1.VirtualMachine{}:     {Transform: trimVM},
-			&kvv1.VirtualMachine{}:         {Transform: trimKubeVirtVM},
-			&kvv1.VirtualMachineInstance{}: {Transform: trimVMI},
+			&v1alpha1.VirtualMachine{}:          {Transform: trimVM},
+			&v1alpha1.VirtualMachineOperation{}: {Transform: trimOperation},
+			&kvv1.VirtualMachine{}:              {Transform: trimKubeVirtVM},
+			&kvv1.VirtualMachineInstance{}:      {Transform: trimVMI},
 		},
 	}
 }
@@ -93,6 +98,9 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		lc = c
 	}
 	if err := SetupMetrics(mgr); err != nil {
+		return err
+	}
+	if err := mgr.Add(&podGuardCheck{reader: mgr.GetAPIReader(), interval: opts.PodGuardInterval}); err != nil {
 		return err
 	}
 	if err := (&vm.Reconciler{

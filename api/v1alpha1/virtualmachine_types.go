@@ -111,9 +111,12 @@ const (
 
 // Condition reasons of a VirtualMachine.
 const (
-	ReasonSynced              = "Synced"
-	ReasonApplyFailed         = "ApplyFailed"
-	ReasonNameConflict        = "NameConflict"
+	ReasonSynced       = "Synced"
+	ReasonApplyFailed  = "ApplyFailed"
+	ReasonNameConflict = "NameConflict"
+	// ReasonRevertFailed: the KubeVirt VirtualMachine's spec was changed outside runpolicy and writing runpolicy's
+	// back failed; its next start would boot the changed spec.
+	ReasonRevertFailed        = "RevertFailed"
 	ReasonRunning             = "Running"
 	ReasonNotRunning          = "NotRunning"
 	ReasonGuestNotReady       = "GuestNotReady"

@@ -56,6 +56,8 @@ const (
 	EventStatusWriteFailed = "StatusWriteFailed"
 	// EventForeignChangesReverted: someone changed the KubeVirt VM's spec directly; runpolicy wrote its own back.
 	EventForeignChangesReverted = "ForeignChangesReverted"
+	// EventRevertFailed: someone changed the KubeVirt VM's spec directly and runpolicy could not write its own back.
+	EventRevertFailed = "RevertFailed"
 )
 
 // Reconciler keeps a KubeVirt VirtualMachine in line with each runpolicy.io VirtualMachine.
@@ -201,6 +203,11 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 			}
 		}
 	}
+	if kv != nil && !metav1.IsControlledBy(kv, vm) {
+		// A KubeVirt VM of the same name that is not ours (a name conflict): its state is its owner's business, and
+		// nothing of it shows in this VM's status.
+		kv, vmi = nil, nil
+	}
 	deriveStatus(vm, kv, vmi, templateHashOf(vm), r.now())
 	r.setRebootCondition(vm, vmi, kvcfg, sc)
 	var autoOp *v1alpha1.VirtualMachineOperation
@@ -336,9 +343,11 @@ func (r *Reconciler) syncKubeVirtVM(ctx context.Context, vm *v1alpha1.VirtualMac
 	}
 	inputs := applyInputs{UID: string(vm.UID), SpecHash: specHashOf(vm), RunStrategy: string(strategy), HookImage: hookImage,
 		RebootTerminate: policy.SetRebootPolicy(vm.Spec.RunPolicy, sc, kvcfg, userRebootPolicy(vm)), Format: applyFormat}
-	// Skip the write when the KubeVirt VM is as runpolicy last applied it: same inputs (hash), and no spec change by
-	// anyone since (generation). A reconcile then costs no API write at all.
-	if kv != nil && !adopting && kv.Annotations[AnnotationAppliedHash] == inputs.hash() && kv.Generation == vm.Status.KubeVirtGeneration {
+	// Skip the write when the KubeVirt VM is as runpolicy last applied it: same inputs (hash), no spec change by
+	// anyone since (generation), and the labels and annotations runpolicy sets still there (a metadata edit bumps no
+	// generation). A reconcile then costs no API write at all.
+	if kv != nil && !adopting && kv.Annotations[AnnotationAppliedHash] == inputs.hash() && kv.Generation == vm.Status.KubeVirtGeneration &&
+		ownMetadataIntact(kv, vm) {
 		setCondition(vm, v1alpha1.ConditionSynced, metav1.ConditionTrue, v1alpha1.ReasonSynced,
 			fmt.Sprintf("KubeVirt VirtualMachine is up to date (runStrategy %s)", strategy))
 		return kv, nil
@@ -388,10 +397,18 @@ func (r *Reconciler) syncKubeVirtVM(ctx context.Context, vm *v1alpha1.VirtualMac
 	// the next boot is the runpolicy VM's spec and nothing else.
 	liveSpec, _ := obj.Object["spec"].(map[string]any)
 	if foreign := foreignFields(wantSpec, liveSpec); len(foreign) > 0 {
-		obj.Object["spec"] = revertedSpec(wantSpec, liveSpec)
-		obj.SetManagedFields(nil) // the server keeps and updates them
-		if err := r.Update(ctx, obj, client.FieldOwner(FieldOwner)); err != nil {
-			return kv, transientError{fmt.Errorf("reverting changes made outside runpolicy (%s): %w", summarize(foreign, 5), err)}
+		if err := r.revertSpec(ctx, obj, revertedSpec(wantSpec, liveSpec)); err != nil {
+			// The KubeVirt VM's next start would boot the foreign spec: say so, never a stale Synced=True.
+			msg := fmt.Sprintf("Changes made to the KubeVirt VirtualMachine outside runpolicy (%s) could not be reverted: %v",
+				summarize(foreign, 5), err)
+			if apierrors.IsConflict(err) {
+				return kv, transientError{err} // someone wrote in between: the next pass looks again
+			}
+			if !isSyncFailure(vm, msg) {
+				r.Recorder.Eventf(vm, nil, corev1.EventTypeWarning, EventRevertFailed, "Patch", "%s", msg)
+			}
+			setCondition(vm, v1alpha1.ConditionSynced, metav1.ConditionFalse, v1alpha1.ReasonRevertFailed, msg)
+			return kv, transientError{err}
 		}
 		log.Info("Reverted changes made to the KubeVirt VirtualMachine outside runpolicy",
 			"fields", foreign)

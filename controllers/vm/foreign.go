@@ -1,13 +1,20 @@
 package vm
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	kvv1 "kubevirt.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
 // kubeVirtDefaults are the spec fields KubeVirt itself adds to a VirtualMachine: its VM mutator (machine type,
@@ -117,4 +124,23 @@ func summarize(paths []string, n int) string {
 		return strings.Join(paths, ", ")
 	}
 	return fmt.Sprintf("%s and %d more", strings.Join(paths[:n], ", "), len(paths)-n)
+}
+
+// revertSpec writes spec as the KubeVirt VM's whole spec with a JSON patch: the chart's ClusterRole grants patch,
+// not update, on KubeVirt VMs. The patch tests the resourceVersion obj was read at, so a change made since is never
+// overwritten unseen (a conflict; the next pass looks again). obj is updated to the server's answer.
+func (r *Reconciler) revertSpec(ctx context.Context, obj *unstructured.Unstructured, spec map[string]any) error {
+	patch, err := json.Marshal([]map[string]any{
+		{"op": "test", "path": "/metadata/resourceVersion", "value": obj.GetResourceVersion()},
+		{"op": "replace", "path": "/spec", "value": spec},
+	})
+	if err != nil {
+		return err
+	}
+	err = r.Patch(ctx, obj, client.RawPatch(types.JSONPatchType, patch), client.FieldOwner(FieldOwner))
+	if apierrors.IsInvalid(err) && strings.Contains(err.Error(), "test failed") {
+		// kube-apiserver answers a failed test operation with 422: the object changed since it was read.
+		return apierrors.NewConflict(schema.GroupResource{Group: kvv1.SchemeGroupVersion.Group, Resource: "virtualmachines"}, obj.GetName(), err)
+	}
+	return err
 }

@@ -59,6 +59,43 @@ func hashJSON(v any) string {
 	return hex.EncodeToString(sum[:8])
 }
 
+// userHookSidecar is what KubeVirt reads of an entry of the hook-sidecar annotation (hooksv1alpha1.HookSidecar):
+// a value of another JSON type in a known field is an error there, at the VMI's launcher pod, and the VMI stays
+// Pending.
+type userHookSidecar struct {
+	Image           string          `json:"image"`
+	ImagePullPolicy string          `json:"imagePullPolicy"`
+	Command         []string        `json:"command"`
+	Args            []string        `json:"args"`
+	ConfigMap       *map[string]any `json:"configMap"`
+	PVC             *map[string]any `json:"pvc"`
+	DownwardAPI     string          `json:"downwardAPI"`
+}
+
+// checkHookSidecars refuses a hook-sidecar annotation in the user's template that KubeVirt could not turn into
+// containers: not a JSON list of objects, a field of the wrong type, or an entry that names neither an image nor a
+// ConfigMap or PVC hook script (KubeVirt's sidecar-shim). Such a VM would be accepted, then never start.
+func checkHookSidecars(value string) error {
+	var list []json.RawMessage
+	if err := json.Unmarshal([]byte(value), &list); err != nil {
+		return fmt.Errorf("template annotation %s is not a JSON list: %w", AnnotationHookSidecars, err)
+	}
+	for i, raw := range list {
+		var e userHookSidecar
+		if t := strings.TrimSpace(string(raw)); !strings.HasPrefix(t, "{") {
+			return fmt.Errorf("template annotation %s: entry %d is %s, not an object", AnnotationHookSidecars, i, t)
+		}
+		if err := json.Unmarshal(raw, &e); err != nil {
+			return fmt.Errorf("template annotation %s: entry %d: %w", AnnotationHookSidecars, i, err)
+		}
+		if e.Image == "" && e.ConfigMap == nil && e.PVC == nil {
+			return fmt.Errorf("template annotation %s: entry %d names no image (nor a configMap or pvc hook script)",
+				AnnotationHookSidecars, i)
+		}
+	}
+	return nil
+}
+
 // withHookSidecar returns the hook-sidecar annotation value with runpolicy's sidecar appended after the user's own
 // sidecars. runpolicy's entry is always the last one: an entry of the user's that merely names the same image is
 // the user's, and its container's termination message is never read (ourSidecarContainer).
@@ -120,6 +157,11 @@ func desiredKubeVirtVM(vm *v1alpha1.VirtualMachine, strategy kvv1.VirtualMachine
 		ann[k] = v
 	}
 	ann[AnnotationTemplateHash] = hash
+	if v, ok := ann[AnnotationHookSidecars]; ok {
+		if err := checkHookSidecars(v); err != nil {
+			return nil, err
+		}
+	}
 	if hookImage != "" {
 		v, err := withHookSidecar(ann[AnnotationHookSidecars], hookImage)
 		if err != nil {
@@ -151,6 +193,13 @@ func desiredKubeVirtVM(vm *v1alpha1.VirtualMachine, strategy kvv1.VirtualMachine
 		Spec: spec,
 	}
 	return kv, nil
+}
+
+// ownMetadataIntact tells whether the KubeVirt VM still carries the label and annotation runpolicy applies. An
+// edit user may remove them (metadata changes bump no generation); runpolicy puts them back at once, since tools
+// and the chart's admission policies select on them.
+func ownMetadataIntact(kv *kvv1.VirtualMachine, vm *v1alpha1.VirtualMachine) bool {
+	return kv.Labels[LabelManagedBy] == ManagedByValue && kv.Annotations[AnnotationRunPolicy] == string(vm.Spec.RunPolicy)
 }
 
 // applyObject turns a typed object into the unstructured apply configuration server-side apply expects:

@@ -23,6 +23,9 @@ var _ = Describe("A KubeVirt VM runpolicy does not control", func() {
 			Spec:       kvv1.VirtualMachineSpec{RunStrategy: ptr.To(kvv1.RunStrategyManual), Template: newVM(ns, "theirs", "").Spec.Template},
 		}
 		Expect(k8s.Create(ctx, theirs)).To(Succeed())
+		theirs.Status.PrintableStatus = kvv1.VirtualMachineStatusRunning
+		theirs.Status.Ready = true
+		Expect(k8s.Status().Update(ctx, theirs)).To(Succeed())
 		// Their VMI, ended (a guest poweroff: Manual keeps it until someone deletes or restarts it). KubeVirt's VMI
 		// CRD has no status subresource, so the status is written with the object.
 		vmi := &kvv1.VirtualMachineInstance{
@@ -45,6 +48,15 @@ var _ = Describe("A KubeVirt VM runpolicy does not control", func() {
 			g.Expect(k8s.Get(ctx, client.ObjectKeyFromObject(vmi), vm)).To(Succeed())
 			g.Expect(vm.Status.LastShutdown).To(BeNil(), "runpolicy judged the foreign VM's VMI")
 			g.Expect(vm.Status.HandledVMIUID).To(BeEmpty())
+			// Nothing of their VM shows to whoever reads this one.
+			g.Expect(vm.Status.PrintableStatus).To(BeEmpty(), "the foreign VM's printableStatus")
+			g.Expect(vm.Status.Phase).To(Equal(v1alpha1.VirtualMachinePending), "the foreign VM's phase")
+			for _, c := range vm.Status.Conditions {
+				if c.Type == v1alpha1.ConditionReady || c.Type == v1alpha1.ConditionAwaitingRestart {
+					g.Expect(c.Status).NotTo(Equal(metav1.ConditionTrue), "condition %s reads the foreign VM", c.Type)
+				}
+				g.Expect(c.Message).NotTo(ContainSubstring(string(kvv1.VirtualMachineStatusRunning)), c.Type)
+			}
 		}, "3s").Should(Succeed())
 	})
 })

@@ -308,3 +308,40 @@ func TestForeignFields(t *testing.T) {
 		t.Fatal("revertedSpec must not change its input")
 	}
 }
+
+// A hook-sidecar annotation KubeVirt cannot turn into containers is refused before anything is applied, with or
+// without runpolicy's own sidecar: KubeVirt would accept the VM and leave its VMI Pending.
+func TestHookSidecarAnnotationChecked(t *testing.T) {
+	for _, ok := range []string{
+		`[]`,
+		`[{"image":"user/sidecar:2","args":["--x"]}]`,
+		`[{"args":["--version","v1alpha2"],"configMap":{"name":"hook","key":"my_script.sh","hookPath":"/usr/bin/onDefineDomain"}}]`,
+		`[{"image":"a","command":["/bin/sh"],"imagePullPolicy":"Always","downwardAPI":"metadata"}]`,
+	} {
+		if err := checkHookSidecars(ok); err != nil {
+			t.Errorf("%s: refused: %v", ok, err)
+		}
+	}
+	for bad, want := range map[string]string{
+		`{"image":"x"}`:                "not a JSON list",
+		`[1,null,"x"]`:                 "entry 0 is 1, not an object",
+		`[null]`:                       "entry 0 is null, not an object",
+		`[{"image":"a"},"x"]`:          "entry 1 is \"x\", not an object",
+		`[{"image":"a","args":"--x"}]`: "entry 0: json: cannot unmarshal string",
+		`[{"image":7}]`:                "entry 0: json: cannot unmarshal number",
+		`[{"args":["--x"]}]`:           "entry 0 names no image",
+	} {
+		err := checkHookSidecars(bad)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: got %v, want an error with %q", bad, err, want)
+		}
+	}
+	vm := &v1alpha1.VirtualMachine{Spec: v1alpha1.VirtualMachineSpec{VirtualMachineSpec: kvv1.VirtualMachineSpec{
+		Template: &kvv1.VirtualMachineInstanceTemplateSpec{ObjectMeta: metav1.ObjectMeta{
+			Annotations: map[string]string{AnnotationHookSidecars: `[1,null,"x"]`}}}}}}
+	for _, hook := range []string{"", "example/hook:1"} {
+		if _, err := desiredKubeVirtVM(vm, kvv1.RunStrategyManual, hook, false); err == nil {
+			t.Errorf("hook image %q: a malformed user annotation was applied", hook)
+		}
+	}
+}

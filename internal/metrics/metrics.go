@@ -14,6 +14,7 @@ const (
 	VMRestartsName    = "runpolicy_vm_restarts_total"
 	VMOPDurationName  = "runpolicy_vmop_duration_seconds"
 	DegradedName      = "runpolicy_hook_sidecar_degraded"
+	PodGuardName      = "runpolicy_launcher_pod_guard"
 	StatusWriteName   = "runpolicy_vm_status_write_failures_total"
 	labelPolicy       = "policy"
 	labelReason       = "reason"
@@ -51,7 +52,7 @@ var (
 )
 
 func init() {
-	crmetrics.Registry.MustRegister(VMRestarts, VMOPDuration, Degraded, StatusWriteFailures, VMShutdowns, state)
+	crmetrics.Registry.MustRegister(VMRestarts, VMOPDuration, Degraded, PodGuard, StatusWriteFailures, VMShutdowns, state)
 	// Counters by policy and reason start at 0, so that the first restart or shutdown of a kind shows as an
 	// increase (a series born at 1 does not): the alerts on unknown shutdowns rely on it.
 	for _, p := range knownPolicies {
@@ -71,6 +72,23 @@ var StatusWriteFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
 
 // StatusWriteFailed counts one refused status write.
 func StatusWriteFailed(reason string) { StatusWriteFailures.WithLabelValues(orUnknown(reason)).Inc() }
+
+// PodGuard is 1 while the admission policy that lets only KubeVirt's virt-controller create launcher pods is
+// installed, 0 while runpolicy runs unguarded: a forged pod controlled by a VMI could then decide whether a VM
+// restarts. The operator logs each change once.
+var PodGuard = prometheus.NewGauge(prometheus.GaugeOpts{
+	Name: PodGuardName,
+	Help: "1 while the launcher-pod admission policy is installed (only KubeVirt's virt-controller creates pods a VMI controls); 0: runpolicy runs unguarded.",
+})
+
+// LauncherPodGuard sets the launcher-pod guard gauge.
+func LauncherPodGuard(guarded bool) {
+	v := 0.0
+	if guarded {
+		v = 1
+	}
+	PodGuard.Set(v)
+}
 
 // SidecarDegraded sets the degraded-mode gauge.
 func SidecarDegraded(degraded bool) {

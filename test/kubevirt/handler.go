@@ -66,7 +66,8 @@ func (r *virtHandler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Res
 }
 
 // domainStarted writes what virt-handler reports once virt-launcher's domain runs: phase Running, the interfaces
-// libvirt and the guest agent see, the machine type.
+// libvirt and the guest agent see, the machine type, and the SELinux context "none" of a host without SELinux
+// (pkg/virt-handler/vm.go, updateSELinuxContext; virt-controller makes no migration target pod without it).
 func (n *Node) domainStarted(ctx context.Context, vmi *virtv1.VirtualMachineInstance, pod *corev1.Pod) error {
 	return n.patchVMIStatus(ctx, vmi, func(st *virtv1.VirtualMachineInstanceStatus) bool {
 		if st.Phase != virtv1.Scheduled {
@@ -74,6 +75,7 @@ func (n *Node) domainStarted(ctx context.Context, vmi *virtv1.VirtualMachineInst
 		}
 		st.Phase = virtv1.Running
 		st.Machine = &virtv1.Machine{Type: "q35"}
+		st.SelinuxContext = "none"
 		st.Interfaces = nil
 		for _, iface := range vmi.Spec.Domain.Devices.Interfaces {
 			st.Interfaces = append(st.Interfaces, virtv1.VirtualMachineInstanceNetworkInterface{Name: iface.Name,

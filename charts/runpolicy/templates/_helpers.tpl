@@ -63,3 +63,34 @@ app.kubernetes.io/component: controller
 {{- end }}
 {{- $total }}
 {{- end }}
+
+{{/* KubeVirt's namespace: the value, else the namespace of the cluster's KubeVirt CR (lookup answers nothing under
+helm template), else kubevirt. */}}
+{{- define "runpolicy.kubevirtNamespace" -}}
+{{- $ns := .Values.kubevirt.namespace }}
+{{- if not $ns }}
+{{- range (lookup "kubevirt.io/v1" "KubeVirt" "" "").items }}
+{{- $ns = .metadata.namespace }}
+{{- end }}
+{{- end }}
+{{- default "kubevirt" $ns }}
+{{- end }}
+
+{{/* The user names of KubeVirt's virt-controller and virt-api. */}}
+{{- define "runpolicy.virtController" -}}
+{{- printf "system:serviceaccount:%s:%s" (include "runpolicy.kubevirtNamespace" .) .Values.kubevirt.controllerServiceAccount }}
+{{- end }}
+{{- define "runpolicy.virtAPI" -}}
+{{- printf "system:serviceaccount:%s:%s" (include "runpolicy.kubevirtNamespace" .) .Values.kubevirt.apiServiceAccount }}
+{{- end }}
+
+{{/* The garbage collector's user names: kube-controller-manager's own, or its service account with
+--use-service-account-credentials. It removes owner references of orphaned dependents. */}}
+{{- define "runpolicy.garbageCollectors" -}}
+["system:kube-controller-manager", "system:serviceaccount:kube-system:generic-garbage-collector"]
+{{- end }}
+
+{{/* CEL: the object before the request has a controller ownerReference to a runpolicy VM. */}}
+{{- define "runpolicy.controlledByRunpolicy" -}}
+oldObject.metadata.?ownerReferences.orValue([]).exists(r, r.apiVersion.startsWith('runpolicy.io/') && r.kind == 'VirtualMachine' && r.?controller.orValue(false))
+{{- end }}
