@@ -69,6 +69,7 @@ type Reconciler struct {
 // +kubebuilder:rbac:groups=runpolicy.io,resources=virtualmachineoperations/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=runpolicy.io,resources=virtualmachines,verbs=get;list;watch
 // +kubebuilder:rbac:groups=kubevirt.io,resources=virtualmachines,verbs=get;list;watch
+// +kubebuilder:rbac:groups=kubevirt.io,resources=virtualmachines/status,verbs=patch
 // +kubebuilder:rbac:groups=kubevirt.io,resources=virtualmachineinstances,verbs=get;list;watch
 // +kubebuilder:rbac:groups=subresources.kubevirt.io,resources=virtualmachines/start;virtualmachines/stop;virtualmachines/restart,verbs=update
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
@@ -92,7 +93,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return r.collect(ctx, op)
 	}
 
-	in, err := r.gather(ctx, r.Client, op)
+	in, err := r.gather(ctx, r.Client, op, false)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -127,7 +128,8 @@ type inputs struct {
 	siblings []v1alpha1.VirtualMachineOperation // every operation of the VM, this one included
 }
 
-func (r *Reconciler) gather(ctx context.Context, c client.Reader, op *v1alpha1.VirtualMachineOperation) (inputs, error) {
+// gather reads through c; fresh (c reads uncached) lists the sibling operations past the cache too.
+func (r *Reconciler) gather(ctx context.Context, c client.Reader, op *v1alpha1.VirtualMachineOperation, fresh bool) (inputs, error) {
 	var in inputs
 	key := types.NamespacedName{Namespace: op.Namespace, Name: op.Spec.VirtualMachineName}
 	vm := &v1alpha1.VirtualMachine{}
@@ -149,11 +151,32 @@ func (r *Reconciler) gather(ctx context.Context, c client.Reader, op *v1alpha1.V
 		in.vmi = vmi
 	}
 	list := &v1alpha1.VirtualMachineOperationList{}
-	if err := r.List(ctx, list, client.InNamespace(op.Namespace), client.MatchingFields{IndexVMName: op.Spec.VirtualMachineName}); err != nil {
+	if !fresh {
+		if err := r.List(ctx, list, client.InNamespace(op.Namespace), client.MatchingFields{IndexVMName: op.Spec.VirtualMachineName}); err != nil {
+			return in, err
+		}
+		in.siblings = list.Items
+		return in, nil
+	}
+	// The API server has no field selector for spec.virtualMachineName (the index is the cache's).
+	if err := c.List(ctx, list, client.InNamespace(op.Namespace)); err != nil {
 		return in, err
 	}
-	in.siblings = list.Items
+	for i := range list.Items {
+		if list.Items[i].Spec.VirtualMachineName == op.Spec.VirtualMachineName {
+			in.siblings = append(in.siblings, list.Items[i])
+		}
+	}
 	return in, nil
+}
+
+// turnOf applies the queue rules to op among the operations of in.
+func turnOf(op *v1alpha1.VirtualMachineOperation, in inputs) Turn {
+	all := make([]Op, 0, len(in.siblings))
+	for i := range in.siblings {
+		all = append(all, OpOf(&in.siblings[i]))
+	}
+	return Queue(OpOf(op), all)
 }
 
 func getOrNil(ctx context.Context, c client.Reader, key types.NamespacedName, obj client.Object) error {
@@ -196,19 +219,24 @@ func (r *Reconciler) step(ctx context.Context, op *v1alpha1.VirtualMachineOperat
 		return ctrl.Result{}, nil
 	}
 	view := ViewOf(in.kv, in.vmi)
-	self := OpOf(op)
-	all := make([]Op, 0, len(in.siblings))
-	for i := range in.siblings {
-		all = append(all, OpOf(&in.siblings[i]))
-	}
-	turn := Queue(self, all)
+	turn := turnOf(op, in)
+	target := types.UID(op.Status.TargetVMIUID)
 
 	if op.Status.Phase == v1alpha1.OperationInProgress {
 		switch {
-		case Done(t, types.UID(op.Status.TargetVMIUID), view):
+		case Done(t, target, view):
+			// The cache may lag behind KubeVirt (a VMI created a moment ago, a Start request written): complete
+			// only on what the API server shows.
+			if done, err := r.doneFresh(ctx, op); err != nil || !done {
+				return ctrl.Result{RequeueAfter: retrySoon}, err
+			}
 			complete(op, now, doneMessage(op, in.vm))
 		case turn.SupersededBy != "":
 			fail(op, now, v1alpha1.OperationReasonSuperseded, supersededMessage(op, in.vm, turn.SupersededBy))
+		case t == v1alpha1.OperationStop && view.StartRequested && !r.expired(op, now):
+			// A Start written after this Stop's signal (a superseded Restart's or Start's that was already on its
+			// way): KubeVirt would serve it once the VMI is gone.
+			return r.dropStarts(ctx, op, in.kv)
 		case r.timeout() > 0 && op.Status.SignalSentTime != nil:
 			// Without a limit, an operation whose target state never comes (a VMI that cannot be scheduled, a
 			// Start whose VMI keeps failing) would hold the VM's queue for good.
@@ -225,12 +253,10 @@ func (r *Reconciler) step(ctx context.Context, op *v1alpha1.VirtualMachineOperat
 		fail(op, now, v1alpha1.OperationReasonSuperseded, supersededMessage(op, in.vm, turn.SupersededBy))
 		return ctrl.Result{}, nil
 	}
-	if signalPrepared(op) && SignalTaken(t, types.UID(op.Status.TargetVMIUID), view) {
-		// A pass that sent the signal ended before it could record it (see RULES.md, "Exactly once"): whatever
-		// changed since, the signal is out, so the operation is InProgress.
-		ctrl.LoggerFrom(ctx).Info("KubeVirt already took the signal; recording it")
-		r.signalSent(op, in.vm, now)
-		return ctrl.Result{}, nil
+	if signalPrepared(op) && SignalAction(t, op.Spec.Force, target, view) == Taken {
+		// A pass that sent the signal may have ended before it could record it (see RULES.md, "Exactly once"):
+		// send checks that on the API server's view, and records it, or acts, without the policy and phase rules.
+		return r.send(ctx, op, in.vm)
 	}
 	if ok, msg := PolicyAllows(vmName, in.vm.Spec.RunPolicy, t); !ok {
 		fail(op, now, v1alpha1.OperationReasonNotApplicableForRunPolicy, msg)
@@ -241,8 +267,7 @@ func (r *Reconciler) step(ctx context.Context, op *v1alpha1.VirtualMachineOperat
 			"Waiting for VirtualMachineOperation %s on VirtualMachine %s to finish: one operation runs at a time", turn.WaitFor, vmName))
 		return ctrl.Result{}, nil
 	}
-	target := types.UID(op.Status.TargetVMIUID)
-	verdict, msg := PhaseAllows(vmName, in.vm.Spec.RunPolicy, in.vm.Status.Phase, view.VMI, t, op.Spec.Force)
+	verdict, msg := PhaseAllows(vmName, in.vm.Spec.RunPolicy, in.vm.Status.Phase, view.VMI, view.StartRequested, t, op.Spec.Force)
 	switch verdict {
 	case Refuse:
 		fail(op, now, v1alpha1.OperationReasonNotApplicableForVMPhase, msg)
@@ -286,7 +311,7 @@ func (r *Reconciler) send(ctx context.Context, op *v1alpha1.VirtualMachineOperat
 	if fresh.ResourceVersion != op.ResourceVersion {
 		return ctrl.Result{RequeueAfter: retrySoon}, nil // the cache is behind: decide again on the current object
 	}
-	in, err := r.gather(ctx, r.APIReader, op)
+	in, err := r.gather(ctx, r.APIReader, op, true)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -294,9 +319,17 @@ func (r *Reconciler) send(ctx context.Context, op *v1alpha1.VirtualMachineOperat
 	if in.vm == nil || notOurs(in.vm, in.kv) != "" {
 		return ctrl.Result{RequeueAfter: retrySoon}, nil // decide again from the cache's view (the VM went or is not ours)
 	}
-	if SignalTaken(op.Spec.Type, types.UID(op.Status.TargetVMIUID), ViewOf(in.kv, in.vmi)) {
+	if turn := turnOf(op, in); turn.SupersededBy != "" || turn.WaitFor != "" {
+		// A forced Stop was created, or another operation went in progress, since the cache was read.
+		return ctrl.Result{RequeueAfter: retrySoon}, nil
+	}
+	switch SignalAction(op.Spec.Type, op.Spec.Force, types.UID(op.Status.TargetVMIUID), ViewOf(in.kv, in.vmi)) {
+	case Taken:
+		log.Info("KubeVirt already shows the signal; recording it")
 		r.signalSent(op, vm, now)
 		return ctrl.Result{}, nil
+	case DropStart:
+		return r.dropStarts(ctx, op, in.kv)
 	}
 
 	ns, name, force := op.Namespace, op.Spec.VirtualMachineName, op.Spec.Force
@@ -333,6 +366,61 @@ func (r *Reconciler) signalSent(op *v1alpha1.VirtualMachineOperation, vm *v1alph
 		fmt.Sprintf("KubeVirt accepted the request to %s VirtualMachine %s", verb(op), vm.Name))
 	setCondition(op, v1alpha1.OperationConditionCompleted, metav1.ConditionFalse, v1alpha1.OperationReasonInProgress,
 		fmt.Sprintf("Waiting for KubeVirt to report that VirtualMachine %s %s", vm.Name, goal(op.Spec.Type)))
+}
+
+// dropStarts removes the Start requests KubeVirt holds for the VM of a Stop, tested on the requests as read (kv), and
+// has the Stop decide again: a Stop never leaves a Start behind, which KubeVirt would serve once the VMI is gone.
+// The KubeVirt VM is not watched: the next pass is requeued.
+func (r *Reconciler) dropStarts(ctx context.Context, op *v1alpha1.VirtualMachineOperation, kv *kvv1.VirtualMachine) (ctrl.Result, error) {
+	ns, name := op.Namespace, op.Spec.VirtualMachineName
+	ctrl.LoggerFrom(ctx).Info("Removing the Start request KubeVirt holds before stopping",
+		"VirtualMachine", klog.KRef(ns, name), "requests", kv.Status.StateChangeRequests)
+	if err := r.Lifecycle.DropStarts(ctx, ns, name, kv.Status.StateChangeRequests); err != nil {
+		// Also when the requests changed since they were read (lifecycle.ErrRequestPending): decide again.
+		msg := fmt.Sprintf("Could not remove the Start request KubeVirt holds for VirtualMachine %s: %v", name, err)
+		if op.Status.Phase == v1alpha1.OperationInProgress {
+			return ctrl.Result{}, err // retried with backoff until the timeout
+		}
+		setCondition(op, v1alpha1.OperationConditionSignalSent, metav1.ConditionFalse, v1alpha1.OperationReasonSignalSentError, msg)
+		if refusal.Permanent(err) {
+			fail(op, r.now(), v1alpha1.OperationReasonFailed, msg)
+			return ctrl.Result{}, nil
+		}
+		pending(op, v1alpha1.OperationReasonSignalPending, msg+"; retrying")
+		return ctrl.Result{}, err
+	}
+	if op.Status.Phase != v1alpha1.OperationInProgress {
+		setCondition(op, v1alpha1.OperationConditionSignalSent, metav1.ConditionFalse, v1alpha1.OperationReasonSignalPending,
+			fmt.Sprintf("Removed the Start request KubeVirt held for VirtualMachine %s; about to ask KubeVirt to %s it", name, verb(op)))
+	}
+	return ctrl.Result{RequeueAfter: retrySoon}, nil
+}
+
+// expired tells whether an in-progress operation's timeout passed.
+func (r *Reconciler) expired(op *v1alpha1.VirtualMachineOperation, now metav1.Time) bool {
+	return r.timeout() > 0 && op.Status.SignalSentTime != nil && !now.Time.Before(op.Status.SignalSentTime.Add(r.timeout()))
+}
+
+// doneFresh confirms on the API server's view that an in-progress operation reached its target state.
+func (r *Reconciler) doneFresh(ctx context.Context, op *v1alpha1.VirtualMachineOperation) (bool, error) {
+	if r.APIReader == nil {
+		return true, nil
+	}
+	key := types.NamespacedName{Namespace: op.Namespace, Name: op.Spec.VirtualMachineName}
+	kv, vmi := &kvv1.VirtualMachine{}, &kvv1.VirtualMachineInstance{}
+	if err := getOrNil(ctx, r.APIReader, key, kv); err != nil {
+		return false, err
+	}
+	if err := getOrNil(ctx, r.APIReader, key, vmi); err != nil {
+		return false, err
+	}
+	if kv.Name == "" {
+		kv = nil
+	}
+	if vmi.Name == "" {
+		vmi = nil
+	}
+	return Done(op.Spec.Type, types.UID(op.Status.TargetVMIUID), ViewOf(kv, vmi)), nil
 }
 
 func verb(op *v1alpha1.VirtualMachineOperation) string {

@@ -95,8 +95,10 @@ const (
 
 // PhaseAllows decides whether an operation can run against the VM now. The VM's phase (status.phase) and the
 // VMI's state are both inputs: the phase is what users see; the VMI is KubeVirt's truth, which the phase follows
-// with a short lag (right after a Stop completes, the VM may still read Stopping for a moment).
-func PhaseAllows(vm string, p v1alpha1.RunPolicy, phase v1alpha1.VirtualMachinePhase, vmi VMIState,
+// with a short lag (right after a Stop completes, the VM may still read Stopping for a moment). startPending tells
+// that KubeVirt holds a Start request for the VM (a Restart's, a Start's): a Stop runs then to remove it, even
+// when no VMI runs, since KubeVirt would otherwise start the VM once the current VMI is gone.
+func PhaseAllows(vm string, p v1alpha1.RunPolicy, phase v1alpha1.VirtualMachinePhase, vmi VMIState, startPending bool,
 	t v1alpha1.VirtualMachineOperationType, force bool) (Verdict, string) {
 	where := fmt.Sprintf("VirtualMachine %s (runPolicy %s) is %s", vm, p, phaseText(phase, vmi))
 	if phase == v1alpha1.VirtualMachineTerminating {
@@ -118,11 +120,14 @@ func PhaseAllows(vm string, p v1alpha1.RunPolicy, phase v1alpha1.VirtualMachineP
 		case VMIActive:
 			return Run, ""
 		case VMIDeleting:
-			if force {
+			if force || startPending {
 				return Run, ""
 			}
 			return Refuse, where + ": it is already stopping; create a Stop operation with force: true to stop it at once"
 		default:
+			if startPending {
+				return Run, "" // nothing runs, but KubeVirt would start it: the Stop removes the Start request
+			}
 			return Refuse, where + ": it is not running, there is nothing to stop"
 		}
 	default: // Restart
@@ -160,11 +165,14 @@ type Op struct {
 	Type     v1alpha1.VirtualMachineOperationType
 	Force    bool
 	Finished bool
+	// InProgress: KubeVirt accepted its signal and it is not finished.
+	InProgress bool
 }
 
 // OpOf summarises an operation for the queue rules.
 func OpOf(o *v1alpha1.VirtualMachineOperation) Op {
-	return Op{Name: o.Name, Created: o.CreationTimestamp.Time, Type: o.Spec.Type, Force: o.Spec.Force, Finished: Finished(o)}
+	return Op{Name: o.Name, Created: o.CreationTimestamp.Time, Type: o.Spec.Type, Force: o.Spec.Force, Finished: Finished(o),
+		InProgress: o.Status.Phase == v1alpha1.OperationInProgress}
 }
 
 // Finished tells whether an operation reached a final phase.
@@ -195,7 +203,9 @@ type Turn struct {
 }
 
 // Queue decides one operation's turn among all operations of the same VM (self included, any order).
-// Operations run one at a time, oldest first; a forced Stop does not wait for the operations it supersedes.
+// Operations run one at a time, oldest first; a forced Stop does not wait for the operations it supersedes. An
+// operation in progress is waited for even when it is newer (two created in the same second, the newer by name
+// reconciled first), so that no operation sends while another's signal is under way.
 func Queue(self Op, all []Op) Turn {
 	ops := slices.Clone(all)
 	slices.SortFunc(ops, older)
@@ -208,10 +218,11 @@ func Queue(self Op, all []Op) Turn {
 		}
 	}
 	for _, o := range ops {
-		if o.Name == self.Name || o.Finished || older(o, self) > 0 {
+		newer := older(o, self) > 0
+		if o.Name == self.Name || o.Finished || (newer && !o.InProgress) {
 			continue
 		}
-		if Supersedes(self, o) {
+		if !newer && Supersedes(self, o) {
 			continue
 		}
 		// An older operation that a newer forced Stop supersedes is ending; the forced Stop is the one to wait for.
@@ -239,6 +250,9 @@ type KubeVirtView struct {
 	VMI    VMIState
 	// VMIRunning is true when the current VMI is in phase Running and not being deleted.
 	VMIRunning bool
+	// VMIGraceZero is true when the current VMI's terminationGracePeriodSeconds is 0: what a forced stop (virt-api's
+	// stop with gracePeriod 0) writes before it asks KubeVirt to stop the VMI.
+	VMIGraceZero bool
 	// StopRequestedFor lists the VMI UIDs of pending Stop state-change requests on the KubeVirt VM.
 	StopRequestedFor []types.UID
 	// StartRequested is true when a Start state-change request is pending on the KubeVirt VM.
@@ -251,6 +265,7 @@ func ViewOf(kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance) KubeVirtV
 	if vmi != nil {
 		v.VMIUID = vmi.UID
 		v.VMIRunning = vmi.Status.Phase == kvv1.Running && vmi.DeletionTimestamp == nil
+		v.VMIGraceZero = vmi.Spec.TerminationGracePeriodSeconds != nil && *vmi.Spec.TerminationGracePeriodSeconds == 0
 	}
 	if kv != nil {
 		for _, r := range kv.Status.StateChangeRequests {
@@ -265,29 +280,64 @@ func ViewOf(kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance) KubeVirtV
 	return v
 }
 
-// SignalTaken tells whether KubeVirt already acted on a signal for target (the VMI UID recorded before the
-// signal, empty if there was none): after a crash between the subresource call and the status write, this is
-// how the next pass knows not to send it again. It is only asked while the operation is about to send.
-func SignalTaken(t v1alpha1.VirtualMachineOperationType, target types.UID, v KubeVirtView) bool {
+// Action is what an operation that recorded its target does next with KubeVirt.
+type Action string
+
+const (
+	// Send: call the operation's subresource.
+	Send Action = "Send"
+	// DropStart: a Stop first removes the Start requests KubeVirt holds (another operation's, typically the
+	// Restart it superseded), with a JSON patch tested on the requests as read; it sends its stop in a later pass.
+	DropStart Action = "DropStart"
+	// Taken: KubeVirt shows this operation's own signal (sent by a pass that ended before it could record it), or
+	// for a Stop, that the VM is stopped with no Start pending: record it as sent, send nothing.
+	Taken Action = "Taken"
+)
+
+// SignalAction decides what an operation whose turn it is and that recorded target (the VMI UID before the
+// signal, empty if there was none) does next. It is how a pass that follows a crash between the subresource call
+// and the status write knows not to send again; it counts only what the operation's own signal leaves, never
+// another operation's request (RULES.md, "Exactly once"):
+//
+//   - Start: a Start request is pending, or a VMI other than target is active.
+//   - Restart: a Start request is pending (KubeVirt's restart is [Stop{target}, Start]), or a VMI other than target
+//     exists. A Stop request or a deletion alone is a Stop's, not this Restart's.
+//   - Stop: never with a Start pending (a Stop leaves none; it removes it first: DropStart). The VM is stopped (no
+//     VMI, or an ended one): taken, whoever stopped it. Otherwise target is stopping (a Stop request with its UID, or
+//     being deleted), and for a forced Stop with grace period 0: a graceful stop or a Restart's stop under way is
+//     not a forced Stop's signal, which is sent anyway.
+func SignalAction(t v1alpha1.VirtualMachineOperationType, force bool, target types.UID, v KubeVirtView) Action {
 	switch t {
 	case v1alpha1.OperationStart:
 		// Not a Stop request for the ended target VMI: that may be what is left of the stop that ended it.
-		return v.StartRequested || (v.VMI == VMIActive && v.VMIUID != target)
-	default: // Stop and Restart act on the target VMI: it is gone, replaced, going, or asked to go.
-		if target == "" {
-			return false
+		if v.StartRequested || (v.VMI == VMIActive && v.VMIUID != target) {
+			return Taken
 		}
-		return slices.Contains(v.StopRequestedFor, target) || v.VMIUID != target || v.VMI == VMIDeleting ||
-			(t == v1alpha1.OperationStop && v.VMI == VMIFinal)
+	case v1alpha1.OperationRestart:
+		if target != "" && (v.StartRequested || (v.VMIUID != "" && v.VMIUID != target)) {
+			return Taken
+		}
+	default: // Stop
+		switch {
+		case v.StartRequested:
+			return DropStart
+		case v.VMI == VMINone || v.VMI == VMIFinal:
+			return Taken
+		case target != "" && v.VMIUID == target && (slices.Contains(v.StopRequestedFor, target) || v.VMI == VMIDeleting) &&
+			(!force || v.VMIGraceZero):
+			return Taken
+		}
 	}
+	return Send
 }
 
 // Done tells whether KubeVirt reports the operation's target state: Start — a VMI other than target is Running;
-// Stop — no VMI is left running; Restart — a VMI other than the one restarted is Running.
+// Stop — no VMI is left running and no Start is pending (KubeVirt would serve it); Restart — a VMI other than the
+// one restarted is Running.
 func Done(t v1alpha1.VirtualMachineOperationType, target types.UID, v KubeVirtView) bool {
 	switch t {
 	case v1alpha1.OperationStop:
-		return v.VMI == VMINone || v.VMI == VMIFinal
+		return (v.VMI == VMINone || v.VMI == VMIFinal) && !v.StartRequested
 	default:
 		return v.VMIRunning && v.VMIUID != target
 	}

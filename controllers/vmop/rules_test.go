@@ -1,6 +1,7 @@
 package vmop
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -47,43 +48,56 @@ func TestPhaseAllows(t *testing.T) {
 		deleting = v1alpha1.VirtualMachineTerminating
 	)
 	for _, tc := range []struct {
-		op    v1alpha1.VirtualMachineOperationType
-		force bool
-		phase v1alpha1.VirtualMachinePhase
-		vmi   VMIState
-		want  Verdict
+		op           v1alpha1.VirtualMachineOperationType
+		force        bool
+		phase        v1alpha1.VirtualMachinePhase
+		vmi          VMIState
+		startPending bool
+		want         Verdict
 	}{
-		{start, false, stopped, VMINone, Run},
-		{start, false, stopped, VMIFinal, Run},
-		{start, false, pendingP, VMINone, Run},
-		{start, false, running, VMIActive, Refuse},
-		{start, false, starting, VMIActive, Refuse},
-		{start, false, stopping, VMIDeleting, Wait},
-		{start, false, stopping, VMINone, Wait}, // the VM's phase lags the VMI
-		{start, false, running, VMINone, Wait},
-		{start, false, deleting, VMINone, Refuse},
-		{stop, false, running, VMIActive, Run},
-		{stop, false, starting, VMIActive, Run},
-		{stop, true, running, VMIActive, Run},
-		{stop, false, stopping, VMIDeleting, Refuse},
-		{stop, true, stopping, VMIDeleting, Run},
-		{stop, false, stopped, VMINone, Refuse},
-		{stop, true, stopped, VMIFinal, Refuse},
-		{stop, false, deleting, VMIActive, Refuse},
-		{restart, false, running, VMIActive, Run},
-		{restart, true, running, VMIActive, Run},
-		{restart, false, stopped, VMINone, Refuse},
-		{restart, true, stopping, VMIDeleting, Refuse},
-		{restart, false, stopped, VMIFinal, Refuse},
+		{start, false, stopped, VMINone, false, Run},
+		{start, false, stopped, VMIFinal, false, Run},
+		{start, false, pendingP, VMINone, false, Run},
+		{start, false, running, VMIActive, false, Refuse},
+		{start, false, starting, VMIActive, false, Refuse},
+		{start, false, stopping, VMIDeleting, false, Wait},
+		{start, false, stopping, VMINone, false, Wait}, // the VM's phase lags the VMI
+		{start, false, running, VMINone, false, Wait},
+		{start, false, deleting, VMINone, false, Refuse},
+		{stop, false, running, VMIActive, false, Run},
+		{stop, false, starting, VMIActive, false, Run},
+		{stop, true, running, VMIActive, false, Run},
+		{stop, false, stopping, VMIDeleting, false, Refuse},
+		{stop, true, stopping, VMIDeleting, false, Run},
+		{stop, false, stopped, VMINone, false, Refuse},
+		{stop, true, stopped, VMIFinal, false, Refuse},
+		{stop, false, deleting, VMIActive, false, Refuse},
+		{restart, false, running, VMIActive, false, Run},
+		{restart, true, running, VMIActive, false, Run},
+		{restart, false, stopped, VMINone, false, Refuse},
+		{restart, true, stopping, VMIDeleting, false, Refuse},
+		{restart, false, stopped, VMIFinal, false, Refuse},
+		// A Start request pending (a Restart's or a Start's): a Stop runs to remove it, whatever the VMI.
+		{stop, false, stopped, VMINone, true, Run},
+		{stop, true, pendingP, VMINone, true, Run},
+		{stop, false, stopped, VMIFinal, true, Run},
+		{stop, false, stopping, VMIDeleting, true, Run},
+		{restart, false, stopping, VMIDeleting, true, Refuse},
+		{start, false, pendingP, VMINone, true, Run},
 	} {
-		got, msg := PhaseAllows("vm1", v1alpha1.RunPolicyManual, tc.phase, tc.vmi, tc.op, tc.force)
+		got, msg := PhaseAllows("vm1", v1alpha1.RunPolicyManual, tc.phase, tc.vmi, tc.startPending, tc.op, tc.force)
 		if got != tc.want {
-			t.Errorf("%s force=%v in %s/%s: %s, want %s (%s)", tc.op, tc.force, tc.phase, tc.vmi, got, tc.want, msg)
+			t.Errorf("%s force=%v in %s/%s start pending=%v: %s, want %s (%s)", tc.op, tc.force, tc.phase, tc.vmi, tc.startPending, got, tc.want, msg)
 		}
 		if got != Run && (!strings.Contains(msg, "vm1") || !strings.Contains(msg, "Manual")) {
 			t.Errorf("%s in %s/%s: message %q must name the VM and the policy", tc.op, tc.phase, tc.vmi, msg)
 		}
 	}
+}
+
+func inProgress(o Op) Op {
+	o.InProgress = true
+	return o
 }
 
 func TestQueue(t *testing.T) {
@@ -124,6 +138,10 @@ func TestQueue(t *testing.T) {
 			[]Op{op("a", 0, start, false, false), op("f", 1, stop, true, false), op("b", 2, start, false, false)}, Turn{WaitFor: "f"}},
 		{"a finished forced Stop supersedes nothing", "a",
 			[]Op{op("a", 0, start, false, false), op("f", 1, stop, true, true)}, Turn{}},
+		{"a newer one in progress (same second, reconciled first) is waited for", "a",
+			[]Op{op("a", 0, start, false, false), inProgress(op("b", 0, stop, false, false))}, Turn{WaitFor: "b"}},
+		{"a forced Stop does not supersede a newer one in progress", "a",
+			[]Op{op("a", 0, stop, true, false), inProgress(op("b", 0, restart, false, false))}, Turn{WaitFor: "b"}},
 	} {
 		var self Op
 		for _, o := range tc.ops {
@@ -137,41 +155,65 @@ func TestQueue(t *testing.T) {
 	}
 }
 
-func TestSignalTakenAndDone(t *testing.T) {
+func TestSignalActionAndDone(t *testing.T) {
 	const old, fresh = types.UID("old"), types.UID("new")
 	for _, tc := range []struct {
 		name      string
 		op        v1alpha1.VirtualMachineOperationType
+		force     bool
 		target    types.UID
 		view      KubeVirtView
-		taken     bool
+		action    Action
 		completed bool
 	}{
-		{"start, nothing happened yet", start, "", KubeVirtView{VMI: VMINone}, false, false},
-		{"start, request pending", start, "", KubeVirtView{VMI: VMINone, StartRequested: true}, true, false},
-		{"start from an ended VMI, stop+start pending", start, old,
-			KubeVirtView{VMI: VMIFinal, VMIUID: old, StopRequestedFor: []types.UID{old}, StartRequested: true}, true, false},
-		{"start, a stop request left over for the ended VMI", start, old,
-			KubeVirtView{VMI: VMIFinal, VMIUID: old, StopRequestedFor: []types.UID{old}}, false, false},
-		{"start, new VMI scheduling", start, "", KubeVirtView{VMI: VMIActive, VMIUID: fresh}, true, false},
-		{"start, new VMI running", start, old, KubeVirtView{VMI: VMIActive, VMIUID: fresh, VMIRunning: true}, true, true},
-		{"start, the ended VMI is still there", start, old, KubeVirtView{VMI: VMIFinal, VMIUID: old}, false, false},
-		{"stop, VMI still running", stop, old, KubeVirtView{VMI: VMIActive, VMIUID: old, VMIRunning: true}, false, false},
-		{"stop, stop request pending", stop, old,
-			KubeVirtView{VMI: VMIActive, VMIUID: old, VMIRunning: true, StopRequestedFor: []types.UID{old}}, true, false},
-		{"stop, VMI being deleted", stop, old, KubeVirtView{VMI: VMIDeleting, VMIUID: old}, true, false},
-		{"stop, VMI ended", stop, old, KubeVirtView{VMI: VMIFinal, VMIUID: old}, true, true},
-		{"stop, VMI gone", stop, old, KubeVirtView{VMI: VMINone}, true, true},
-		{"stop, a stop request for another VMI", stop, old,
-			KubeVirtView{VMI: VMIActive, VMIUID: old, VMIRunning: true, StopRequestedFor: []types.UID{"other"}}, false, false},
-		{"restart, nothing happened yet", restart, old, KubeVirtView{VMI: VMIActive, VMIUID: old, VMIRunning: true}, false, false},
-		{"restart, old VMI going", restart, old, KubeVirtView{VMI: VMIDeleting, VMIUID: old}, true, false},
-		{"restart, no VMI between the two", restart, old, KubeVirtView{VMI: VMINone}, true, false},
-		{"restart, new VMI not yet running", restart, old, KubeVirtView{VMI: VMIActive, VMIUID: fresh}, true, false},
-		{"restart, new VMI running", restart, old, KubeVirtView{VMI: VMIActive, VMIUID: fresh, VMIRunning: true}, true, true},
+		{"start, nothing happened yet", start, false, "", KubeVirtView{VMI: VMINone}, Send, false},
+		{"start, request pending", start, false, "", KubeVirtView{VMI: VMINone, StartRequested: true}, Taken, false},
+		{"start from an ended VMI, stop+start pending", start, false, old,
+			KubeVirtView{VMI: VMIFinal, VMIUID: old, StopRequestedFor: []types.UID{old}, StartRequested: true}, Taken, false},
+		{"start, a stop request left over for the ended VMI", start, false, old,
+			KubeVirtView{VMI: VMIFinal, VMIUID: old, StopRequestedFor: []types.UID{old}}, Send, false},
+		{"start, new VMI scheduling", start, false, "", KubeVirtView{VMI: VMIActive, VMIUID: fresh}, Taken, false},
+		{"start, new VMI running", start, false, old, KubeVirtView{VMI: VMIActive, VMIUID: fresh, VMIRunning: true}, Taken, true},
+		{"start, the ended VMI is still there", start, false, old, KubeVirtView{VMI: VMIFinal, VMIUID: old}, Send, false},
+
+		{"stop, VMI still running", stop, false, old, KubeVirtView{VMI: VMIActive, VMIUID: old, VMIRunning: true}, Send, false},
+		{"stop, stop request pending", stop, false, old,
+			KubeVirtView{VMI: VMIActive, VMIUID: old, VMIRunning: true, StopRequestedFor: []types.UID{old}}, Taken, false},
+		{"stop, VMI being deleted", stop, false, old, KubeVirtView{VMI: VMIDeleting, VMIUID: old}, Taken, false},
+		{"stop, VMI ended", stop, false, old, KubeVirtView{VMI: VMIFinal, VMIUID: old}, Taken, true},
+		{"stop, VMI gone", stop, false, old, KubeVirtView{VMI: VMINone}, Taken, true},
+		{"stop, a stop request for another VMI", stop, false, old,
+			KubeVirtView{VMI: VMIActive, VMIUID: old, VMIRunning: true, StopRequestedFor: []types.UID{"other"}}, Send, false},
+		{"stop, the VMI was replaced: stop the new one", stop, false, old,
+			KubeVirtView{VMI: VMIActive, VMIUID: fresh, VMIRunning: true}, Send, false},
+		{"stop, a restart's [Stop, Start] is not the Stop's: drop the Start", stop, false, old,
+			KubeVirtView{VMI: VMIDeleting, VMIUID: old, StopRequestedFor: []types.UID{old}, StartRequested: true}, DropStart, false},
+		{"stop, VMI gone but a Start pending: not stopped", stop, false, old,
+			KubeVirtView{VMI: VMINone, StartRequested: true}, DropStart, false},
+		{"stop, VMI ended but a Start pending: not stopped", stop, false, old,
+			KubeVirtView{VMI: VMIFinal, VMIUID: old, StopRequestedFor: []types.UID{old}, StartRequested: true}, DropStart, false},
+		{"forced stop, its own stop (grace period 0) pending", stop, true, old,
+			KubeVirtView{VMI: VMIDeleting, VMIUID: old, StopRequestedFor: []types.UID{old}, VMIGraceZero: true}, Taken, false},
+		{"forced stop, a graceful stop under way is not its signal", stop, true, old,
+			KubeVirtView{VMI: VMIDeleting, VMIUID: old, StopRequestedFor: []types.UID{old}}, Send, false},
+		{"forced stop, a stop request without grace period 0 is not its signal", stop, true, old,
+			KubeVirtView{VMI: VMIActive, VMIUID: old, VMIRunning: true, StopRequestedFor: []types.UID{old}}, Send, false},
+		{"forced stop, VMI gone", stop, true, old, KubeVirtView{VMI: VMINone}, Taken, true},
+
+		{"restart, nothing happened yet", restart, false, old, KubeVirtView{VMI: VMIActive, VMIUID: old, VMIRunning: true}, Send, false},
+		{"restart, [Stop, Start] pending", restart, false, old,
+			KubeVirtView{VMI: VMIActive, VMIUID: old, VMIRunning: true, StopRequestedFor: []types.UID{old}, StartRequested: true}, Taken, false},
+		{"restart, old VMI going, Start pending", restart, false, old,
+			KubeVirtView{VMI: VMIDeleting, VMIUID: old, StopRequestedFor: []types.UID{old}, StartRequested: true}, Taken, false},
+		{"restart, no VMI between the two, Start pending", restart, false, old, KubeVirtView{VMI: VMINone, StartRequested: true}, Taken, false},
+		{"restart, a Stop's request is not the Restart's", restart, false, old,
+			KubeVirtView{VMI: VMIActive, VMIUID: old, VMIRunning: true, StopRequestedFor: []types.UID{old}}, Send, false},
+		{"restart, a Stop's deletion is not the Restart's", restart, false, old, KubeVirtView{VMI: VMIDeleting, VMIUID: old}, Send, false},
+		{"restart, new VMI not yet running", restart, false, old, KubeVirtView{VMI: VMIActive, VMIUID: fresh}, Taken, false},
+		{"restart, new VMI running", restart, false, old, KubeVirtView{VMI: VMIActive, VMIUID: fresh, VMIRunning: true}, Taken, true},
 	} {
-		if got := SignalTaken(tc.op, tc.target, tc.view); got != tc.taken {
-			t.Errorf("%s: SignalTaken=%v, want %v", tc.name, got, tc.taken)
+		if got := SignalAction(tc.op, tc.force, tc.target, tc.view); got != tc.action {
+			t.Errorf("%s: SignalAction=%v, want %v", tc.name, got, tc.action)
 		}
 		if got := Done(tc.op, tc.target, tc.view); got != tc.completed {
 			t.Errorf("%s: Done=%v, want %v", tc.name, got, tc.completed)
@@ -201,6 +243,157 @@ func TestCollect(t *testing.T) {
 	} {
 		if got := Collect(ops, now, tc.ttl, tc.max); !slices.Equal(got, tc.want) {
 			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// kind is an operation type with its force flag: the five kinds of the operation table.
+type kind struct {
+	t     v1alpha1.VirtualMachineOperationType
+	force bool
+}
+
+func (k kind) String() string {
+	if k.force {
+		return "forced " + string(k.t)
+	}
+	return string(k.t)
+}
+
+var kinds = []kind{{start, false}, {stop, false}, {stop, true}, {restart, false}, {restart, true}}
+
+// TestOperationPairs takes every kind of operation created while every kind of operation is in flight (KubeVirt
+// accepted its signal, it has not finished) and follows the rules: the newer one waits for the older, or — a forced
+// Stop over one that is not forced — supersedes it and acts on what the older one's signal left in KubeVirt: it
+// removes a pending Start and sends its own stop, and counts as done only once the VM is stopped with no Start
+// pending. The KubeVirt views are those a held operation shows (the controller test of the same pairs holds them
+// with real KubeVirt).
+func TestOperationPairs(t *testing.T) {
+	const old, fresh = types.UID("old"), types.UID("new")
+	// inFlight is what KubeVirt shows while an operation of that kind is under way, and after it finished.
+	inFlight := map[kind]struct{ during, after KubeVirtView }{
+		{start, false}: {KubeVirtView{VMI: VMINone, StartRequested: true}, KubeVirtView{VMI: VMIActive, VMIUID: fresh, VMIRunning: true}},
+		{stop, false}:  {KubeVirtView{VMI: VMIDeleting, VMIUID: old, StopRequestedFor: []types.UID{old}}, KubeVirtView{VMI: VMINone}},
+		{stop, true}: {KubeVirtView{VMI: VMIDeleting, VMIUID: old, StopRequestedFor: []types.UID{old}, VMIGraceZero: true},
+			KubeVirtView{VMI: VMINone}},
+		{restart, false}: {KubeVirtView{VMI: VMIDeleting, VMIUID: old, StopRequestedFor: []types.UID{old}, StartRequested: true},
+			KubeVirtView{VMI: VMIActive, VMIUID: fresh, VMIRunning: true}},
+		{restart, true}: {KubeVirtView{VMI: VMINone, StartRequested: true}, KubeVirtView{VMI: VMIActive, VMIUID: fresh, VMIRunning: true}},
+	}
+	phaseOf := func(v KubeVirtView) v1alpha1.VirtualMachinePhase {
+		switch v.VMI {
+		case VMIActive:
+			return v1alpha1.VirtualMachineRunning
+		case VMIDeleting:
+			return v1alpha1.VirtualMachineStopping
+		default:
+			return v1alpha1.VirtualMachineStopped
+		}
+	}
+	// want: what the newer operation does. "wait, then Run|Refuse" once the older one finished; for a forced
+	// Stop that supersedes it, the actions it takes in turn from the in-flight view.
+	type outcome struct {
+		superseded bool
+		after      Verdict  // when it waited: its verdict once the older one finished
+		actions    []Action // when it superseded: its passes until it sends or records
+	}
+	want := map[[2]kind]outcome{
+		{{start, false}, {start, false}}:     {after: Refuse},
+		{{start, false}, {stop, false}}:      {after: Run},
+		{{start, false}, {stop, true}}:       {superseded: true, actions: []Action{DropStart, Taken}},
+		{{start, false}, {restart, false}}:   {after: Run},
+		{{start, false}, {restart, true}}:    {after: Run},
+		{{stop, false}, {start, false}}:      {after: Run},
+		{{stop, false}, {stop, false}}:       {after: Refuse},
+		{{stop, false}, {stop, true}}:        {superseded: true, actions: []Action{Send}},
+		{{stop, false}, {restart, false}}:    {after: Refuse},
+		{{stop, false}, {restart, true}}:     {after: Refuse},
+		{{stop, true}, {start, false}}:       {after: Run},
+		{{stop, true}, {stop, false}}:        {after: Refuse},
+		{{stop, true}, {stop, true}}:         {after: Refuse},
+		{{stop, true}, {restart, false}}:     {after: Refuse},
+		{{stop, true}, {restart, true}}:      {after: Refuse},
+		{{restart, false}, {start, false}}:   {after: Refuse},
+		{{restart, false}, {stop, false}}:    {after: Run},
+		{{restart, false}, {stop, true}}:     {superseded: true, actions: []Action{DropStart, Send}},
+		{{restart, false}, {restart, false}}: {after: Run},
+		{{restart, false}, {restart, true}}:  {after: Run},
+		{{restart, true}, {start, false}}:    {after: Refuse},
+		{{restart, true}, {stop, false}}:     {after: Run},
+		{{restart, true}, {stop, true}}:      {after: Run}, // nothing supersedes a forced Restart
+		{{restart, true}, {restart, false}}:  {after: Run},
+		{{restart, true}, {restart, true}}:   {after: Run},
+	}
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, first := range kinds {
+		for _, second := range kinds {
+			name := fmt.Sprintf("%s while a %s is in flight", second, first)
+			w, ok := want[[2]kind{first, second}]
+			if !ok {
+				t.Fatalf("%s: no expectation", name)
+			}
+			a := Op{Name: "a", Created: t0, Type: first.t, Force: first.force, InProgress: true}
+			b := Op{Name: "b", Created: t0.Add(time.Second), Type: second.t, Force: second.force}
+			ops := []Op{a, b}
+			v := inFlight[first]
+
+			if w.superseded {
+				if got := Queue(a, ops); got.SupersededBy != "b" {
+					t.Errorf("%s: the older one's turn is %+v, want superseded by b", name, got)
+				}
+				if got := Queue(b, ops); got != (Turn{}) {
+					t.Errorf("%s: %+v, want its turn at once", name, got)
+				}
+				during := v.during
+				during.StopRequestedFor = slices.Clone(during.StopRequestedFor)
+				if got, msg := PhaseAllows("vm1", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, phaseOf(during), during.VMI,
+					during.StartRequested, second.t, second.force); got != Run {
+					t.Errorf("%s: %s (%s), want Run", name, got, msg)
+					continue
+				}
+				target := during.VMIUID // recorded before the signal
+				var acts []Action
+				for range 3 {
+					act := SignalAction(second.t, second.force, target, during)
+					acts = append(acts, act)
+					if act != DropStart {
+						break
+					}
+					during.StartRequested = false // the JSON patch removed it
+				}
+				if !slices.Equal(acts, w.actions) {
+					t.Errorf("%s: actions %v, want %v", name, acts, w.actions)
+				}
+				if acts[len(acts)-1] == Send {
+					// Its own stop ended the VMI: nothing pending, nothing running.
+					during = KubeVirtView{VMI: VMINone}
+				}
+				if !Done(second.t, target, during) {
+					t.Errorf("%s: not done once stopped with no Start pending (%+v)", name, during)
+				}
+				if Done(second.t, target, v.during) {
+					t.Errorf("%s: done while the in-flight one's requests are pending (%+v)", name, v.during)
+				}
+				continue
+			}
+
+			if got := Queue(b, ops); got.WaitFor != "a" {
+				t.Errorf("%s: %+v, want to wait for a", name, got)
+			}
+			if got := Queue(a, ops); got != (Turn{}) {
+				t.Errorf("%s: the older one's turn is %+v, want it to go on", name, got)
+			}
+			after := v.after
+			got, msg := PhaseAllows("vm1", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, phaseOf(after), after.VMI,
+				after.StartRequested, second.t, second.force)
+			if got != w.after {
+				t.Errorf("%s: once it finished, %s (%s), want %s", name, got, msg, w.after)
+			}
+			if got == Run {
+				if act := SignalAction(second.t, second.force, after.VMIUID, after); act != Send {
+					t.Errorf("%s: once it finished, %s, want Send: another operation's signal is not its own", name, act)
+				}
+			}
 		}
 	}
 }
