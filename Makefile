@@ -27,9 +27,9 @@ help: ## Show the targets.
 
 ##@ Main jobs
 .PHONY: demo
-demo: build test-assets guest ## Local demo: test cluster up, operator running, VMs in real QEMU guests following their policies (needs root).
+demo: build test-assets guest $(HELM) ## Local demo: test cluster up, operator running as the chart installs it, VMs in real QEMU guests following their policies (needs root).
 	EXTRA=kubectl test/cluster/build-assets.sh >/dev/null
-	GUEST_DIR=$(GUEST_DIR) test/demo.sh
+	HELM=$(HELM) GUEST_DIR=$(GUEST_DIR) test/demo.sh
 
 .PHONY: test
 test: verify lint test-unit test-assets guest $(HELM) $(PROMTOOL) images ## Run everything: generated-file check, lint, unit tests (-race), then every test (unit, envtest integration, real QEMU, KubeVirt, chart, images).
@@ -37,12 +37,12 @@ test: verify lint test-unit test-assets guest $(HELM) $(PROMTOOL) images ## Run 
 		RUNPOLICY_GUEST_DIR=$(GUEST_DIR) RUNPOLICY_REQUIRE_GUEST=1 go test $(GO_TEST_FLAGS) ./...
 
 .PHONY: bench
-bench: build test-assets ## Scale benchmark (real operator binary, real virt-api/virt-controller, KubeVirt Always as baseline); BENCH_FLAGS="-n 100,1000 -resets 60 -reset-rate 1".
-	go run ./test/cmd/bench $(BENCH_FLAGS)
+bench: build test-assets $(HELM) ## Scale benchmark (real operator binary under the chart's RBAC and args, real virt-api/virt-controller, KubeVirt Always as baseline); BENCH_FLAGS="-n 100,1000 -resets 60 -reset-rate 1"; BENCH_FLAGS="-memory 400": operator RSS vs the chart's limit with users' large annotations and templates.
+	HELM=$(HELM) go run ./test/cmd/bench $(BENCH_FLAGS)
 
 .PHONY: chaos
-chaos: test-assets ## Chaos test: random events, operator kills, conflict storms over 50 VMs; CHAOS_SEED, CHAOS_EVENTS.
-	CHAOS_SEED=$(CHAOS_SEED) CHAOS_EVENTS=$(CHAOS_EVENTS) go test -tags chaos ./test/chaos/ -count=1 -v -timeout 30m
+chaos: test-assets $(HELM) ## Chaos test: random events, operator kills, conflict storms over 50 VMs; CHAOS_SEED, CHAOS_EVENTS.
+	HELM=$(HELM) CHAOS_SEED=$(CHAOS_SEED) CHAOS_EVENTS=$(CHAOS_EVENTS) go test -tags chaos ./test/chaos/ -count=1 -v -timeout 30m
 
 ##@ Development
 .PHONY: generate

@@ -2,7 +2,8 @@
 # The local demo: the offline test cluster (real kube-apiserver, etcd, kube-controller-manager, KubeVirt's real
 # virt-api and virt-controller with the Sidecar gate on) comes up with a node that runs every VM in KubeVirt's real
 # virt-launcher, libvirt and QEMU (TCG) with runpolicy's hook sidecar (test/kubevirt with the real launcher of
-# test/launcher), the operator binary runs against it, and four VMs follow their run policies through a spec change,
+# test/launcher), the operator binary runs against it as the Helm chart installs it (the chart's ServiceAccount, RBAC
+# and admission policies, the Deployment's args; devcluster writes them), and four VMs follow their run policies through a spec change,
 # a reboot and poweroffs done inside the guests: the demo types `reboot -f` and `poweroff -f` into a guest's serial
 # console (what `virtctl console` reaches), the guest's kernel resets or powers off the machine, QEMU reports it to
 # the hook sidecar and the operator acts on what the sidecar recorded. Run through `make demo` (needs root).
@@ -15,7 +16,7 @@ KUBECTL="$ASSETS/kubectl --kubeconfig $DEMO/kubeconfig"
 CONTROL=127.0.0.1:18080
 GUEST_DIR=${GUEST_DIR:-$ROOT/bin/guest}
 mkdir -p "$DEMO"
-rm -f "$DEMO/kubeconfig"
+rm -f "$DEMO/kubeconfig" "$DEMO/operator.kubeconfig" "$DEMO/operator.args" "$DEMO/operator.env"
 started=$SECONDS
 
 pids=()
@@ -48,16 +49,20 @@ step "Starting the test cluster (kube-apiserver, etcd, kube-controller-manager, 
 go build -o bin/devcluster ./test/cmd/devcluster
 SIDECAR=ghcr.io/runpolicy/hook-sidecar:dev
 KUBEBUILDER_ASSETS=$ASSETS bin/devcluster --kubeconfig-out "$DEMO/kubeconfig" --control-addr $CONTROL \
-  --hook-sidecar-image $SIDECAR --real-launcher --guest-dir "$GUEST_DIR" --hook-sidecar-binary bin/hook-sidecar \
+  --hook-sidecar-image $SIDECAR --chart-set restartBackoff.base=2s \
+  --real-launcher --guest-dir "$GUEST_DIR" --hook-sidecar-binary bin/hook-sidecar \
   >"$DEMO/devcluster.log" 2>&1 &
 pids+=($!)
 # KubeVirt's control plane takes 30-70 s to come up on 2 cores (its APIService and webhooks must answer).
 WAIT=300 waitfor "the test cluster (see $DEMO/devcluster.log)" test -s "$DEMO/kubeconfig"
 
-step "Starting the operator: bin/runpolicy-controller"
-bin/runpolicy-controller --kubeconfig "$DEMO/kubeconfig" --leader-elect=false --metrics-bind-address=0 \
-  --health-probe-bind-address=127.0.0.1:18081 --hook-sidecar-image=$SIDECAR \
-  --restart-backoff-base=2s >"$DEMO/operator.log" 2>&1 &
+step "Starting the operator as the chart installs it: bin/runpolicy-controller with its ServiceAccount's token and the Deployment's args"
+# The chart's args, then this host's listen addresses (a pod has a network of its own).
+mapfile -t OPERATOR_ARGS <"$DEMO/operator.args"
+mapfile -t OPERATOR_ENV <"$DEMO/operator.env"
+sed 's/^/   /' "$DEMO/operator.args"
+env "${OPERATOR_ENV[@]}" bin/runpolicy-controller --kubeconfig "$DEMO/operator.kubeconfig" "${OPERATOR_ARGS[@]}" \
+  --metrics-bind-address=0 --health-probe-bind-address=127.0.0.1:18081 >"$DEMO/operator.log" 2>&1 &
 pids+=($!)
 waitfor "the operator's readiness" curl -fsS http://127.0.0.1:18081/readyz
 

@@ -4,7 +4,9 @@
 // sequence of guest reboots, poweroffs and crashes, VirtualMachineOperations, policy changes, operator kills at
 // random points and conflict storms over 50 VMs, on the offline test cluster with KubeVirt's real virt-api and
 // virt-controller (Sidecar gate on) and the simulated node (test/kubevirt), then checks the end state against a
-// model of what each VM's policy and event history demand.
+// model of what each VM's policy and event history demand. The operator runs as the Helm chart installs it
+// (test/chartrbac): its ServiceAccount's token under the chart's RBAC and admission policies, with the chart's
+// Deployment args.
 //
 //	make chaos                       # CHAOS_SEED=1 CHAOS_EVENTS=1000
 //	go test -tags chaos ./test/chaos/ -count=1 -v -args -seed=7 -events=300
@@ -49,19 +51,16 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/utils/ptr"
 	kvv1 "kubevirt.io/api/core/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
 	"github.com/runpolicy/runpolicy/controllers"
 	"github.com/runpolicy/runpolicy/internal/lifecycle"
-	"github.com/runpolicy/runpolicy/internal/policy"
+	"github.com/runpolicy/runpolicy/test/chartrbac"
 	"github.com/runpolicy/runpolicy/test/cluster"
 	"github.com/runpolicy/runpolicy/test/fault"
 	"github.com/runpolicy/runpolicy/test/fixture"
@@ -152,13 +151,18 @@ func TestChaos(t *testing.T) {
 	node, err := kvnode.Start(ctx, env.Config, kvnode.Options{AuditLog: env.AuditLog, HookSidecarImage: hookSidecarImage})
 	must(t, err)
 	defer func() { _ = node.Stop() }()
-	real, err := lifecycle.NewClient(env.Config)
+	// The operator runs as the chart installs it: its ServiceAccount's token under the chart's RBAC and admission
+	// policies, with the chart's Deployment args (test settings as chart values).
+	chartOp, err := chartrbac.Install(ctx, env, append(chartrbac.HookSidecarImage(hookSidecarImage),
+		append(chartrbac.SingleReplica, "restartBackoff.base=1s", "restartBackoff.max=4s")...)...)
+	must(t, err)
+	real, err := lifecycle.NewClient(chartOp.Config)
 	must(t, err)
 
 	w := &world{t: t, ctx: ctx, env: env, k8s: env.Client, node: node, models: map[string]*model{}, counts: map[string]int{},
 		kvUIDs: map[string]types.UID{}, dvUIDs: map[string]types.UID{}}
 	lc := &fault.Lifecycle{Client: real}
-	w.op = &operator{env: env, lc: lc}
+	w.op = &operator{chart: chartOp, lc: lc}
 	w.kill = &killer{lc: lc, op: w.op}
 	must(t, w.op.start())
 	defer w.op.stop()
@@ -591,7 +595,7 @@ func (d deleteCounter) OnDelete(any)    { d.n.Add(1) }
 
 // operator runs runpolicy's manager in-process and can be killed and started again like a crashed pod.
 type operator struct {
-	env      *cluster.Env
+	chart    *chartrbac.Operator
 	lc       lifecycle.Interface
 	mu       sync.Mutex
 	cancel   context.CancelFunc
@@ -606,21 +610,12 @@ func (o *operator) start() error {
 }
 
 func (o *operator) startLocked() error {
-	mgr, err := ctrl.NewManager(o.env.Config, ctrl.Options{
-		Scheme:                 o.env.Scheme,
-		Cache:                  controllers.CacheOptions(),
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
-	})
+	mgr, opts, err := o.chart.Manager()
 	if err != nil {
 		return err
 	}
-	if err := controllers.Setup(mgr, controllers.Options{
-		HookSidecarImage: hookSidecarImage,
-		Backoff:          policy.Backoff{Base: time.Second, Max: 4 * time.Second},
-		Lifecycle:        o.lc,
-	}); err != nil {
+	opts.Lifecycle = o.lc
+	if err := controllers.Setup(mgr, opts); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithCancel(context.Background())

@@ -5,7 +5,6 @@ package chart
 import (
 	"bytes"
 	"context"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -22,19 +21,18 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	kvv1 "kubevirt.io/api/core/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
 	"github.com/runpolicy/runpolicy/controllers"
 	"github.com/runpolicy/runpolicy/internal/metrics"
 	"github.com/runpolicy/runpolicy/internal/policy"
+	"github.com/runpolicy/runpolicy/test/chartrbac"
 	"github.com/runpolicy/runpolicy/test/cluster"
 	"github.com/runpolicy/runpolicy/test/fixture"
 	kvnode "github.com/runpolicy/runpolicy/test/kubevirt"
@@ -45,9 +43,10 @@ import (
 var installValues = []string{"restartBackoff.base=1s"}
 
 // TestInstallAndRunAsServiceAccount installs the chart into the test kube-apiserver (every object must be accepted,
-// the CRDs too), then runs the operator in-process as the chart's ServiceAccount (impersonation, so only the
-// chart's ClusterRole and Role apply) through a guest reboot and Stop, Start and Restart operations, checks its
-// metrics and what it must not be able to do, and finally upgrades and uninstalls the release.
+// the CRDs too), then runs the operator in-process as the chart's ServiceAccount (a token of it, so only the chart's
+// ClusterRole and Role apply) with the installed Deployment's args (test/chartrbac) through a guest reboot and Stop,
+// Start and Restart operations, checks its metrics and what it must not be able to do, and finally upgrades and
+// uninstalls the release.
 func TestInstallAndRunAsServiceAccount(t *testing.T) {
 	g := NewWithT(t)
 	g.SetDefaultEventuallyTimeout(90 * time.Second)
@@ -106,23 +105,22 @@ func TestInstallAndRunAsServiceAccount(t *testing.T) {
 	g.Expect(admin.Get(ctx, client.ObjectKey{Namespace: namespace, Name: release + "-metrics"}, &corev1.Service{})).To(Succeed())
 	g.Expect(admin.Get(ctx, client.ObjectKey{Namespace: namespace, Name: release}, &policyv1.PodDisruptionBudget{})).To(Succeed())
 	g.Expect(admin.Get(ctx, client.ObjectKey{Name: namespace + "-" + release + "-controller"}, &rbacv1.ClusterRole{})).To(Succeed())
-	opts := optionsFromArgs(t, deploy.Spec.Template.Spec.Containers[0].Args)
 
-	t.Log("running the operator as the chart's ServiceAccount")
-	user := "system:serviceaccount:" + namespace + ":" + sa
-	cfg := rest.CopyConfig(env.Config)
-	cfg.Impersonate = rest.ImpersonationConfig{UserName: user}
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                  controllers.NewScheme(),
-		Cache:                   controllers.CacheOptions(),
-		Metrics:                 metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress:  "0",
-		LeaderElection:          true,
-		LeaderElectionID:        "runpolicy-controller.runpolicy.io", // as cmd/controller
-		LeaderElectionNamespace: opts.leaderNS,
-	})
+	t.Log("running the operator as the chart's ServiceAccount (a token from the TokenRequest API), with the Deployment's args")
+	op, err := chartrbac.ForDeployment(ctx, env, deploy)
 	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(controllers.Setup(mgr, opts.Options)).To(Succeed())
+	flags, err := op.Flags()
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(flags.Controllers.HookSidecarImage).NotTo(BeEmpty(), "--hook-sidecar-image")
+	g.Expect(flags.SidecarMode).To(Equal(string(policy.SidecarAuto)), "--hook-sidecar")
+	g.Expect(flags.LeaderElect).To(BeTrue(), "--leader-elect")
+	g.Expect(flags.LeaderNS).To(Equal(namespace), "--leader-election-namespace")
+	user := op.User
+	g.Expect(user).To(Equal("system:serviceaccount:" + namespace + ":" + sa))
+	mgr, opts, err := op.Manager()
+	g.Expect(err).NotTo(HaveOccurred())
+	opts.PodGuardInterval = time.Second // the chart's launcher-pod policy leaves below: say so at once
+	g.Expect(controllers.Setup(mgr, opts)).To(Succeed())
 	mgrCtx, cancelMgr := context.WithCancel(ctx)
 	mgrDone := make(chan error, 1)
 	go func() { mgrDone <- mgr.Start(mgrCtx) }()
@@ -139,7 +137,7 @@ func TestInstallAndRunAsServiceAccount(t *testing.T) {
 		stopMgrOnce.Do(func() { mgrErr = err })
 		t.Fatalf("the manager stopped before it was elected (Role for Leases?): %v", err)
 	case <-time.After(90 * time.Second):
-		t.Fatal("the operator was never elected leader: can its ServiceAccount manage Leases in " + opts.leaderNS + "?")
+		t.Fatal("the operator was never elected leader: can its ServiceAccount manage Leases in " + flags.LeaderNS + "?")
 	}
 
 	// The registry is the process's: count from here.
@@ -234,8 +232,20 @@ func TestInstallAndRunAsServiceAccount(t *testing.T) {
 	checkVirtctlObeysPolicy(ctx, t, g, env.Config, admin, ns.Name)
 	checkUserRolesGrantNoStatus(ctx, g, admin, ns.Name, namespace+"-"+release)
 
+	t.Log("only KubeVirt's virt-controller makes launcher pods; the operator knows it is guarded")
+	checkLauncherPodGuard(ctx, t, g, env.Config, admin, ns.Name)
+	g.Expect(metricCount(t, metrics.PodGuardName, nil)).To(BeEquivalentTo(1))
+	g.Expect(logs.String()).NotTo(ContainSubstring("Running unguarded"))
+
+	t.Log("without the launcher-pod policy the operator says it runs unguarded (log line, metric)")
+	mustHelm(t, append([]string{"upgrade", release, chartDir(), "--reuse-values", "--set", "launcherPodGuard.enabled=false"}, kubeconfig...)...)
+	g.Eventually(func() float64 { return metricCount(t, metrics.PodGuardName, nil) }).Should(BeEquivalentTo(0))
+	g.Expect(logs.String()).To(ContainSubstring("Running unguarded"))
+	mustHelm(t, append([]string{"upgrade", release, chartDir(), "--reuse-values", "--set", "launcherPodGuard.enabled=true"}, kubeconfig...)...)
+	g.Eventually(func() float64 { return metricCount(t, metrics.PodGuardName, nil) }).Should(BeEquivalentTo(1))
+
 	t.Log("what the ServiceAccount must not do is refused")
-	sac, err := client.New(cfg, client.Options{Scheme: scheme})
+	sac, err := client.New(op.Config, client.Options{Scheme: scheme})
 	g.Expect(err).NotTo(HaveOccurred())
 	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: "s"}, StringData: map[string]string{"k": "v"}}
 	g.Expect(admin.Create(ctx, secret)).To(Succeed())
@@ -281,44 +291,6 @@ func TestInstallAndRunAsServiceAccount(t *testing.T) {
 		g.Expect(admin.Get(ctx, client.ObjectKeyFromObject(&crd), &apiextv1.CustomResourceDefinition{})).To(Succeed())
 	}
 	g.Expect(admin.Get(ctx, key, &v1alpha1.VirtualMachine{})).To(Succeed())
-}
-
-type operatorOptions struct {
-	controllers.Options
-	leaderNS string
-}
-
-// optionsFromArgs reads the operator flags the chart sets that matter here (cmd/controller's flags).
-func optionsFromArgs(t *testing.T, args []string) operatorOptions {
-	t.Helper()
-	var o operatorOptions
-	for _, a := range args {
-		name, val, _ := strings.Cut(strings.TrimPrefix(a, "--"), "=")
-		var err error
-		switch name {
-		case "hook-sidecar-image":
-			o.HookSidecarImage = val
-		case "hook-sidecar":
-			o.HookSidecarMode, err = policy.ParseSidecarMode(val)
-		case "leader-election-namespace":
-			o.leaderNS = val
-		case "restart-backoff-base":
-			o.Backoff.Base, err = time.ParseDuration(val)
-		case "restart-backoff-max":
-			o.Backoff.Max, err = time.ParseDuration(val)
-		case "vmop-ttl":
-			o.OperationTTL, err = time.ParseDuration(val)
-		case "vmop-max-per-vm":
-			o.OperationsPerVM, err = strconv.Atoi(val)
-		}
-		if err != nil {
-			t.Fatalf("flag %s: %v", a, err)
-		}
-	}
-	if o.HookSidecarImage == "" || o.HookSidecarMode != policy.SidecarAuto || o.leaderNS == "" {
-		t.Fatalf("the chart's Deployment lacks --hook-sidecar-image, --hook-sidecar=auto or --leader-election-namespace: %v", args)
-	}
-	return o
 }
 
 func established(crd *apiextv1.CustomResourceDefinition) bool {

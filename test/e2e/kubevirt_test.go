@@ -215,9 +215,11 @@ var _ = Describe("Trust only what KubeVirt wrote", func() {
 	var ns string
 	BeforeEach(func(ctx SpecContext) { ns = newNamespace(ctx) })
 
-	// A user allowed to create pods can label one as the VMI's launcher pod and have it terminate with any
-	// message. Only the pods virt-controller recorded in the VMI's status.activePods count; it records every pod
-	// the VMI controls, so one that claims that too makes the cause unknown — never a guessed reboot.
+	// A user allowed to create pods could label one as the VMI's launcher pod and have it terminate with any
+	// message. The chart's launcher-pod policy, installed here, refuses such a pod from anyone but virt-controller.
+	// Without it (the pods are then made here as virt-controller), only the pods virt-controller recorded in the
+	// VMI's status.activePods count; it records every pod the VMI controls, so one that claims that too makes the
+	// cause unknown — never a guessed reboot.
 	DescribeTable("ignores forged launcher pods claiming a guest reset after a poweroff",
 		func(ctx SpecContext, controllerRef bool, sources ...v1alpha1.ShutdownSource) {
 			obj := fixture.VM(ns, "victim", v1alpha1.RunPolicyManual)
@@ -236,7 +238,10 @@ var _ = Describe("Trust only what KubeVirt wrote", func() {
 					forged.OwnerReferences = []metav1.OwnerReference{{APIVersion: "kubevirt.io/v1", Kind: "VirtualMachineInstance",
 						Name: vmi.Name, UID: vmi.UID, Controller: ptr.To(true)}}
 				}
-				Expect(k8s.Create(ctx, forged)).To(Succeed(), "forged pod %d", i)
+				err := k8s.Create(ctx, forged.DeepCopy())
+				Expect(apierrors.IsForbidden(err) || apierrors.IsInvalid(err)).To(BeTrue(), "a user's forged pod must be refused, got %v", err)
+				Expect(err.Error()).To(ContainSubstring("created and changed only by KubeVirt"))
+				Expect(kubeVirt.Create(ctx, forged)).To(Succeed(), "forged pod %d", i)
 				forged.Status = corev1.PodStatus{Phase: corev1.PodSucceeded, ContainerStatuses: []corev1.ContainerStatus{
 					{Name: "hook-sidecar-0", State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{Message: reset}}},
 					{Name: "compute", State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{Message: reset}}},
@@ -314,7 +319,7 @@ var _ = Describe("A stale Start request KubeVirt kept", func() {
 		if len(kvvm.Status.StateChangeRequests) == 0 {
 			patch = []byte(`[{"op":"add","path":"/status/stateChangeRequests","value":[{"action":"Start"}]}]`)
 		}
-		Expect(k8s.Status().Patch(ctx, kvvm, client.RawPatch(types.JSONPatchType, patch))).To(Succeed())
+		Expect(kubeVirt.Status().Patch(ctx, kvvm, client.RawPatch(types.JSONPatchType, patch))).To(Succeed())
 		Eventually(func(g Gomega) {
 			vm := getVM(ctx, g, key)
 			g.Expect(vm.Status.RestartCount).To(BeEquivalentTo(1))
@@ -347,7 +352,7 @@ var _ = Describe("A stale Start request KubeVirt kept", func() {
 		Expect(k8s.Get(ctx, key, kvvm)).To(Succeed())
 		Expect(kvvm.Status.StateChangeRequests).To(BeEmpty())
 		patch := []byte(`[{"op":"add","path":"/status/stateChangeRequests","value":[{"action":"Start"}]}]`)
-		Expect(k8s.Status().Patch(ctx, kvvm, client.RawPatch(types.JSONPatchType, patch))).To(Succeed())
+		Expect(kubeVirt.Status().Patch(ctx, kvvm, client.RawPatch(types.JSONPatchType, patch))).To(Succeed())
 
 		op.start()
 		Eventually(func(g Gomega) {

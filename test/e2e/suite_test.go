@@ -2,7 +2,9 @@
 
 // Package e2e runs the whole operator against the offline test cluster with KubeVirt's real virt-api and
 // virt-controller (Sidecar gate on) and the simulated node (test/kubevirt): guest reboots, poweroffs, crashes and
-// lost pods for every runPolicy, and operator restarts in the middle of a restart.
+// lost pods for every runPolicy, and operator restarts in the middle of a restart. The operator runs as the Helm
+// chart installs it (test/chartrbac): its ServiceAccount's token under the chart's RBAC and admission policies,
+// with the chart's Deployment args.
 package e2e
 
 import (
@@ -15,16 +17,14 @@ import (
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/utils/ptr"
+	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/runpolicy/runpolicy/controllers"
 	"github.com/runpolicy/runpolicy/internal/lifecycle"
-	"github.com/runpolicy/runpolicy/internal/policy"
+	"github.com/runpolicy/runpolicy/test/chartrbac"
 	"github.com/runpolicy/runpolicy/test/cluster"
 	"github.com/runpolicy/runpolicy/test/fault"
 	kvnode "github.com/runpolicy/runpolicy/test/kubevirt"
@@ -33,11 +33,16 @@ import (
 const hookImage = "registry.example/runpolicy/hook-sidecar:e2e"
 
 var (
-	env  *cluster.Env
-	k8s  client.Client
-	node *kvnode.Node
-	lc   *fault.Lifecycle
-	op   *operator
+	env *cluster.Env
+	// k8s is the cluster admin: the users of these tests.
+	k8s client.Client
+	// kubeVirt writes as KubeVirt's virt-controller, for specs that make the state KubeVirt would leave (the chart's
+	// admission policies let only KubeVirt and the operator write an owned KubeVirt VM's status).
+	kubeVirt client.Client
+	node     *kvnode.Node
+	chartOp  *chartrbac.Operator
+	lc       *fault.Lifecycle
+	op       *operator
 )
 
 func TestE2E(t *testing.T) {
@@ -55,12 +60,21 @@ var _ = BeforeSuite(func() {
 		KubeVirt: &cluster.KubeVirtOptions{FeatureGates: []string{"Sidecar"}}})
 	Expect(err).NotTo(HaveOccurred())
 	k8s = env.Client
+	asKubeVirt := rest.CopyConfig(env.Config)
+	asKubeVirt.Impersonate = rest.ImpersonationConfig{UserName: cluster.ControllerServiceAccount, Groups: cluster.ServiceAccountGroups}
+	kubeVirt, err = client.New(asKubeVirt, client.Options{Scheme: env.Scheme})
+	Expect(err).NotTo(HaveOccurred())
 	ctx, cancel := context.WithCancel(context.Background())
 	DeferCleanup(cancel)
 	node, err = kvnode.Start(ctx, env.Config, kvnode.Options{AuditLog: env.AuditLog, HookSidecarImage: hookImage})
 	Expect(err).NotTo(HaveOccurred())
 
-	real, err := lifecycle.NewClient(env.Config)
+	// The operator runs as the chart installs it: its ServiceAccount's token, RBAC and admission policies, and the
+	// Deployment's args (test settings as chart values).
+	chartOp, err = chartrbac.Install(ctx, env, append(chartrbac.HookSidecarImage(hookImage),
+		append(chartrbac.SingleReplica, "restartBackoff.base=1s", "restartBackoff.max=4s")...)...)
+	Expect(err).NotTo(HaveOccurred())
+	real, err := lifecycle.NewClient(chartOp.Config)
 	Expect(err).NotTo(HaveOccurred())
 	lc = &fault.Lifecycle{Client: real}
 	op = &operator{}
@@ -96,20 +110,10 @@ type operator struct {
 func (o *operator) start() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
-		Scheme:                 env.Scheme,
-		Cache:                  controllers.CacheOptions(),
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		// Each restart builds a new manager in the same process: controller names repeat.
-		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
-	})
+	mgr, opts, err := chartOp.Manager()
 	Expect(err).NotTo(HaveOccurred())
-	Expect(controllers.Setup(mgr, controllers.Options{
-		HookSidecarImage: hookImage,
-		Backoff:          policy.Backoff{Base: time.Second, Max: 4 * time.Second},
-		Lifecycle:        lc,
-	})).To(Succeed())
+	opts.Lifecycle = lc
+	Expect(controllers.Setup(mgr, opts)).To(Succeed())
 	ctx, cancel := context.WithCancel(context.Background())
 	o.cancel, o.done = cancel, make(chan struct{})
 	go func(done chan struct{}) {

@@ -14,14 +14,11 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
 	kvv1 "kubevirt.io/api/core/v1"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/config"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
 	"github.com/runpolicy/runpolicy/controllers"
-	"github.com/runpolicy/runpolicy/internal/policy"
+	"github.com/runpolicy/runpolicy/test/chartrbac"
 	"github.com/runpolicy/runpolicy/test/cluster"
 	standin "github.com/runpolicy/runpolicy/test/kubevirt"
 	"github.com/runpolicy/runpolicy/test/launcher"
@@ -138,20 +135,20 @@ func useEmulation(t *testing.T, ctx context.Context, c client.Client) {
 	}
 }
 
+// startOperator runs the operator in-process as the Helm chart installs it (test/chartrbac): its ServiceAccount's
+// token under the chart's RBAC and admission policies, with the chart's Deployment args.
 func startOperator(t *testing.T, ctx context.Context, env *cluster.Env) {
 	t.Helper()
-	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
-		Scheme:                 env.Scheme,
-		Cache:                  controllers.CacheOptions(),
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
-	})
+	chartOp, err := chartrbac.Install(ctx, env, append(chartrbac.HookSidecarImage(chainHookImage),
+		append(chartrbac.SingleReplica, "restartBackoff.base=1s", "restartBackoff.max=4s")...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := controllers.Setup(mgr, controllers.Options{HookSidecarImage: chainHookImage,
-		Backoff: policy.Backoff{Base: time.Second, Max: 4 * time.Second}}); err != nil {
+	mgr, opts, err := chartOp.Manager()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := controllers.Setup(mgr, opts); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(ctx)

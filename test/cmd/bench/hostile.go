@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log"
 	"os"
-	"os/exec"
 	"strings"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
+	"github.com/runpolicy/runpolicy/test/chartrbac"
 	"github.com/runpolicy/runpolicy/test/cluster"
 	"github.com/runpolicy/runpolicy/test/fixture"
 )
@@ -23,7 +23,8 @@ const chartMemoryLimitMiB = 256
 
 // hostileTemplates measures the operator's peak RSS while a namespace user stores n runpolicy VMs with templates of
 // size bytes (a cloud-init script in an annotation, say), against the chart's memory limit (-hostile-templates).
-// Only kube-apiserver runs: what is measured is what the operator's caches keep of what users store. The baseline
+// Only kube-apiserver runs: what is measured is what the operator's caches keep of what users store. The operator
+// runs as the chart installs it (chartOperator), with the memory limit its Deployment gives it. The baseline
 // in the same run is the operator's RSS with the same VMs and a one-line template.
 func hostileTemplates(ctx context.Context, operator string, n, size int) error {
 	env, err := cluster.Start(cluster.Options{})
@@ -31,6 +32,10 @@ func hostileTemplates(ctx context.Context, operator string, n, size int) error {
 		return err
 	}
 	defer func() { _ = env.Stop() }()
+	op, err := chartOperator(ctx, env, chartrbac.SingleReplica)
+	if err != nil {
+		return err
+	}
 	measure := func(tag string, size int) (float64, error) {
 		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "hostile-"}}
 		if err := env.Client.Create(ctx, ns); err != nil {
@@ -41,8 +46,7 @@ func hostileTemplates(ctx context.Context, operator string, n, size int) error {
 			return 0, err
 		}
 		defer func() { _ = logf.Close() }()
-		cmd := exec.Command(operator, "--kubeconfig", env.Kubeconfig, "--leader-elect=false", "--metrics-bind-address", "0",
-			"--health-probe-bind-address", "0")
+		cmd := operatorCommand(operator, op, "--metrics-bind-address=0", "--health-probe-bind-address=0")
 		cmd.Stdout, cmd.Stderr = logf, logf
 		if err := cmd.Start(); err != nil {
 			return 0, err

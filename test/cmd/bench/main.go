@@ -22,6 +22,9 @@
 //
 // It prints a table and writes it, a JSON file and a PNG plot (latency vs N) under -out. Nothing is asserted.
 //
+// With -hostile-templates (hostile.go) or -memory (memory.go) it measures instead the operator's peak RSS against
+// the chart's memory limit while users store large templates, or large annotations, in their VMs.
+//
 //	go run ./test/cmd/bench -n 100,1000 -resets 200
 package main
 
@@ -81,8 +84,20 @@ func main() {
 	flag.BoolVar(&c.keepAudit, "keep-audit", false, "Copy kube-apiserver's audit log (writes only) to the results folder.")
 	hostile := flag.Int("hostile-templates", 0, "Instead of the scale runs: peak RSS of the operator with this many runpolicy VMs "+
 		"whose templates are -hostile-size bytes, next to the same VMs with one-line templates (issue: memory under hostile input).")
-	hostileSize := flag.Int("hostile-size", 1400*1000, "Template size for -hostile-templates.")
+	hostileSize := flag.Int("hostile-size", 1400*1000, "Template size for -hostile-templates and -memory.")
+	memory := flag.Int("memory", 0, "Instead of the scale runs: peak RSS of the operator, next to the chart's memory limit, with this many "+
+		"runpolicy VMs carrying -memory-annotations bytes of annotations each, with as many whose templates are -hostile-size bytes, "+
+		"and with one-line templates; each while the VMs are created and for a new operator starting with all of them present, its "+
+		"initial list streamed and not (issue 23: memory bounded whatever users store).")
+	memoryAnnotations := flag.Int("memory-annotations", 254<<10, "Bytes of annotations on each VM for -memory (kube-apiserver allows 256 KiB).")
 	flag.Parse()
+	if *memory > 0 {
+		ctrl.SetLogger(logr.Discard())
+		if err := memoryScenario(context.Background(), c.operator, *memory, *memoryAnnotations, *hostileSize); err != nil {
+			log.Fatalf("bench: %v", err)
+		}
+		return
+	}
 	if *hostile > 0 {
 		if err := hostileTemplates(context.Background(), c.operator, *hostile, *hostileSize); err != nil {
 			log.Fatalf("bench: %v", err)

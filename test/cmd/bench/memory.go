@@ -114,7 +114,7 @@ func measureMemory(ctx context.Context, operator string, n int, c memoryCase) (m
 		return f, err
 	}
 
-	op, err := startMemoryOperator(operator, env, nil)
+	op, err := startMemoryOperator(ctx, operator, env, nil)
 	if err != nil {
 		return f, err
 	}
@@ -142,7 +142,7 @@ func measureMemory(ctx context.Context, operator string, n int, c memoryCase) (m
 		if listed {
 			extra = []string{"KUBE_FEATURE_WatchListClient=false"}
 		}
-		op, err := startMemoryOperator(operator, env, extra)
+		op, err := startMemoryOperator(ctx, operator, env, extra)
 		if err != nil {
 			return f, err
 		}
@@ -222,7 +222,11 @@ type memoryOperator struct {
 }
 
 // startMemoryOperator runs the operator binary against env, with extra environment variables.
-func startMemoryOperator(operator string, env *cluster.Env, extraEnv []string) (*memoryOperator, error) {
+func startMemoryOperator(ctx context.Context, operator string, env *cluster.Env, extraEnv []string) (*memoryOperator, error) {
+	chart, err := chartOperator(ctx, env, operatorChartValues())
+	if err != nil {
+		return nil, err
+	}
 	port, err := freePort()
 	if err != nil {
 		return nil, err
@@ -232,10 +236,9 @@ func startMemoryOperator(operator string, env *cluster.Env, extraEnv []string) (
 		return nil, err
 	}
 	op := &memoryOperator{metrics: fmt.Sprintf("127.0.0.1:%d", port), done: make(chan struct{}), log: logf.Name()}
-	op.cmd = exec.Command(operator, "--kubeconfig", env.Kubeconfig, "--leader-elect=false",
-		// Plain HTTP on loopback: the bench scrapes without Kubernetes credentials.
-		"--metrics-bind-address", op.metrics, "--metrics-secure=false", "--health-probe-bind-address", "0")
-	op.cmd.Env = append(os.Environ(), extraEnv...)
+	// As the chart runs it (its RBAC, token, args and memory limit), listening on this host's loopback.
+	op.cmd = operatorCommand(operator, chart, "--metrics-bind-address="+op.metrics, "--health-probe-bind-address=0")
+	op.cmd.Env = append(op.cmd.Env, extraEnv...)
 	op.cmd.Stdout, op.cmd.Stderr = logf, logf
 	if err := op.cmd.Start(); err != nil {
 		_ = logf.Close()

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -8,8 +9,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
+
+	"github.com/runpolicy/runpolicy/test/chartrbac"
+	"github.com/runpolicy/runpolicy/test/cluster"
 )
 
 func freePort() (int, error) {
@@ -21,8 +26,49 @@ func freePort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
-// startOperator runs the operator binary (defaults: --hook-sidecar=auto follows KubeVirt's Sidecar gate, on here).
+// chartOperators holds, per cluster, the operator's identity as the chart installs it (one install per cluster; the
+// operator is started again on the same cluster by the restart phase).
+var chartOperators sync.Map // *cluster.Env → *chartrbac.Operator
+
+// operatorChartValues are the chart values of the bench's operator: one replica without leader election (its Lease
+// renewals would count among its writes), plain HTTP metrics (the bench scrapes without credentials), the bench's
+// hook sidecar image and a short restart backoff. --hook-sidecar stays auto: it follows KubeVirt's Sidecar gate, on
+// here.
+func operatorChartValues() []string {
+	return append(append(chartrbac.HookSidecarImage(hookSidecarImage), chartrbac.SingleReplica...),
+		"metrics.secure=false", "restartBackoff.base=1s", "restartBackoff.max=4s")
+}
+
+// chartOperator installs the chart's RBAC and admission policies into env's cluster, once, and returns the
+// operator's identity and command line.
+func chartOperator(ctx context.Context, env *cluster.Env, values []string) (*chartrbac.Operator, error) {
+	if op, ok := chartOperators.Load(env); ok {
+		return op.(*chartrbac.Operator), nil
+	}
+	op, err := chartrbac.Install(ctx, env, values...)
+	if err != nil {
+		return nil, fmt.Errorf("installing the chart's RBAC: %w", err)
+	}
+	chartOperators.Store(env, op)
+	return op, nil
+}
+
+// operatorCommand is the operator binary run as the chart's Deployment runs it: the rendered args and environment,
+// the ServiceAccount's token; then local, the flags of a process on this host (its listen addresses), which a pod
+// would not need.
+func operatorCommand(binary string, op *chartrbac.Operator, local ...string) *exec.Cmd {
+	args := append(append([]string{"--kubeconfig", op.Kubeconfig}, op.Args...), local...)
+	cmd := exec.Command(binary, args...)
+	cmd.Env = append(os.Environ(), op.Env...)
+	return cmd
+}
+
+// startOperator runs the operator binary as the chart does (chartOperator), with the bench's --restart-request.
 func (r *run) startOperator() error {
+	op, err := chartOperator(r.ctx, r.env, operatorChartValues())
+	if err != nil {
+		return err
+	}
 	port, err := freePort()
 	if err != nil {
 		return err
@@ -36,11 +82,9 @@ func (r *run) startOperator() error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(r.cfg.operator, "--kubeconfig", r.kubecfg, "--leader-elect=false",
-		// Plain HTTP on loopback: the bench scrapes without Kubernetes credentials.
-		"--metrics-bind-address", r.metrics, "--metrics-secure=false", "--health-probe-bind-address", "0", "--pprof-bind-address", r.pprof,
-		"--hook-sidecar-image", hookSidecarImage,
-		"--restart-backoff-base", "1s", "--restart-backoff-max", "4s", "--restart-request", r.cfg.restartRequest)
+	// The chart has no value for --restart-request: the bench compares both.
+	cmd := operatorCommand(r.cfg.operator, op, "--metrics-bind-address="+r.metrics, "--health-probe-bind-address=0",
+		"--pprof-bind-address="+r.pprof, "--restart-request="+r.cfg.restartRequest)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		_ = logf.Close()

@@ -4,6 +4,11 @@
 // (test/kubevirt: kubelet, virt-handler). It writes an admin kubeconfig and serves a small control endpoint on
 // loopback. It runs until interrupted.
 //
+// The operator is not run here but given what it needs to run as the Helm chart installs it (test/chartrbac): the
+// chart's ServiceAccount, RBAC and admission policies are created, and beside the admin kubeconfig it writes
+// operator.kubeconfig (a token of that ServiceAccount), operator.args (the chart's Deployment args, one a line) and
+// operator.env (the Deployment's environment, NAME=value a line), rendered with --chart-set values.
+//
 // With --real-launcher the node runs KubeVirt's real virt-launcher, libvirt and QEMU (TCG: the KubeVirt CR gets
 // developerConfiguration.useEmulation) with runpolicy's real hook sidecar for every VMI that boots a kernel from a
 // container image (test/launcher; the image is served from --guest-dir, the tiny test guest), and the endpoint
@@ -44,6 +49,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
+	"github.com/runpolicy/runpolicy/test/chartrbac"
 	"github.com/runpolicy/runpolicy/test/cluster"
 	"github.com/runpolicy/runpolicy/test/kubevirt"
 	"github.com/runpolicy/runpolicy/test/launcher"
@@ -53,11 +59,12 @@ type options struct {
 	kubeconfig, addr, image string
 	realLauncher            bool
 	guestDir, sidecarBinary string
+	chartSet                []string
 }
 
 func main() {
 	var o options
-	flag.StringVar(&o.kubeconfig, "kubeconfig-out", "bin/demo/kubeconfig", "Where to write the admin kubeconfig.")
+	flag.StringVar(&o.kubeconfig, "kubeconfig-out", "bin/demo/kubeconfig", "Where to write the admin kubeconfig; the operator's kubeconfig, args and env go beside it.")
 	flag.StringVar(&o.addr, "control-addr", "127.0.0.1:18080", "Loopback address of the control endpoint.")
 	flag.StringVar(&o.image, "hook-sidecar-image", "ghcr.io/runpolicy/hook-sidecar:dev",
 		"The operator's --hook-sidecar-image: the node's sidecar container running it reports the guest's SHUTDOWN events.")
@@ -66,6 +73,11 @@ func main() {
 	flag.StringVar(&o.guestDir, "guest-dir", "bin/guest", "With --real-launcher: the tiny guest (make guest), served as every kernel boot image.")
 	flag.StringVar(&o.sidecarBinary, "hook-sidecar-binary", "bin/hook-sidecar",
 		"With --real-launcher: the hook-sidecar binary (make build) run as --hook-sidecar-image.")
+	flag.Func("chart-set", "A Helm --set value for the chart the operator's identity and args are rendered from (repeatable); "+
+		"the hook sidecar image comes from --hook-sidecar-image.", func(v string) error {
+		o.chartSet = append(o.chartSet, v)
+		return nil
+	})
 	flag.Parse()
 	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr)))
 	if err := run(o); err != nil {
@@ -148,18 +160,33 @@ func run(o options) error {
 	go func() { _ = srv.Serve(ln) }()
 	defer func() { _ = srv.Close() }()
 
-	// The kubeconfig appears last: its presence tells the demo script that everything is up.
-	kc, err := os.ReadFile(env.Kubeconfig)
-	if err != nil {
-		return err
-	}
 	if err := os.MkdirAll(filepath.Dir(o.kubeconfig), 0o755); err != nil {
 		return err
 	}
-	if err := os.WriteFile(o.kubeconfig+".tmp", kc, 0o600); err != nil {
+	op, err := chartrbac.Install(ctx, env, append(chartrbac.HookSidecarImage(o.image), o.chartSet...)...)
+	if err != nil {
 		return err
 	}
-	if err := os.Rename(o.kubeconfig+".tmp", o.kubeconfig); err != nil {
+	kc, err := os.ReadFile(op.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(o.kubeconfig)
+	for name, data := range map[string][]byte{
+		"operator.kubeconfig": kc,
+		"operator.args":       lines(op.Args),
+		"operator.env":        lines(op.Env),
+	} {
+		if err := writeFile(filepath.Join(dir, name), data); err != nil {
+			return err
+		}
+	}
+	// The admin kubeconfig appears last: its presence tells the demo script that everything is up.
+	kc, err = os.ReadFile(env.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	if err := writeFile(o.kubeconfig, kc); err != nil {
 		return err
 	}
 	nodeKind := "simulated node"
@@ -170,8 +197,28 @@ func run(o options) error {
 		env.KubeVirt.Version, nodeKind, env.Dir(), o.kubeconfig, o.addr)
 	<-ctx.Done()
 	_ = os.Remove(o.kubeconfig)
+	for _, name := range []string{"operator.kubeconfig", "operator.args", "operator.env"} {
+		_ = os.Remove(filepath.Join(dir, name))
+	}
 	log.Printf("devcluster: stopping")
 	return nil
+}
+
+// lines is one line per element.
+func lines(elems []string) []byte {
+	var b []byte
+	for _, e := range elems {
+		b = append(append(b, e...), '\n')
+	}
+	return b
+}
+
+// writeFile writes data to path at once (a rename), readable by its owner only.
+func writeFile(path string, data []byte) error {
+	if err := os.WriteFile(path+".tmp", data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(path+".tmp", path)
 }
 
 // realLauncher prepares the node's real virt-launcher: KubeVirt's launcher binaries (test/kubevirt/build.sh,
