@@ -118,7 +118,7 @@ func userMeta() metav1.ObjectMeta {
 		m.OwnerReferences = append(m.OwnerReferences, metav1.OwnerReference{Kind: "ConfigMap", Name: fmt.Sprintf("cm-%04d", i),
 			UID: types.UID(fmt.Sprintf("uid-%04d", i))})
 	}
-	m.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubectl", FieldsV1: &metav1.FieldsV1{Raw: []byte(strings.Repeat("f", 64<<10))}}}
+	m.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubectl", FieldsV1: metav1.NewFieldsV1(strings.Repeat("f", 64<<10))}}
 	return m
 }
 

@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
@@ -395,25 +396,8 @@ func (r *Reconciler) syncKubeVirtVM(ctx context.Context, vm *v1alpha1.VirtualMac
 	}
 	// runpolicy owns the KubeVirt VM: what others added to its spec (server-side apply keeps it) is reverted, so
 	// the next boot is the runpolicy VM's spec and nothing else.
-	liveSpec, _ := obj.Object["spec"].(map[string]any)
-	if foreign := foreignFields(wantSpec, liveSpec); len(foreign) > 0 {
-		if err := r.revertSpec(ctx, obj, revertedSpec(wantSpec, liveSpec)); err != nil {
-			// The KubeVirt VM's next start would boot the foreign spec: say so, never a stale Synced=True.
-			msg := fmt.Sprintf("Changes made to the KubeVirt VirtualMachine outside runpolicy (%s) could not be reverted: %v",
-				summarize(foreign, 5), err)
-			if apierrors.IsConflict(err) {
-				return kv, transientError{err} // someone wrote in between: the next pass looks again
-			}
-			if !isSyncFailure(vm, msg) {
-				r.Recorder.Eventf(vm, nil, corev1.EventTypeWarning, EventRevertFailed, "Patch", "%s", msg)
-			}
-			setCondition(vm, v1alpha1.ConditionSynced, metav1.ConditionFalse, v1alpha1.ReasonRevertFailed, msg)
-			return kv, transientError{err}
-		}
-		log.Info("Reverted changes made to the KubeVirt VirtualMachine outside runpolicy",
-			"fields", foreign)
-		r.Recorder.Eventf(vm, nil, corev1.EventTypeWarning, EventForeignChangesReverted, "Update",
-			"Reverted changes made to the KubeVirt VirtualMachine outside runpolicy: %s", summarize(foreign, 5))
+	if err := r.revertForeignChanges(ctx, vm, obj, wantSpec); err != nil {
+		return kv, transientError{err}
 	}
 	applied := &kvv1.VirtualMachine{}
 	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(obj.Object, applied); err != nil {
@@ -437,6 +421,35 @@ func (r *Reconciler) syncKubeVirtVM(ctx context.Context, vm *v1alpha1.VirtualMac
 	setCondition(vm, v1alpha1.ConditionSynced, metav1.ConditionTrue, v1alpha1.ReasonSynced,
 		fmt.Sprintf("KubeVirt VirtualMachine is up to date (runStrategy %s)", strategy))
 	return applied, nil
+}
+
+// revertForeignChanges writes runpolicy's spec back over what others added to the KubeVirt VM obj (server-side
+// apply keeps their fields), so that its next boot is the runpolicy VM's spec and nothing else; obj is the server's
+// answer to the apply and becomes the server's answer to the revert. A revert that fails says so in the Synced
+// condition and an Event: the next start would boot the foreign spec.
+func (r *Reconciler) revertForeignChanges(ctx context.Context, vm *v1alpha1.VirtualMachine, obj *unstructured.Unstructured,
+	wantSpec map[string]any) error {
+	liveSpec, _ := obj.Object["spec"].(map[string]any)
+	foreign := foreignFields(wantSpec, liveSpec)
+	if len(foreign) == 0 {
+		return nil
+	}
+	if err := r.revertSpec(ctx, obj, revertedSpec(wantSpec, liveSpec)); err != nil {
+		if apierrors.IsConflict(err) {
+			return err // someone wrote in between: the next pass looks again
+		}
+		msg := fmt.Sprintf("Changes made to the KubeVirt VirtualMachine outside runpolicy (%s) could not be reverted: %v",
+			summarize(foreign, 5), err)
+		if !isSyncFailure(vm, msg) {
+			r.Recorder.Eventf(vm, nil, corev1.EventTypeWarning, EventRevertFailed, "Patch", "%s", msg)
+		}
+		setCondition(vm, v1alpha1.ConditionSynced, metav1.ConditionFalse, v1alpha1.ReasonRevertFailed, msg)
+		return err
+	}
+	ctrl.LoggerFrom(ctx).Info("Reverted changes made to the KubeVirt VirtualMachine outside runpolicy", "fields", foreign)
+	r.Recorder.Eventf(vm, nil, corev1.EventTypeWarning, EventForeignChangesReverted, "Patch",
+		"Reverted changes made to the KubeVirt VirtualMachine outside runpolicy: %s", summarize(foreign, 5))
+	return nil
 }
 
 func isSyncFailure(vm *v1alpha1.VirtualMachine, msg string) bool {

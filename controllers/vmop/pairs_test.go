@@ -84,18 +84,18 @@ func holdKubeVirt(ctx context.Context, ns string) (release func()) {
 	return release
 }
 
-// kubevirtVM reads the KubeVirt VM of that name.
-func kubevirtVM(ctx context.Context, ns, name string) func(Gomega) *kvv1.VirtualMachine {
+// kubevirtVM reads the KubeVirt VM of the pairs' VM, vm1.
+func kubevirtVM(ctx context.Context, ns string) func(Gomega) *kvv1.VirtualMachine {
 	return func(g Gomega) *kvv1.VirtualMachine {
 		kv := &kvv1.VirtualMachine{}
-		g.Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, kv)).To(Succeed())
+		g.Expect(k8s.Get(ctx, client.ObjectKey{Namespace: ns, Name: "vm1"}, kv)).To(Succeed())
 		return kv
 	}
 }
 
 // requests lists KubeVirt's pending state change requests of the VM as "Stop{uid}" and "Start".
 func requests(kv *kvv1.VirtualMachine) []string {
-	var out []string
+	out := make([]string, 0, len(kv.Status.StateChangeRequests))
 	for _, r := range kv.Status.StateChangeRequests {
 		s := string(r.Action)
 		if r.UID != nil {
@@ -151,7 +151,7 @@ var _ = Describe("VirtualMachineOperation pairs", func() {
 		createVM(ctx, ns, "vm1", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)
 		vmi := runningVMI(ctx, ns, "vm1")
 		EventuallyWithOffset(1, func(g Gomega) kvv1.VirtualMachineRunStrategy {
-			kv := kubevirtVM(ctx, ns, "vm1")(g)
+			kv := kubevirtVM(ctx, ns)(g)
 			g.Expect(kv.Spec.RunStrategy).NotTo(BeNil())
 			return *kv.Spec.RunStrategy
 		}).Should(Equal(kvv1.RunStrategyManual))
@@ -162,7 +162,7 @@ var _ = Describe("VirtualMachineOperation pairs", func() {
 	// Start): its requests pending, and the VMI (if any) stopping.
 	inFlight := func(ctx context.Context, k opKind, before *kvv1.VirtualMachineInstance) {
 		EventuallyWithOffset(1, func(g Gomega) {
-			got := requests(kubevirtVM(ctx, ns, "vm1")(g))
+			got := requests(kubevirtVM(ctx, ns)(g))
 			vmi := getVMI(ctx, ns, "vm1")
 			switch k {
 			case opStart, opForcedRestart:
@@ -247,7 +247,7 @@ var _ = Describe("VirtualMachineOperation pairs", func() {
 			if superseding {
 				expectCompleted(finished(ctx, ns, "op-2"))
 				stoppedVM(ctx, ns, "vm1")
-				Expect(requests(kubevirtVM(ctx, ns, "vm1")(Default))).NotTo(ContainElement("Start"))
+				Expect(requests(kubevirtVM(ctx, ns)(Default))).NotTo(ContainElement("Start"))
 				By("leaving the VM stopped: the first operation's Start was never served")
 				Consistently(vmPhase(ctx, ns, "vm1"), "2s").Should(Equal(v1alpha1.VirtualMachineStopped))
 				Expect(node.VMIsCreated(ns, "vm1")).To(Equal(vmis))
@@ -315,7 +315,7 @@ var _ = Describe("VirtualMachineOperation pairs", func() {
 			return getOp(ctx, ns, "op-3-force-stop")(g).Status.Phase
 		}).Should(Equal(v1alpha1.OperationInProgress))
 		Eventually(func() int { return accepted(calls, "stop") }).Should(Equal(1))
-		Eventually(func(g Gomega) []string { return requests(kubevirtVM(ctx, ns, "vm1")(g)) }).
+		Eventually(func(g Gomega) []string { return requests(kubevirtVM(ctx, ns)(g)) }).
 			Should(Equal([]string{"Stop{" + string(before.UID) + "}"}))
 		Consistently(func(g Gomega) v1alpha1.VirtualMachineOperationPhase {
 			return getOp(ctx, ns, "op-3-force-stop")(g).Status.Phase
@@ -354,7 +354,7 @@ func pairEntries() []TableEntry {
 			return ""
 		}
 	}
-	var out []TableEntry
+	out := make([]TableEntry, 0, len(kinds)*len(kinds))
 	for _, first := range kinds {
 		for _, second := range kinds {
 			want := after(first, second)

@@ -202,8 +202,9 @@ func (o *Operator) Manager() (ctrl.Manager, controllers.Options, error) {
 // Render runs `helm template` of the chart as release Release in Namespace for Kubernetes kubeVersion, with the
 // --set values set.
 func Render(kubeVersion string, set ...string) (string, error) {
-	args := []string{"template", Release, filepath.Join(cluster.RepoRoot(), "charts", "runpolicy"),
-		"--namespace", Namespace, "--kube-version", kubeVersion}
+	args := make([]string, 0, 7+2*len(set))
+	args = append(args, "template", Release, filepath.Join(cluster.RepoRoot(), "charts", "runpolicy"),
+		"--namespace", Namespace, "--kube-version", kubeVersion)
 	for _, s := range set {
 		args = append(args, "--set", s)
 	}
