@@ -4,10 +4,8 @@
 package chart
 
 import (
-	"bytes"
 	"flag"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strconv"
@@ -16,6 +14,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/runpolicy/runpolicy/test/chartrbac"
 	"github.com/runpolicy/runpolicy/test/cluster"
 )
 
@@ -30,45 +29,10 @@ const (
 
 func chartDir() string { return filepath.Join(cluster.RepoRoot(), "charts", "runpolicy") }
 
-// helmBin is $HELM, else the pinned helm that `make helm` builds into bin/tools/helm.
-func helmBin(t *testing.T) string {
-	t.Helper()
-	if h := os.Getenv("HELM"); h != "" {
-		return h
-	}
-	p := filepath.Join(cluster.RepoRoot(), "bin", "tools", "helm")
-	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("helm not found at %s: run `make helm` (builds the pinned helm from test/tools/go.mod) or set HELM", p)
-	}
-	return p
-}
-
-// helm runs helm with a private cache/config/data home and returns stdout; stderr is in the error.
+// helm runs the pinned helm ($HELM, else bin/tools/helm) with a private home (chartrbac.RunHelm).
 func helm(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	home := t.TempDir()
-	cmd := exec.Command(helmBin(t), args...)
-	cmd.Env = append(os.Environ(),
-		"HELM_CACHE_HOME="+filepath.Join(home, "cache"),
-		"HELM_CONFIG_HOME="+filepath.Join(home, "config"),
-		"HELM_DATA_HOME="+filepath.Join(home, "data"),
-	)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return stdout.String(), &helmError{args: args, err: err, stderr: stderr.String()}
-	}
-	return stdout.String(), nil
-}
-
-type helmError struct {
-	args   []string
-	err    error
-	stderr string
-}
-
-func (e *helmError) Error() string {
-	return "helm " + strings.Join(e.args, " ") + ": " + e.err.Error() + ": " + e.stderr
+	return chartrbac.RunHelm(args...)
 }
 
 func mustHelm(t *testing.T, args ...string) string {
@@ -296,7 +260,7 @@ func TestBadValuesFail(t *testing.T) {
 			if err == nil {
 				t.Fatalf("--set %s rendered; want an error naming %q", c.set, c.want)
 			}
-			if msg := err.(*helmError).stderr; !strings.Contains(msg, c.want) {
+			if msg := err.(*chartrbac.HelmError).Stderr; !strings.Contains(msg, c.want) {
 				t.Errorf("--set %s: message does not name %q:\n%s", c.set, c.want, msg)
 			}
 		})

@@ -208,7 +208,7 @@ func Render(kubeVersion string, set ...string) (string, error) {
 	for _, s := range set {
 		args = append(args, "--set", s)
 	}
-	return helm(args...)
+	return RunHelm(args...)
 }
 
 // Helm returns $HELM (the Makefile sets it), else the pinned helm `make helm` builds into bin/tools/helm.
@@ -223,8 +223,9 @@ func Helm() (string, error) {
 	return p, nil
 }
 
-// helm runs helm with a private cache, config and data home and returns its stdout.
-func helm(args ...string) (string, error) {
+// RunHelm runs helm with a private cache, config and data home and returns its stdout; a failure is a *HelmError
+// with helm's stderr.
+func RunHelm(args ...string) (string, error) {
 	bin, err := Helm()
 	if err != nil {
 		return "", err
@@ -243,10 +244,23 @@ func helm(args ...string) (string, error) {
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("helm %s: %w: %s", strings.Join(args, " "), err, stderr.String())
+		return stdout.String(), &HelmError{Args: args, Err: err, Stderr: stderr.String()}
 	}
 	return stdout.String(), nil
 }
+
+// HelmError is a helm run that failed: its arguments, its exit and what it printed on stderr.
+type HelmError struct {
+	Args   []string
+	Err    error
+	Stderr string
+}
+
+func (e *HelmError) Error() string {
+	return "helm " + strings.Join(e.Args, " ") + ": " + e.Err.Error() + ": " + e.Stderr
+}
+
+func (e *HelmError) Unwrap() error { return e.Err }
 
 // decode splits a rendered manifest into its objects, in order.
 func decode(manifest string) ([]*unstructured.Unstructured, error) {

@@ -10,7 +10,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
 	"github.com/runpolicy/runpolicy/test/chartrbac"
@@ -62,17 +61,9 @@ func hostileTemplates(ctx context.Context, operator string, n, size int) error {
 		// Until every KubeVirt VM is applied (each one as large as its runpolicy VM), then a while longer.
 		deadline := time.Now().Add(10 * time.Minute)
 		for {
-			var vms v1alpha1.VirtualMachineList
-			if err := env.Client.List(ctx, &vms, client.InNamespace(ns.Name)); err != nil {
+			synced, err := countSynced(ctx, env.Client, ns.Name)
+			if err != nil {
 				return 0, err
-			}
-			synced := 0
-			for _, vm := range vms.Items {
-				for _, c := range vm.Status.Conditions {
-					if c.Type == v1alpha1.ConditionSynced && c.Status == metav1.ConditionTrue {
-						synced++
-					}
-				}
 			}
 			if synced == n {
 				break

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -182,21 +183,28 @@ func equalTemplates(a, b *v1alpha1.VirtualMachine) bool {
 	return a.Spec.Template.ObjectMeta.Annotations["user-data"] == b.Spec.Template.ObjectMeta.Annotations["user-data"]
 }
 
+// countSynced counts the VMs of ns that say Synced=True.
+func countSynced(ctx context.Context, c client.Client, ns string) (int, error) {
+	var vms v1alpha1.VirtualMachineList
+	if err := c.List(ctx, &vms, client.InNamespace(ns)); err != nil {
+		return 0, err
+	}
+	synced := 0
+	for _, vm := range vms.Items {
+		if c := meta.FindStatusCondition(vm.Status.Conditions, v1alpha1.ConditionSynced); c != nil && c.Status == metav1.ConditionTrue {
+			synced++
+		}
+	}
+	return synced, nil
+}
+
 // waitSynced waits until every VM of ns says Synced=True, then a while longer (the operator settles).
 func waitSynced(ctx context.Context, c client.Client, ns string, n int, op *memoryOperator) error {
 	deadline := time.Now().Add(15 * time.Minute)
 	for {
-		var vms v1alpha1.VirtualMachineList
-		if err := c.List(ctx, &vms, client.InNamespace(ns)); err != nil {
+		synced, err := countSynced(ctx, c, ns)
+		if err != nil {
 			return err
-		}
-		synced := 0
-		for _, vm := range vms.Items {
-			for _, c := range vm.Status.Conditions {
-				if c.Type == v1alpha1.ConditionSynced && c.Status == metav1.ConditionTrue {
-					synced++
-				}
-			}
 		}
 		if synced == n {
 			break
