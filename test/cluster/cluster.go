@@ -243,6 +243,9 @@ func Start(opts Options) (_ *Env, err error) {
 	return env, nil
 }
 
+// KubeControllerManagerUser is the user name kube-controller-manager runs as (--use-service-account-credentials=false).
+const KubeControllerManagerUser = "system:kube-controller-manager"
+
 // userKubeconfig writes a kubeconfig with a client certificate for user into the cluster's dir.
 func (e *Env) userKubeconfig(name string, user envtest.User) (string, error) {
 	au, err := e.Environment.AddUser(user, nil)
@@ -258,8 +261,15 @@ func (e *Env) userKubeconfig(name string, user envtest.User) (string, error) {
 }
 
 func (e *Env) startControllerManager(assets string, controllers []string, out *os.File) error {
+	// As on a cluster kubeadm set up: kube-controller-manager's own user name (its garbage collector's requests carry
+	// it, which admission policies such as the chart's may look at); system:masters spares it the RBAC bootstrap.
+	kubeconfig, err := e.userKubeconfig("kube-controller-manager",
+		envtest.User{Name: KubeControllerManagerUser, Groups: []string{"system:masters"}})
+	if err != nil {
+		return err
+	}
 	p, err := e.startProcess("kube-controller-manager", out, filepath.Join(assets, "kube-controller-manager"),
-		"--kubeconfig="+e.Kubeconfig,
+		"--kubeconfig="+kubeconfig,
 		"--controllers="+strings.Join(controllers, ","),
 		"--leader-elect=false",
 		"--secure-port=0",

@@ -262,6 +262,26 @@ var _ = Describe("Trust only what KubeVirt wrote", func() {
 		Entry("with a controller reference to the VMI", true, v1alpha1.ShutdownGuestShutdown, v1alpha1.ShutdownUnknown),
 	)
 
+	// --cascade=orphan keeps the KubeVirt VM: the garbage collector removes its controller ownerReference, which
+	// the chart's admission policy lets only the operator and the garbage collector do.
+	It("leaves the KubeVirt VM, released, when the runpolicy VM is deleted with --cascade=orphan", func(ctx SpecContext) {
+		obj := fixture.VM(ns, "orphan", v1alpha1.RunPolicyAlwaysOff)
+		Expect(k8s.Create(ctx, obj)).To(Succeed())
+		key := client.ObjectKeyFromObject(obj)
+		Eventually(func(g Gomega) {
+			kv := &kvv1.VirtualMachine{}
+			g.Expect(k8s.Get(ctx, key, kv)).To(Succeed())
+			g.Expect(metav1.IsControlledBy(kv, obj)).To(BeTrue())
+		}).Should(Succeed())
+		Expect(k8s.Delete(ctx, obj, client.PropagationPolicy(metav1.DeletePropagationOrphan))).To(Succeed())
+		Eventually(func(g Gomega) {
+			g.Expect(apierrors.IsNotFound(k8s.Get(ctx, key, &v1alpha1.VirtualMachine{}))).To(BeTrue(), "the runpolicy VM is gone")
+			kv := &kvv1.VirtualMachine{}
+			g.Expect(k8s.Get(ctx, key, kv)).To(Succeed(), "the KubeVirt VM stays")
+			g.Expect(kv.OwnerReferences).To(BeEmpty())
+		}).Should(Succeed())
+	})
+
 	// A runpolicy VM whose name is taken by someone else's KubeVirt VM must not become a handle on that VM.
 	It("never stops, restarts or cleans up a KubeVirt VM it does not control", func(ctx SpecContext) {
 		theirs := &kvv1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "theirs"},
