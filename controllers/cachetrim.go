@@ -1,6 +1,8 @@
 package controllers
 
 import (
+	"slices"
+
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kvv1 "kubevirt.io/api/core/v1"
@@ -18,10 +20,10 @@ import (
 // objects back from the cache (the KubeVirt VM is server-side applied from runpolicy's own spec; a runpolicy VM's or
 // an operation's status update keeps everything but the status), so a trimmed copy is never sent to the API server.
 
-// kept names the annotations and labels of one kind that the reconcilers read: every read of a cached object's
-// annotations or labels in controllers/ and internal/ is of one of these keys (a reconciler that reads a new key
-// adds it here). Every other key is dropped, whatever its size.
-type kept struct{ annotations, labels []string }
+// kept names the annotations, labels and finalizers of one kind that the reconcilers read: every read of a cached
+// object's annotations, labels or finalizers in controllers/ and internal/ is of one of these (a reconciler that
+// reads a new key adds it here). Every other key is dropped, whatever its size.
+type kept struct{ annotations, labels, finalizers []string }
 
 var (
 	keptVM = kept{annotations: []string{vm.AnnotationCachedSpecHash, vm.AnnotationCachedTemplateHash}}
@@ -29,17 +31,25 @@ var (
 	// runpolicy's own, which it restores.
 	keptKubeVirtVM = kept{annotations: []string{vm.AnnotationRunPolicy, vm.AnnotationAppliedHash, vm.AnnotationAdopt},
 		labels: []string{vm.LabelManagedBy}}
-	keptVMI = kept{annotations: []string{vm.AnnotationTemplateHash, vm.AnnotationHookSidecars}}
+	// virt-controller's finalizer tells that it has seen the VMI end (policy.KubeVirtSawEnd).
+	keptVMI = kept{annotations: []string{vm.AnnotationTemplateHash, vm.AnnotationHookSidecars},
+		finalizers: []string{kvv1.VirtualMachineControllerFinalizer}}
 	// The cache selects launcher pods by the launcher label and indexes them by the created-by label.
 	keptLauncherPod = kept{labels: []string{vm.LabelLauncher, vm.LabelCreatedBy}}
 	keptOperation   = kept{}
 )
 
 // trimMeta reduces an object's metadata to its identity, the keys of k, and its controller reference (the only
-// owner reference read); managedFields and finalizers go.
+// owner reference read); managedFields and other finalizers go.
 func trimMeta(m *metav1.ObjectMeta, k kept) {
 	m.ManagedFields = nil
-	m.Finalizers = nil
+	var finalizers []string
+	for _, f := range k.finalizers {
+		if slices.Contains(m.Finalizers, f) {
+			finalizers = append(finalizers, f)
+		}
+	}
+	m.Finalizers = finalizers
 	m.Annotations = only(m.Annotations, k.annotations)
 	m.Labels = only(m.Labels, k.labels)
 	var owners []metav1.OwnerReference

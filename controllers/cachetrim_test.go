@@ -90,7 +90,8 @@ func TestTrimVMIKeepsPhaseHistoryAndHash(t *testing.T) {
 	now := metav1.Now()
 	vmi := &kvv1.VirtualMachineInstance{
 		ObjectMeta: metav1.ObjectMeta{Name: "vm", UID: "x", DeletionTimestamp: &now,
-			Annotations: map[string]string{"runpolicy.io/template-hash": "h"}},
+			Annotations: map[string]string{"runpolicy.io/template-hash": "h"},
+			Finalizers:  []string{"example.com/user", kvv1.VirtualMachineControllerFinalizer, "foregroundDeleteVirtualMachine"}},
 		Spec: kvv1.VirtualMachineInstanceSpec{Domain: kvv1.DomainSpec{CPU: &kvv1.CPU{Cores: 2}}},
 		Status: kvv1.VirtualMachineInstanceStatus{Phase: kvv1.Failed,
 			PhaseTransitionTimestamps: []kvv1.VirtualMachineInstancePhaseTransitionTimestamp{{Phase: kvv1.Failed, PhaseTransitionTimestamp: now}},
@@ -101,6 +102,10 @@ func TestTrimVMIKeepsPhaseHistoryAndHash(t *testing.T) {
 	if !got.IsFinal() || got.UID != "x" || got.DeletionTimestamp == nil || got.Annotations["runpolicy.io/template-hash"] != "h" ||
 		len(got.Status.PhaseTransitionTimestamps) != 1 {
 		t.Fatalf("fields the reconcilers read were lost: %+v", got)
+	}
+	// virt-controller's finalizer says whether it has seen the VMI end (policy.KubeVirtSawEnd); no other is kept.
+	if !slices.Equal(got.Finalizers, []string{kvv1.VirtualMachineControllerFinalizer}) {
+		t.Errorf("finalizers %v, want virt-controller's alone", got.Finalizers)
 	}
 	if got.Spec.Domain.CPU != nil || got.Status.Interfaces != nil {
 		t.Fatalf("spec or interfaces kept: %+v", got)

@@ -38,9 +38,9 @@ const DefaultWorkers = 4
 type RestartRequest string
 
 const (
-	// RestartViaStateChangeRequest writes KubeVirt's requests [Stop{ended VMI}, Start] into the KubeVirt VM's
-	// status and deletes the ended VMI at once (lifecycle.Client.Replace): once it is gone, virt-controller trims
-	// the Stop and creates the new VMI.
+	// RestartViaStateChangeRequest writes KubeVirt's Start request into the KubeVirt VM's status, once
+	// virt-controller has seen the VMI end, and deletes the ended VMI at once (lifecycle.Client.Replace): in the
+	// pass in which it is gone, virt-controller creates the new VMI.
 	RestartViaStateChangeRequest RestartRequest = "state-change-request"
 	// RestartViaStartSubresource calls KubeVirt's start subresource, like virtctl start: virt-api writes
 	// [Stop{ended VMI}, Start], which virt-controller serves in three passes (delete, trim the Stop, create).
@@ -98,6 +98,10 @@ type Reconciler struct {
 
 	// ownVM and ownKubeVirtVM remember, per VM, the resourceVersion our last write replaced (see writeTracker).
 	ownVM, ownKubeVirtVM writeTracker
+	// sent remembers, per VM, the ended VMI whose restart this process last sent (types.NamespacedName → string).
+	// A recorded restart that this process has not sent is sent from the cache (act, DoVerify); one it has sent is
+	// checked past the cache first, which may lag behind KubeVirt's answer to it.
+	sent sync.Map
 }
 
 // writeTracker remembers, per object, the resourceVersion that the reconciler's last write to it replaced ("" for
@@ -164,6 +168,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		if apierrors.IsNotFound(err) {
 			r.ownVM.forget(req.NamespacedName)
 			r.ownKubeVirtVM.forget(req.NamespacedName)
+			r.sent.Delete(req.NamespacedName)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -209,8 +214,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		// nothing of it shows in this VM's status.
 		kv, vmi = nil, nil
 	}
-	deriveStatus(vm, kv, vmi, templateHashOf(vm), r.now())
-	r.setRebootCondition(vm, vmi, kvcfg, sc)
+	ending := r.mirrorKubeVirt(vm, kv, vmi, step, kvcfg, sc)
 	var autoOp *v1alpha1.VirtualMachineOperation
 	var autoWait time.Duration
 	if vm.DeletionTimestamp == nil && powerErr == nil && step.Action.Kind == policy.DoNothing {
@@ -252,7 +256,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if powerErr != nil {
 		return ctrl.Result{}, powerErr
 	}
-	if err := r.act(ctx, vm, vmi, step.Action); err != nil {
+	if err := r.act(ctx, vm, kv, vmi, step.Action); err != nil {
 		if errors.Is(err, lifecycle.ErrRequestPending) {
 			log.V(1).Info("KubeVirt holds another request, deciding again", "error", err)
 			return ctrl.Result{RequeueAfter: retrySoon}, nil
@@ -268,7 +272,21 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if errors.As(syncErr, &transient) {
 		return ctrl.Result{}, syncErr
 	}
-	return ctrl.Result{RequeueAfter: soonest(step.Requeue, autoWait)}, nil
+	return ctrl.Result{RequeueAfter: soonest(step.Requeue, autoWait, ending)}, nil
+}
+
+// mirrorKubeVirt fills the parts of status that follow from the KubeVirt VM and VMI, and returns how long a VMI's end
+// is still awaited (zero: it is not). While a VMI's end is awaited or judged, status is left as it reads: what
+// KubeVirt passes through meanwhile (the launcher pod terminating, the VMI final) would cost a write each before the
+// one that records the end.
+func (r *Reconciler) mirrorKubeVirt(vm *v1alpha1.VirtualMachine, kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance,
+	step policy.PowerStep, kvcfg policy.KubeVirtConfig, sc policy.Sidecar) time.Duration {
+	ending := policy.Ending(vmi, r.now())
+	if !step.Judging && ending == 0 {
+		deriveStatus(vm, kv, vmi, templateHashOf(vm), r.now())
+	}
+	r.setRebootCondition(vm, vmi, kvcfg, sc)
+	return ending
 }
 
 // soonest is the shortest of the delays that are set (zero: none).

@@ -87,16 +87,25 @@ func rebootsStayInGuest(vmi *kvv1.VirtualMachineInstance) bool {
 	return vmi.Annotations[AnnotationHookSidecars] == "" && (rp == nil || *rp != kvv1.RebootPolicyTerminate)
 }
 
-// act carries out the power step's action, once the status that records it is written.
-func (r *Reconciler) act(ctx context.Context, vm *v1alpha1.VirtualMachine, vmi *kvv1.VirtualMachineInstance, a policy.PowerAction) error {
+// act carries out the power step's action, once the status that records it is written; kv and vmi are the cache's.
+func (r *Reconciler) act(ctx context.Context, vm *v1alpha1.VirtualMachine, kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance,
+	a policy.PowerAction) error {
 	switch a.Kind {
 	case policy.DoRestart:
 		return r.restart(ctx, vm, a)
 	case policy.DoCleanup:
 		return r.stayStopped(ctx, vm, vmi)
 	case policy.DoVerify:
+		key := client.ObjectKeyFromObject(vm)
+		if sent, _ := r.sent.Load(key); sent != a.VMIUID && policy.PendingRestart(kv, vmi, types.UID(a.VMIUID)) == policy.RestartSend {
+			// Recorded (before virt-controller saw the VMI end, or by a process that crashed) and not sent by this
+			// process, whose cache was listed after any earlier process's writes: the pass that sees virt-controller's
+			// finalizer go sends it without a second read. Should it have been sent after all, the request's test
+			// refuses a second one (ErrRequestPending) and the deletion's precondition any other VMI.
+			return r.restart(ctx, vm, a)
+		}
 		// Read past the cache: right after our own request, or after KubeVirt acted, the cache may lag.
-		kv, fresh, err := r.readFresh(ctx, client.ObjectKeyFromObject(vm), types.UID(a.VMIUID))
+		kv, fresh, err := r.readFresh(ctx, key, types.UID(a.VMIUID))
 		if err != nil {
 			return err
 		}
@@ -104,10 +113,11 @@ func (r *Reconciler) act(ctx context.Context, vm *v1alpha1.VirtualMachine, vmi *
 		case policy.RestartSend:
 			return r.restart(ctx, vm, a)
 		case policy.RestartServeStale:
-			// A Start request without a Stop for the ended VMI, beside it: left from the previous restart, which
-			// KubeVirt trims only once it sees the VMI it started neither final nor deleted, when that VMI ended
-			// first (runpolicy's own request carries the Stop). KubeVirt never serves it while the ended VMI is there
-			// (and virt-api refuses another start, "already underway"); without the ended VMI, KubeVirt serves it.
+			// A Start request without a Stop for the ended VMI, beside it: runpolicy's own, sent before a crash cut
+			// the restart short of the deletion, or one left from the previous restart, which KubeVirt trims only
+			// once it sees the VMI it started neither final nor deleted, when that VMI ended first. KubeVirt never
+			// serves it while the ended VMI is there (and virt-api refuses another start, "already underway");
+			// without the ended VMI, KubeVirt serves it.
 			ctrl.LoggerFrom(ctx).Info("KubeVirt holds a Start request beside the ended VMI: deleting the VMI so that it is served",
 				"VirtualMachineInstance", klog.KObj(fresh))
 			return r.cleanup(ctx, fresh)
@@ -134,8 +144,9 @@ func (r *Reconciler) readFresh(ctx context.Context, key client.ObjectKey, ended 
 }
 
 // restart has KubeVirt start a new VMI, built from the VM's current template, in place of the ended one: by default
-// with KubeVirt's requests written directly and the ended VMI deleted (lifecycle.Client.Replace), or through
-// KubeVirt's start subresource (RestartRequest). The event reports the restart once KubeVirt accepted it.
+// with KubeVirt's Start request written directly and the ended VMI deleted (lifecycle.Client.Replace), or through
+// KubeVirt's start subresource (RestartRequest). The event reports the restart once KubeVirt accepted it. The
+// power step asks for it only once virt-controller has seen the VMI end (policy.KubeVirtSawEnd).
 func (r *Reconciler) restart(ctx context.Context, vm *v1alpha1.VirtualMachine, a policy.PowerAction) error {
 	ctrl.LoggerFrom(ctx).Info("Restarting VMI", "endedVMI", a.VMIUID)
 	var err error
@@ -152,6 +163,7 @@ func (r *Reconciler) restart(ctx context.Context, vm *v1alpha1.VirtualMachine, a
 		r.Recorder.Eventf(vm, nil, corev1.EventTypeWarning, policy.EventRestartFailed, "Start", "Restart failed: %v", err)
 		return err
 	}
+	r.sent.Store(client.ObjectKeyFromObject(vm), a.VMIUID)
 	r.Recorder.Eventf(vm, nil, a.Event.Type, a.Event.Reason, "Start", "%s", a.Event.Message)
 	reason := v1alpha1.ShutdownUnknown
 	if ls := vm.Status.LastShutdown; ls != nil && ls.VMIUID == a.VMIUID {

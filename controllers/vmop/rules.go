@@ -128,6 +128,11 @@ func PhaseAllows(vm string, p v1alpha1.RunPolicy, phase v1alpha1.VirtualMachineP
 			if startPending {
 				return Run, "" // nothing runs, but KubeVirt would start it: the Stop removes the Start request
 			}
+			if phase == v1alpha1.VirtualMachineStarting {
+				// A start on its way that KubeVirt does not hold yet: runpolicy's restart after a guest reboot,
+				// recorded and about to be sent, or a Start just served whose VMI is not seen yet.
+				return Wait, where + ": a new VMI is about to start; the Stop runs once KubeVirt has it"
+			}
 			return Refuse, where + ": it is not running, there is nothing to stop"
 		}
 	default: // Restart

@@ -72,6 +72,10 @@ func TestPhaseAllows(t *testing.T) {
 		{stop, false, stopped, VMINone, false, Refuse},
 		{stop, true, stopped, VMIFinal, false, Refuse},
 		{stop, false, deleting, VMIActive, false, Refuse},
+		// runpolicy restarting after a guest reboot: the restart is recorded (phase Starting) but not sent yet, or
+		// the new VMI not seen yet. The Stop waits for it rather than be refused and let the restart win.
+		{stop, false, starting, VMIFinal, false, Wait},
+		{stop, true, starting, VMINone, false, Wait},
 		{restart, false, running, VMIActive, false, Run},
 		{restart, true, running, VMIActive, false, Run},
 		{restart, false, stopped, VMINone, false, Refuse},

@@ -29,36 +29,39 @@ var ErrRequestPending = errors.New("KubeVirt holds other state change requests f
 
 // Replace starts a new VMI in place of the ended VMI ended, under runStrategy Manual, in two writes:
 //
-//  1. KubeVirt's request to replace it, [Stop{ended}, Start], into the VM's status.stateChangeRequests, only if
-//     KubeVirt holds no request at all (a JSON patch whose test fails otherwise: ErrRequestPending). These are the
-//     requests virt-api's start writes for a VM whose VMI is final (RequestRestart says why the Stop is needed).
-//  2. The ended VMI deleted, and only that one (UID precondition; already gone is fine). virt-controller would
-//     delete it itself on the Stop; deleting it at once saves waiting for virt-controller's pass. Once the VMI is
-//     gone, virt-controller drops the Stop and creates the new VMI from the VM's current template.
+//  1. KubeVirt's Start request, alone, into the VM's status.stateChangeRequests, only if KubeVirt holds no request
+//     at all (a JSON patch whose test fails otherwise: ErrRequestPending). While the ended VMI exists (and is not
+//     being deleted) virt-controller neither serves nor drops it.
+//  2. The ended VMI deleted, and only that one (UID precondition; already gone is fine). Once it is gone,
+//     virt-controller serves the Start in the same pass and creates the new VMI from the VM's current template: the
+//     pass in which it would create it under runStrategy Always.
 //
-// A crash in between is harmless: the Stop makes virt-controller delete the ended VMI itself, and the test of the
-// first write refuses a second request while KubeVirt holds this one.
+// The caller sends it only once virt-controller has seen the VMI end (policy.KubeVirtSawEnd): until then its cache
+// may still show the VMI running, and it drops a Start beside a running VMI (RequestStart says more).
+//
+// A crash in between leaves the Start beside the ended VMI, which KubeVirt never serves while the VMI is there: the
+// next pass deletes it (policy.RestartServeStale), and the test of the first write refuses a second request while
+// KubeVirt holds this one.
 func (c *Client) Replace(ctx context.Context, namespace, name string, ended types.UID) error {
-	if err := c.RequestRestart(ctx, namespace, name, ended); err != nil {
+	if err := c.RequestStart(ctx, namespace, name); err != nil {
 		return err
 	}
 	return c.DeleteEnded(ctx, namespace, name, ended)
 }
 
-// RequestRestart writes [Stop{ended}, Start] into the VM's status.stateChangeRequests if KubeVirt holds no request
-// (else ErrRequestPending): Replace's first step.
+// RequestStart writes [Start] into the VM's status.stateChangeRequests if KubeVirt holds no request (else
+// ErrRequestPending): Replace's first step.
 //
-// A Start alone is not enough: virt-controller drops a leading Start as soon as its cache shows a VMI that is
-// neither final nor being deleted (pkg/virt-controller/watch/vm/vm.go, isTrimFirstChangeRequestNeeded), and its
-// cache of VMIs can lag behind its cache of VMs, still showing the ended VMI as running. The Start would be dropped,
-// the deletion would follow, and the VM would be left with neither a VMI nor a request. A leading Stop{ended} is
-// dropped only once that VMI is gone or another replaced it, and the Start behind it is served only then
-// (test/kubevirt, "a restart request written beside a VMI virt-controller sees running").
-func (c *Client) RequestRestart(ctx context.Context, namespace, name string, ended types.UID) error {
-	return c.patchRequests(ctx, namespace, name, "restart request", []op{
+// virt-controller drops a leading Start as soon as its cache shows a VMI that is neither final nor being deleted
+// (pkg/virt-controller/watch/vm/vm.go, isTrimFirstChangeRequestNeeded), and its cache of VMIs can lag behind its
+// cache of VMs. Written while that cache may still show the ended VMI running, the Start would be dropped, the
+// deletion would follow, and the VM would be left with neither a VMI nor a request (test/kubevirt, "a Start request
+// written beside a VMI"). Once virt-controller removed its finalizer from the ended VMI, its cache shows it final
+// for good, and the Start is kept until the VMI is gone.
+func (c *Client) RequestStart(ctx context.Context, namespace, name string) error {
+	return c.patchRequests(ctx, namespace, name, "start request", []op{
 		{Op: "test", Path: requestsPath, Value: nil},
-		{Op: "add", Path: requestsPath, Value: []kvv1.VirtualMachineStateChangeRequest{
-			{Action: kvv1.StopRequest, UID: &ended}, {Action: kvv1.StartRequest}}},
+		{Op: "add", Path: requestsPath, Value: []kvv1.VirtualMachineStateChangeRequest{{Action: kvv1.StartRequest}}},
 	})
 }
 

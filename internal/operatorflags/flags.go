@@ -71,8 +71,8 @@ func (f *Flags) Bind(fs *flag.FlagSet) {
 			"before it fails with reason TimedOut; a negative value waits for ever.")
 	fs.IntVar(&o.Workers, "workers", controllers.DefaultWorkers, "How many VMs are reconciled at once.")
 	fs.StringVar(&f.RestartRequest, "restart-request", string(vm.RestartViaStateChangeRequest),
-		"How a restart asks KubeVirt for the new VMI: state-change-request (write KubeVirt's [Stop, Start] requests into "+
-			"the KubeVirt VM's status and delete the ended VMI) or start-subresource (KubeVirt's start subresource, like virtctl start).")
+		"How a restart asks KubeVirt for the new VMI: state-change-request (write KubeVirt's Start request into "+
+			"the KubeVirt VM's status once virt-controller saw the VMI end, and delete the ended VMI) or start-subresource (KubeVirt's start subresource, like virtctl start).")
 	f.Zap.BindFlags(fs) // --zap-devel, --zap-encoder, --zap-log-level, --zap-stacktrace-level, --zap-time-encoding
 }
 

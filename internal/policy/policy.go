@@ -103,8 +103,18 @@ type Decision struct {
 	Message string
 }
 
-// hostResetMessage explains the restart after a reset asked through KubeVirt: a reboot from outside.
-const hostResetMessage = "The VM was reset through KubeVirt (virtctl reset): restarting with the current spec"
+// restartMessage explains a restart after a VMI ended from src.
+func restartMessage(src v1alpha1.ShutdownSource) string {
+	switch src {
+	case v1alpha1.ShutdownGuestReset:
+		return "The guest rebooted: restarting with the current spec"
+	case v1alpha1.ShutdownHostReset:
+		// A reset asked through KubeVirt: a reboot from outside.
+		return "The VM was reset through KubeVirt (virtctl reset): restarting with the current spec"
+	default:
+		return fmt.Sprintf("The VM ended unexpectedly (%s): restarting after backoff", src)
+	}
+}
 
 // Decide applies the policy table (docs/behaviour.md) to an ended VMI.
 func Decide(p v1alpha1.RunPolicy, e Ended) Decision {
@@ -116,23 +126,19 @@ func Decide(p v1alpha1.RunPolicy, e Ended) Decision {
 		d.Action, d.Message = ActionNone, fmt.Sprintf("KubeVirt handles a %s VM (%s)", p, src)
 	case v1alpha1.RunPolicyManual:
 		switch src {
-		case v1alpha1.ShutdownGuestReset:
-			d.Action, d.Message = ActionRestart, "The guest rebooted: restarting with the current spec"
-		case v1alpha1.ShutdownHostReset:
-			d.Action, d.Message = ActionRestart, hostResetMessage
+		case v1alpha1.ShutdownGuestReset, v1alpha1.ShutdownHostReset:
+			d.Action, d.Message = ActionRestart, restartMessage(src)
 		default:
 			d.Action, d.Message = ActionStayStopped, fmt.Sprintf("The VM ended (%s) and stays stopped under runPolicy Manual", src)
 		}
 	case v1alpha1.RunPolicyAlwaysOnUntilStoppedManually:
 		switch src {
-		case v1alpha1.ShutdownGuestReset:
-			d.Action, d.Message = ActionRestart, "The guest rebooted: restarting with the current spec"
-		case v1alpha1.ShutdownHostReset:
-			d.Action, d.Message = ActionRestart, hostResetMessage
+		case v1alpha1.ShutdownGuestReset, v1alpha1.ShutdownHostReset:
+			d.Action, d.Message = ActionRestart, restartMessage(src)
 		case v1alpha1.ShutdownGuestShutdown, v1alpha1.ShutdownUser:
 			d.Action, d.Message = ActionStayStopped, fmt.Sprintf("The VM was stopped (%s) and stays stopped", src)
 		default: // crash, unknown: never guessed as a reboot, but the policy wants the VM back
-			d.Action, d.Message = ActionRestartAfterBackoff, fmt.Sprintf("The VM ended unexpectedly (%s): restarting after backoff", src)
+			d.Action, d.Message = ActionRestartAfterBackoff, restartMessage(src)
 		}
 	default:
 		d.Action, d.Message = ActionNone, fmt.Sprintf("unknown runPolicy %q", p)

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -107,6 +108,18 @@ func (b *Bookkeeping) restarted(uid string) {
 	b.LastShutdown = e.DeepCopy()
 }
 
+// withdrawn turns the entry of the VMI uid, whose restart a stop withdrew, into StayedStopped.
+func (b *Bookkeeping) withdrawn(uid string) {
+	if len(b.ShutdownHistory) == 0 || b.ShutdownHistory[0].VMIUID != uid {
+		return
+	}
+	b.ShutdownHistory = append([]v1alpha1.Shutdown(nil), b.ShutdownHistory...) // never write through to the input
+	e := &b.ShutdownHistory[0]
+	e.Action, e.RestartNotBefore = v1alpha1.ShutdownStayedStopped, nil
+	e.Reason += "; a stop through KubeVirt withdrew the restart"
+	b.LastShutdown = e.DeepCopy()
+}
+
 // ActionKind is what the reconciler does once the step's bookkeeping is written.
 type ActionKind string
 
@@ -149,6 +162,9 @@ type PowerStep struct {
 	Requeue time.Duration
 	// Decided is the decision about a VMI seen to end in this pass (nil: none), for the log.
 	Decided *Decision
+	// Judging: a VMI ended and its decision waits for the launcher pod's message. The reconciler leaves status as
+	// it reads meanwhile, so that KubeVirt's passing states cost no write.
+	Judging bool
 }
 
 // Step decides what to do about the runpolicy VM's VMI (docs/behaviour.md) and returns the bookkeeping that records
@@ -166,19 +182,26 @@ func Step(in PowerInput) PowerStep {
 	// Finish a restart once KubeVirt runs its successor. Until then status keeps reading Starting, so the steps
 	// KubeVirt goes through in between (old VMI deleted, new one scheduled) cost no status write.
 	if st.RestartingVMIUID != "" && RestartDone(st.RestartingVMIUID, kv, vmi) {
-		st.HandledVMIUID, st.RestartingVMIUID = st.RestartingVMIUID, ""
-		st.RestartCount++
+		ended := st.RestartingVMIUID
+		st.HandledVMIUID, st.RestartingVMIUID = ended, ""
 		st.RestartNotBefore = nil
+		if RestartWithdrawn(ended, kv, vmi) {
+			st.withdrawn(ended)
+			s.Event = &Event{corev1.EventTypeNormal, EventStopped, fmt.Sprintf(
+				"A stop through KubeVirt withdrew the restart of the VMI that ended (%s): the VM stays stopped", ended)}
+		} else {
+			st.RestartCount++
+		}
 	}
 	if kv == nil || !in.Managed || vmi == nil || !vmi.IsFinal() {
 		return s
 	}
 	uid := string(vmi.UID)
 
-	// A restart recorded but perhaps not taken by KubeVirt yet (or a crash right after recording it).
+	// A restart recorded but not sent yet (virt-controller had not seen the VMI end), or perhaps not taken by
+	// KubeVirt yet (or a crash right after recording it).
 	if st.RestartingVMIUID == uid {
-		s.Action = PowerAction{Kind: DoVerify, VMIUID: uid, Event: Event{corev1.EventTypeNormal, EventRestarting,
-			fmt.Sprintf("Starting a new VMI with the current spec (the previous one, %s, ended)", uid)}}
+		s.Action = PowerAction{Kind: DoVerify, VMIUID: uid, Event: restartEvent(st, uid)}
 		return s
 	}
 	if st.HandledVMIUID == uid {
@@ -192,6 +215,7 @@ func Step(in PowerInput) PowerStep {
 
 	if in.Cause == shutdown.CauseUnknown && in.PodTerminating && in.Now.Sub(finishedAt(vmi, in.Now)) < PodSettleTimeout {
 		s.Requeue = time.Second // the launcher pod may yet publish the hook sidecar's message
+		s.Judging = true
 		return s
 	}
 	ended := Ended{Failed: vmi.Status.Phase == kvv1.Failed, Cause: in.Cause, StoppedByUser: StoppedByUser(kv, vmi),
@@ -216,6 +240,11 @@ func Step(in PowerInput) PowerStep {
 	}
 
 	restart := PowerAction{Kind: DoRestart, VMIUID: uid, Event: Event{eventType(d.Source), eventReason(d.Source), d.Message}}
+	if !KubeVirtSawEnd(vmi) {
+		// The restart is recorded now and sent once virt-controller has seen the VMI end: its removal of its
+		// finalizer brings the next pass (DoVerify; docs/restart-protocol.md).
+		restart = PowerAction{Kind: DoNothing}
+	}
 	switch d.Action {
 	case ActionRestartAfterBackoff:
 		if !restartNow {
@@ -282,16 +311,53 @@ func shutdownAction(a Action, restartNow bool) v1alpha1.ShutdownAction {
 	}
 }
 
+// Ending tells how much longer the VMI's end is awaited: KubeVirt reports its launcher pod terminating (its Ready
+// condition, virt-controller's syncReadyConditionFromPod) while the VMI is not final yet, which virt-handler makes
+// it next. Zero once it is final, when it is not ending, or PodSettleTimeout after the pod began terminating (a
+// VMI that stays so is reported as it is). The reconciler leaves status as it reads meanwhile: the VMI's end decides
+// what status says next, and a guest reboot costs no write for "running but not ready".
+func Ending(vmi *kvv1.VirtualMachineInstance, now time.Time) time.Duration {
+	if !VMIActive(vmi) {
+		return 0
+	}
+	for _, c := range vmi.Status.Conditions {
+		if c.Type == kvv1.VirtualMachineInstanceReady && c.Status == corev1.ConditionFalse && c.Reason == kvv1.PodTerminatingReason {
+			if left := c.LastTransitionTime.Add(PodSettleTimeout).Sub(now); left > 0 {
+				return left
+			}
+		}
+	}
+	return 0
+}
+
+// restartEvent reports the restart of the ended VMI uid when it is sent in a later pass than the one that decided
+// it: from its shutdown entry.
+func restartEvent(st *Bookkeeping, uid string) Event {
+	if ls := st.LastShutdown; ls != nil && ls.VMIUID == uid {
+		return Event{eventType(ls.Source), eventReason(ls.Source), restartMessage(ls.Source)}
+	}
+	return Event{corev1.EventTypeNormal, EventRestarting, fmt.Sprintf("Starting a new VMI with the current spec (the previous one, %s, ended)", uid)}
+}
+
+// KubeVirtSawEnd tells whether virt-controller's VM controller has seen the ended VMI final (or deleted): it removes
+// its finalizer from a VMI only then (pkg/virt-controller/watch/vm/vm.go, updateStatus), from its own cache of
+// VMIs. Informers only move forward, so from then on that cache cannot show the VMI running, and a Start request
+// written beside it cannot be dropped for a running VMI (isTrimFirstChangeRequestNeeded): runpolicy writes its
+// Start alone, and KubeVirt serves it in the pass in which the VMI is gone, as under runStrategy Always.
+func KubeVirtSawEnd(vmi *kvv1.VirtualMachineInstance) bool {
+	return !slices.Contains(vmi.Finalizers, kvv1.VirtualMachineControllerFinalizer)
+}
+
 // PendingRestart says what a recorded restart of the ended VMI uid still needs, from KubeVirt's VM and VMI read
 // past the cache (DoVerify); vmi is nil when there is none.
 func PendingRestart(kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance, uid types.UID) RestartNext {
-	if kv == nil || !StillEnded(vmi, uid) {
+	if kv == nil || !StillEnded(vmi, uid) || !KubeVirtSawEnd(vmi) {
 		return RestartWait
 	}
-	// virt-api's start and runpolicy's own request both write [Stop{uid}, Start] in one patch, and virt-controller
-	// trims the Stop only once that VMI is gone (under Manual it deletes the VMI itself on the Stop). A Start without
-	// the Stop beside the ended VMI is therefore one from before it: under Manual, KubeVirt serves it once the ended
-	// VMI is gone.
+	// runpolicy's own request is a Start alone, written while the ended VMI is there and before deleting it; virt-api's
+	// start writes [Stop{uid}, Start] (under Manual virt-controller deletes the VMI itself on the Stop). A Start without
+	// the Stop beside the ended VMI is runpolicy's own from before a crash, or one left from before that VMI: under
+	// Manual, KubeVirt serves it once the ended VMI is gone.
 	switch {
 	case !StartPending(kv):
 		return RestartSend
@@ -301,9 +367,9 @@ func PendingRestart(kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance, u
 	return RestartWait
 }
 
-// StaleStart tells whether KubeVirt holds a Start request without a Stop for the ended VMI uid beside it: one left
-// from before that VMI, which KubeVirt serves once the VMI is gone. (Every start through KubeVirt of a VM whose VMI
-// is final, and runpolicy's own restart, write [Stop{uid}, Start].)
+// StaleStart tells whether KubeVirt holds a Start request without a Stop for the ended VMI uid beside it, which
+// KubeVirt serves once the VMI is gone: runpolicy's own restart request, or one left from before that VMI (every
+// start through virt-api of a VM whose VMI is final writes [Stop{uid}, Start]).
 func StaleStart(kv *kvv1.VirtualMachine, uid types.UID) bool {
 	return StartPending(kv) && !StopRequested(kv, uid)
 }
@@ -338,13 +404,45 @@ func RestartDone(uid string, kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineIn
 	case vmi != nil && string(vmi.UID) == uid && vmi.DeletionTimestamp == nil:
 		return false // the ended VMI is still there: KubeVirt has not acted yet
 	case vmi == nil || string(vmi.UID) == uid:
-		// Gone or going: KubeVirt creates the new VMI next, while it holds the Start request.
-		return !StartPending(kv)
+		// Gone or going: KubeVirt creates the new VMI next, while it holds the Start request. Once it has created
+		// it (status.created), the new VMI is on its way to this cache: the restart is done when it runs. Without
+		// either, the Start was dropped (a user's stop) and there is nothing to wait for.
+		return !StartPending(kv) && !kv.Status.Created
 	case !VMIActive(vmi):
 		return true // the new VMI ended already: its own decision follows in this pass
 	}
 	p := PhaseOf(kv)
-	return p != v1alpha1.VirtualMachineStarting && p != v1alpha1.VirtualMachineStopped
+	return p != v1alpha1.VirtualMachineStarting && p != v1alpha1.VirtualMachineStopped && !readinessPending(kv, vmi)
+}
+
+// RestartWithdrawn tells whether the restart of VMI uid, done by RestartDone, ended without a new VMI: the ended
+// VMI is gone or going, KubeVirt holds no Start and reports no VMI created. A stop (an operation's, which removes
+// a pending Start) came between runpolicy's request and KubeVirt serving it.
+func RestartWithdrawn(uid string, kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance) bool {
+	return kv != nil && kv.Spec.RunStrategy != nil && *kv.Spec.RunStrategy == kvv1.RunStrategyManual &&
+		(vmi == nil || string(vmi.UID) == uid) && !StartPending(kv) && !kv.Status.Created
+}
+
+// readinessPending tells whether KubeVirt reports the new VMI Running but has yet to pass on its readiness: it
+// copies the launcher pod's readiness into the VMI's Ready condition only once the VMI runs (virt-controller,
+// syncReadyConditionFromPod), and into the VM's status.ready in a later pass. Both passes follow from the VMI's own
+// changes, so waiting for them ends the restart in one status write (Running and Ready together) instead of two. A
+// readiness that KubeVirt judged false (a failing readiness probe) ends the wait.
+func readinessPending(kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance) bool {
+	if kv.Status.PrintableStatus != kvv1.VirtualMachineStatusRunning || kv.Status.Ready {
+		return false
+	}
+	for _, c := range vmi.Status.Conditions {
+		if c.Type != kvv1.VirtualMachineInstanceReady {
+			continue
+		}
+		switch c.Reason {
+		case kvv1.PodNotExistsReason, kvv1.PodTerminatingReason, kvv1.GuestNotRunningReason, kvv1.PodConditionMissingReason:
+			return true // set before the VMI ran: not judged yet
+		}
+		return c.Status == corev1.ConditionTrue // ready: the VM's status.ready follows
+	}
+	return false
 }
 
 // ActingPolicy is the policy whose table applies now: while the KubeVirt VM is not on runStrategy Manual

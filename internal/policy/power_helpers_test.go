@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
@@ -52,6 +53,11 @@ func TestRestartDone(t *testing.T) {
 		}
 		return k
 	}
+	ready := func(v *kvv1.VirtualMachineInstance, st corev1.ConditionStatus, reason string) *kvv1.VirtualMachineInstance {
+		v.Status.Conditions = append(v.Status.Conditions, kvv1.VirtualMachineInstanceCondition{Type: kvv1.VirtualMachineInstanceReady,
+			Status: st, Reason: reason})
+		return v
+	}
 	halted := kv(kvv1.VirtualMachineStatusStopped, true)
 	halted.Spec.RunStrategy = ptr.To(kvv1.RunStrategyHalted)
 	cases := []struct {
@@ -64,10 +70,33 @@ func TestRestartDone(t *testing.T) {
 		{"ended VMI being deleted, start pending", kv(kvv1.VirtualMachineStatusStopped, true), vmi(old, kvv1.Succeeded, true), false},
 		{"ended VMI being deleted, no start pending", kv(kvv1.VirtualMachineStatusStopped, false), vmi(old, kvv1.Succeeded, true), true},
 		{"no VMI, start pending", kv(kvv1.VirtualMachineStatusStopped, true), nil, false},
-		{"no VMI, no start pending", kv(kvv1.VirtualMachineStatusStopped, false), nil, true},
+		{"no VMI, no start pending: the Start was dropped", kv(kvv1.VirtualMachineStatusStopped, false), nil, true},
+		{"no VMI in this cache, but KubeVirt served the Start: the new VMI is on its way", func() *kvv1.VirtualMachine {
+			k := kv(kvv1.VirtualMachineStatusStarting, false)
+			k.Status.Created = true
+			return k
+		}(), nil, false},
+		{"ended VMI being deleted, KubeVirt VM status from a pass that served the Start", func() *kvv1.VirtualMachine {
+			k := kv(kvv1.VirtualMachineStatusStarting, false)
+			k.Status.Created = true
+			return k
+		}(), vmi(old, kvv1.Succeeded, true), false},
 		{"new VMI scheduling", kv(kvv1.VirtualMachineStatusStarting, false), vmi("new", kvv1.Scheduling, false), false},
 		{"new VMI, KubeVirt VM not updated yet", kv(kvv1.VirtualMachineStatusStopped, false), vmi("new", kvv1.Scheduled, false), false},
-		{"new VMI running", kv(kvv1.VirtualMachineStatusRunning, false), vmi("new", kvv1.Running, false), true},
+		{"new VMI running, no readiness condition", kv(kvv1.VirtualMachineStatusRunning, false), vmi("new", kvv1.Running, false), true},
+		{"new VMI running, its readiness not judged yet", kv(kvv1.VirtualMachineStatusRunning, false),
+			ready(vmi("new", kvv1.Running, false), corev1.ConditionFalse, kvv1.GuestNotRunningReason), false},
+		{"new VMI running and ready, the KubeVirt VM not saying so yet", kv(kvv1.VirtualMachineStatusRunning, false),
+			ready(vmi("new", kvv1.Running, false), corev1.ConditionTrue, ""), false},
+		{"new VMI running and ready", func() *kvv1.VirtualMachine {
+			k := kv(kvv1.VirtualMachineStatusRunning, false)
+			k.Status.Ready = true
+			return k
+		}(), ready(vmi("new", kvv1.Running, false), corev1.ConditionTrue, ""), true},
+		{"new VMI running, its readiness probe failing", kv(kvv1.VirtualMachineStatusRunning, false),
+			ready(vmi("new", kvv1.Running, false), corev1.ConditionFalse, "ContainersNotReady"), true},
+		{"new VMI paused", kv(kvv1.VirtualMachineStatusPaused, false),
+			ready(vmi("new", kvv1.Running, false), corev1.ConditionFalse, kvv1.GuestNotRunningReason), true},
 		{"new VMI unschedulable", kv(kvv1.VirtualMachineStatusUnschedulable, false), vmi("new", kvv1.Scheduling, false), true},
 		{"new VMI ended already", kv(kvv1.VirtualMachineStatusStarting, false), vmi("new", kvv1.Failed, false), true},
 		{"policy changed to AlwaysOff, ended VMI still there", halted, vmi(old, kvv1.Succeeded, false), true},
@@ -137,8 +166,8 @@ func TestPendingRestart(t *testing.T) {
 		want RestartNext
 	}{
 		{"nothing pending: send start", kv(kvv1.RunStrategyManual), RestartSend},
-		{"KubeVirt took our start: wait", kv(kvv1.RunStrategyManual, stop(ended), start), RestartWait},
-		{"a Start older than the ended VMI: serve it", kv(kvv1.RunStrategyManual, start), RestartServeStale},
+		{"virt-api's start of the ended VMI: virt-controller deletes it, wait", kv(kvv1.RunStrategyManual, stop(ended), start), RestartWait},
+		{"runpolicy's own Start, or one older than the ended VMI: serve it", kv(kvv1.RunStrategyManual, start), RestartServeStale},
 		{"a Stop for an older VMI with a Start: also stale", kv(kvv1.RunStrategyManual, stop("vmi-1"), start), RestartServeStale},
 		{"not Manual: KubeVirt's strategy decides", kv(kvv1.RunStrategyAlways, start), RestartWait},
 	} {
@@ -170,6 +199,16 @@ func TestPendingRestartVMI(t *testing.T) {
 		{"the ended VMI is being deleted", kv, vmi(ended, kvv1.Succeeded, true), RestartWait},
 		{"KubeVirt created the new VMI", kv, vmi("vmi-3", kvv1.Scheduling, false), RestartWait},
 		{"the KubeVirt VM is gone", nil, vmi(ended, kvv1.Succeeded, false), RestartWait},
+		{"virt-controller has not seen the VMI end: wait for it", kv, func() *kvv1.VirtualMachineInstance {
+			v := vmi(ended, kvv1.Succeeded, false)
+			v.Finalizers = []string{"example.com/other", kvv1.VirtualMachineControllerFinalizer}
+			return v
+		}(), RestartWait},
+		{"virt-controller has seen it end, another finalizer stays: send", kv, func() *kvv1.VirtualMachineInstance {
+			v := vmi(ended, kvv1.Succeeded, false)
+			v.Finalizers = []string{"example.com/other"}
+			return v
+		}(), RestartSend},
 	} {
 		if got := PendingRestart(c.kv, c.vmi, ended); got != c.want {
 			t.Errorf("%s: PendingRestart = %d, want %d", c.name, got, c.want)
@@ -177,8 +216,8 @@ func TestPendingRestartVMI(t *testing.T) {
 	}
 }
 
-// A Start without a Stop for the ended VMI is one KubeVirt kept from before it; with the Stop it is a start (or
-// runpolicy's restart) of that very VMI.
+// A Start without a Stop for the ended VMI is runpolicy's own restart request, or one KubeVirt kept from before the
+// VMI; with the Stop it is virt-api's start of that very VMI.
 func TestStaleStart(t *testing.T) {
 	const ended = types.UID("vmi-2")
 	start := kvv1.VirtualMachineStateChangeRequest{Action: kvv1.StartRequest}
@@ -199,6 +238,32 @@ func TestStaleStart(t *testing.T) {
 		kv := &kvv1.VirtualMachine{Status: kvv1.VirtualMachineStatus{StateChangeRequests: c.reqs}}
 		if got := StaleStart(kv, ended); got != c.want {
 			t.Errorf("%s: StaleStart = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+// A VMI whose launcher pod KubeVirt reports terminating is about to end: its end is awaited for at most
+// PodSettleTimeout from when the pod began terminating.
+func TestEnding(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	vmi := func(phase kvv1.VirtualMachineInstancePhase, reason string, since time.Duration) *kvv1.VirtualMachineInstance {
+		return &kvv1.VirtualMachineInstance{Status: kvv1.VirtualMachineInstanceStatus{Phase: phase,
+			Conditions: []kvv1.VirtualMachineInstanceCondition{{Type: kvv1.VirtualMachineInstanceReady, Status: corev1.ConditionFalse,
+				Reason: reason, LastTransitionTime: metav1.Time{Time: now.Add(-since)}}}}}
+	}
+	for _, c := range []struct {
+		name string
+		vmi  *kvv1.VirtualMachineInstance
+		want time.Duration
+	}{
+		{"no VMI", nil, 0},
+		{"running, pod terminating for 2s", vmi(kvv1.Running, kvv1.PodTerminatingReason, 2*time.Second), PodSettleTimeout - 2*time.Second},
+		{"running, pod terminating for longer than the settle timeout", vmi(kvv1.Running, kvv1.PodTerminatingReason, PodSettleTimeout), 0},
+		{"running, not ready for another reason", vmi(kvv1.Running, "ContainersNotReady", time.Second), 0},
+		{"final already", vmi(kvv1.Succeeded, kvv1.PodTerminatingReason, time.Second), 0},
+	} {
+		if got := Ending(c.vmi, now); got != c.want {
+			t.Errorf("%s: Ending = %s, want %s", c.name, got, c.want)
 		}
 	}
 }

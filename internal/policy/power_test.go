@@ -45,6 +45,8 @@ func TestStep(t *testing.T) {
 		return v
 	}
 	deleting := func(v *kvv1.VirtualMachineInstance) { v.DeletionTimestamp = &metav1.Time{Time: now} }
+	// unseen: virt-controller has not seen the VMI end yet (its finalizer is still there).
+	unseen := func(v *kvv1.VirtualMachineInstance) { v.Finalizers = []string{kvv1.VirtualMachineControllerFinalizer} }
 	endedAt := func(d time.Duration) vmiOpt {
 		return func(v *kvv1.VirtualMachineInstance) {
 			v.Status.PhaseTransitionTimestamps[0].PhaseTransitionTimestamp.Time = now.Add(-d)
@@ -62,6 +64,9 @@ func TestStep(t *testing.T) {
 		evType  string
 		requeue time.Duration
 		decided Action // the decision about a VMI seen to end; "" for none
+		judging bool   // the end is being judged: status left as it reads
+		// historyAction, when set, is the action the history's first entry must read.
+		historyAction v1alpha1.ShutdownAction
 		// restartEvent is the reason of the event a restart reports once KubeVirt took it.
 		restartEvent string
 	}
@@ -100,6 +105,12 @@ func TestStep(t *testing.T) {
 		{name: "restart not done: the ended VMI is gone, KubeVirt holds the Start", policy: v1alpha1.RunPolicyManual,
 			kv: kubeVirt(kvv1.RunStrategyManual, start), status: Bookkeeping{RestartingVMIUID: old},
 			want: want{status: Bookkeeping{RestartingVMIUID: old}, action: DoNothing}},
+		{name: "restart withdrawn: the ended VMI gone, no Start, no VMI created (a stop dropped it): stays stopped, not counted",
+			policy: v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, kv: manual,
+			status: Bookkeeping{RestartingVMIUID: old, RestartCount: 2, LastShutdown: shut(v1alpha1.ShutdownGuestReset, old),
+				ShutdownHistory: []v1alpha1.Shutdown{{Source: v1alpha1.ShutdownGuestReset, VMIUID: old, Action: v1alpha1.ShutdownRestarted}}},
+			want: want{status: Bookkeeping{HandledVMIUID: old, RestartCount: 2, LastShutdown: shut(v1alpha1.ShutdownGuestReset, old)},
+				action: DoNothing, event: EventStopped, evType: corev1.EventTypeNormal, historyAction: v1alpha1.ShutdownStayedStopped}},
 		{name: "restart done, and the successor ended already: decided in the same pass", policy: v1alpha1.RunPolicyManual,
 			kv: manual, vmi: vmi(cur, kvv1.Succeeded), cause: shutdown.CauseGuestReset, status: Bookkeeping{RestartingVMIUID: old, RestartCount: 1},
 			want: want{status: Bookkeeping{HandledVMIUID: old, RestartCount: 2, RestartingVMIUID: cur,
@@ -107,6 +118,10 @@ func TestStep(t *testing.T) {
 		{name: "a restart recorded for the ended VMI: verify past the cache", policy: v1alpha1.RunPolicyManual, kv: manual,
 			vmi: vmi(cur, kvv1.Succeeded), status: Bookkeeping{RestartingVMIUID: cur, LastShutdown: shut(v1alpha1.ShutdownGuestReset, cur)},
 			want: want{status: Bookkeeping{RestartingVMIUID: cur, LastShutdown: shut(v1alpha1.ShutdownGuestReset, cur)}, action: DoVerify,
+				restartEvent: EventGuestReset}},
+		{name: "a restart recorded without its shutdown entry: the generic event", policy: v1alpha1.RunPolicyManual, kv: manual,
+			vmi: vmi(cur, kvv1.Succeeded), status: Bookkeeping{RestartingVMIUID: cur, LastShutdown: shut(v1alpha1.ShutdownGuestReset, old)},
+			want: want{status: Bookkeeping{RestartingVMIUID: cur, LastShutdown: shut(v1alpha1.ShutdownGuestReset, old)}, action: DoVerify,
 				restartEvent: EventRestarting}},
 
 		// Already decided.
@@ -122,7 +137,7 @@ func TestStep(t *testing.T) {
 
 		// Waiting for the launcher pod's termination message.
 		{name: "pod still terminating, no reason yet: wait", policy: v1alpha1.RunPolicyManual, kv: manual, vmi: vmi(cur, kvv1.Succeeded),
-			podTerminating: true, want: want{action: DoNothing, requeue: time.Second}},
+			podTerminating: true, want: want{action: DoNothing, requeue: time.Second, judging: true}},
 		{name: "pod still terminating past the settle timeout: judged without it", policy: v1alpha1.RunPolicyManual, kv: manual,
 			vmi: vmi(cur, kvv1.Succeeded, endedAt(PodSettleTimeout)), podTerminating: true,
 			want: want{status: Bookkeeping{HandledVMIUID: cur, LastShutdown: shut(v1alpha1.ShutdownUnknown, cur)}, action: DoCleanup,
@@ -137,6 +152,18 @@ func TestStep(t *testing.T) {
 			cause: shutdown.CauseGuestReset, status: Bookkeeping{FailureCount: 2, RestartNotBefore: at(time.Minute)},
 			want: want{status: Bookkeeping{RestartingVMIUID: cur, LastShutdown: shut(v1alpha1.ShutdownGuestReset, cur)}, action: DoRestart,
 				decided: ActionRestart, restartEvent: EventGuestReset}},
+		{name: "Manual, guest reset before virt-controller saw the VMI end: recorded now, sent once it did", policy: v1alpha1.RunPolicyManual,
+			kv: manual, vmi: vmi(cur, kvv1.Succeeded, unseen), cause: shutdown.CauseGuestReset, status: Bookkeeping{FailureCount: 2},
+			want: want{status: Bookkeeping{RestartingVMIUID: cur, LastShutdown: shut(v1alpha1.ShutdownGuestReset, cur)}, action: DoNothing,
+				decided: ActionRestart}},
+		{name: "Manual, guest poweroff before virt-controller saw the VMI end: stays stopped at once", policy: v1alpha1.RunPolicyManual,
+			kv: manual, vmi: vmi(cur, kvv1.Succeeded, unseen), cause: shutdown.CauseGuestShutdown,
+			want: want{status: Bookkeeping{HandledVMIUID: cur, LastShutdown: shut(v1alpha1.ShutdownGuestShutdown, cur)}, action: DoCleanup,
+				event: EventGuestShutdown, evType: corev1.EventTypeNormal, decided: ActionStayStopped}},
+		{name: "a restart recorded before virt-controller saw the VMI end: verified (and sent) with the decision's event", policy: v1alpha1.RunPolicyManual,
+			kv: manual, vmi: vmi(cur, kvv1.Succeeded, unseen), status: Bookkeeping{RestartingVMIUID: cur, LastShutdown: shut(v1alpha1.ShutdownHostReset, cur)},
+			want: want{status: Bookkeeping{RestartingVMIUID: cur, LastShutdown: shut(v1alpha1.ShutdownHostReset, cur)}, action: DoVerify,
+				restartEvent: EventHostReset}},
 		{name: "Manual, host reset (virtctl reset): restart", policy: v1alpha1.RunPolicyManual, kv: manual, vmi: vmi(cur, kvv1.Succeeded),
 			cause: shutdown.CauseHostReset,
 			want: want{status: Bookkeeping{RestartingVMIUID: cur, LastShutdown: shut(v1alpha1.ShutdownHostReset, cur)}, action: DoRestart,
@@ -175,6 +202,18 @@ func TestStep(t *testing.T) {
 			vmi: vmi(cur, kvv1.Failed),
 			want: want{status: Bookkeeping{RestartingVMIUID: cur, FailureCount: 1, RestartNotBefore: at(0), LastShutdown: shut(v1alpha1.ShutdownCrash, cur)},
 				action: DoRestart, decided: ActionRestartAfterBackoff, restartEvent: EventCrashed}},
+		{name: "AOUSM, first crash before virt-controller saw the VMI end: recorded now, sent once it did", policy: v1alpha1.RunPolicyAlwaysOnUntilStoppedManually,
+			kv: manual, vmi: vmi(cur, kvv1.Failed, unseen),
+			want: want{status: Bookkeeping{RestartingVMIUID: cur, FailureCount: 1, RestartNotBefore: at(0), LastShutdown: shut(v1alpha1.ShutdownCrash, cur)},
+				action: DoNothing, decided: ActionRestartAfterBackoff}},
+		{name: "AOUSM, second crash before virt-controller saw the VMI end: the backoff is recorded at once", policy: v1alpha1.RunPolicyAlwaysOnUntilStoppedManually,
+			kv: manual, vmi: vmi(cur, kvv1.Failed, unseen), cause: shutdown.CauseGuestPanic, status: Bookkeeping{FailureCount: 1},
+			want: want{status: Bookkeeping{FailureCount: 2, RestartNotBefore: at(10 * time.Second), LastShutdown: shut(v1alpha1.ShutdownCrash, cur)},
+				action: DoNothing, event: EventCrashed, evType: corev1.EventTypeWarning, requeue: 10 * time.Second, decided: ActionRestartAfterBackoff}},
+		{name: "AOUSM, backoff over before virt-controller saw the VMI end: recorded, sent once it did", policy: v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, kv: manual,
+			vmi: vmi(cur, kvv1.Failed, unseen), status: Bookkeeping{FailureCount: 2, RestartNotBefore: at(-time.Second), LastShutdown: shut(v1alpha1.ShutdownCrash, cur)},
+			want: want{status: Bookkeeping{RestartingVMIUID: cur, FailureCount: 2, RestartNotBefore: at(-time.Second), LastShutdown: shut(v1alpha1.ShutdownCrash, cur)},
+				action: DoNothing}},
 		{name: "AOUSM, second crash in a row: back off", policy: v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, kv: manual,
 			vmi: vmi(cur, kvv1.Failed), cause: shutdown.CauseGuestPanic, status: Bookkeeping{FailureCount: 1},
 			want: want{status: Bookkeeping{FailureCount: 2, RestartNotBefore: at(10 * time.Second), LastShutdown: shut(v1alpha1.ShutdownCrash, cur)},
@@ -239,6 +278,9 @@ func TestStep(t *testing.T) {
 			case got.Event != nil && (got.Event.Reason != c.want.event || got.Event.Type != c.want.evType || got.Event.Message == ""):
 				t.Errorf("event %+v, want %s %s with a message", *got.Event, c.want.evType, c.want.event)
 			}
+			if got.Judging != c.want.judging {
+				t.Errorf("judging = %v, want %v", got.Judging, c.want.judging)
+			}
 			if got.Requeue != c.want.requeue {
 				t.Errorf("requeue = %s, want %s", got.Requeue, c.want.requeue)
 			}
@@ -250,10 +292,12 @@ func TestStep(t *testing.T) {
 			}
 			h := got.Status.ShutdownHistory
 			switch {
-			case got.Decided != nil && (len(h) != len(c.status.ShutdownHistory)+1 || h[0].Action != historyAction(got.Decided.Action, got.Action.Kind)):
+			case got.Decided != nil && (len(h) != len(c.status.ShutdownHistory)+1 || h[0].Action != historyAction(got.Decided.Action, got.Action.Kind, got.Status.RestartingVMIUID != "")):
 				t.Errorf("history %+v: want the decision %s first", h, got.Decided.Action)
 			case got.Decided == nil && len(h) != len(c.status.ShutdownHistory):
 				t.Errorf("history %+v: want no new entry", h)
+			case c.want.historyAction != "" && (len(h) == 0 || h[0].Action != c.want.historyAction):
+				t.Errorf("history %+v: want its first entry %s", h, c.want.historyAction)
 			case len(h) > 0 && !equality.Semantic.DeepEqual(&h[0], got.Status.LastShutdown):
 				t.Errorf("lastShutdown %+v is not the history's first entry %+v", got.Status.LastShutdown, h[0])
 			}
@@ -300,9 +344,9 @@ func TestBookkeepingRoundTrip(t *testing.T) {
 }
 
 // historyAction is the history's word for what a step did.
-func historyAction(d Action, did ActionKind) v1alpha1.ShutdownAction {
+func historyAction(d Action, did ActionKind, restarting bool) v1alpha1.ShutdownAction {
 	switch {
-	case did == DoRestart:
+	case did == DoRestart, restarting: // sent now, or recorded and sent once virt-controller saw the end
 		return v1alpha1.ShutdownRestarted
 	case d == ActionRestartAfterBackoff:
 		return v1alpha1.ShutdownRestartAfterBackoff

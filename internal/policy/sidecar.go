@@ -168,15 +168,17 @@ func RebootCondition(p v1alpha1.RunPolicy, sc Sidecar, running, runningHasSideca
 	case rebootPolicy != nil && *rebootPolicy == kvv1.RebootPolicyReboot:
 		return false, true, ReasonUserRebootPolicy, "spec.template.spec.domain.rebootPolicy is Reboot: guest reboots stay " +
 			"inside the guest and do not apply pending changes"
-	case running && runningHasSidecar:
+	case running && runningHasSidecar && !sc.Add:
 		return true, true, ReasonSidecarActive, "runpolicy's hook sidecar runs in the launcher pod: a guest reboot restarts " +
 			"the VM with the current spec"
-	case running && sc.Add:
+	case running && sc.Add && !runningHasSidecar:
 		return false, true, ReasonAwaitingNextStart, "runpolicy's hook sidecar is in the VM's template, but the running VMI " +
 			"started without it: until the VM's next start, guest reboots stay inside the guest and do not apply pending changes"
 	case sc.Add:
-		return true, true, ReasonSidecarActive, "runpolicy's hook sidecar is in the VM's template: a guest reboot restarts " +
-			"the VM with the current spec"
+		// The same words with and without a running VMI: a restart, which passes through "none running", costs no
+		// status write for this condition.
+		return true, true, ReasonSidecarActive, "runpolicy's hook sidecar is in the VM's template, and so in the launcher " +
+			"pod of every VMI it starts: a guest reboot restarts the VM with the current spec"
 	case p == v1alpha1.RunPolicyAlwaysOn && rebootPolicy != nil && *rebootPolicy == kvv1.RebootPolicyTerminate:
 		return true, true, ReasonRebootPolicy, "KubeVirt's rebootPolicy Terminate ends the VMI on a guest reboot and " +
 			"runPolicy AlwaysOn has KubeVirt start a new one with the current spec"

@@ -147,6 +147,17 @@ func TestRebootCondition(t *testing.T) {
 	}
 }
 
+// A restart passes through "no VMI running": with the sidecar in the template, the condition reads the same before,
+// during and after, so that the restart costs no status write for it.
+func TestRebootConditionSameThroughARestart(t *testing.T) {
+	active := PlanSidecar(SidecarAuto, "img", KubeVirtConfig{Found: true, Sidecar: true})
+	okRunning, _, reasonRunning, msgRunning := RebootCondition(v1alpha1.RunPolicyManual, active, true, true, nil)
+	okStopped, _, reasonStopped, msgStopped := RebootCondition(v1alpha1.RunPolicyManual, active, false, false, nil)
+	if okRunning != okStopped || reasonRunning != reasonStopped || msgRunning != msgStopped {
+		t.Errorf("running: %v %s %q; no VMI: %v %s %q", okRunning, reasonRunning, msgRunning, okStopped, reasonStopped, msgStopped)
+	}
+}
+
 // Without any hook sidecar KubeVirt keeps QEMU's on_reboot=restart: a guest reboot never ends the VMI, so a clean
 // end with no recorded reason is a guest poweroff, and the policy table applies to it as such.
 func TestDecideWithoutSidecar(t *testing.T) {

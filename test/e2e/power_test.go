@@ -258,6 +258,53 @@ var _ = Describe("Power policy after guest events", func() {
 	})
 })
 
+var _ = Describe("A Stop operation during runpolicy's restart", func() {
+	// runpolicy records a restart (phase Starting) before it sends it, and sends it only once virt-controller has
+	// seen the VMI end. A Stop created in between finds an ended VMI and no Start: refused as "not running", it would
+	// let the restart win. It waits for the new VMI and stops it.
+	It("waits for the new VMI and stops it: the user's stop wins", func(ctx SpecContext) {
+		ns := newNamespace(ctx)
+		obj := fixture.VM(ns, "vm", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)
+		key := client.ObjectKeyFromObject(obj)
+		Expect(k8s.Create(ctx, obj)).To(Succeed())
+		startAndWait(ctx, obj)
+		first, err := getVMI(ctx, key)
+		Expect(err).NotTo(HaveOccurred())
+
+		// Hold runpolicy's restart request until the Stop is in: the request is cut short and retried after.
+		release := make(chan struct{})
+		held := make(chan struct{})
+		lc.Arm(fault.Before, func() { close(held); <-release })
+		Expect(node.GuestReboot(ctx, ns, "vm")).To(Succeed())
+		Eventually(held).Should(BeClosed())
+		Expect(getVM(ctx, Default, key).Status.RestartingVMIUID).To(Equal(string(first.UID)))
+
+		stop := &v1alpha1.VirtualMachineOperation{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "stop"},
+			Spec: v1alpha1.VirtualMachineOperationSpec{VirtualMachineName: "vm", Type: v1alpha1.OperationStop}}
+		Expect(k8s.Create(ctx, stop)).To(Succeed())
+		Eventually(func(g Gomega) {
+			g.Expect(k8s.Get(ctx, client.ObjectKeyFromObject(stop), stop)).To(Succeed())
+			g.Expect(stop.Status.Phase).To(Equal(v1alpha1.OperationPending))
+			c := meta.FindStatusCondition(stop.Status.Conditions, v1alpha1.OperationConditionCompleted)
+			g.Expect(c).NotTo(BeNil())
+			g.Expect(c.Reason).To(Equal(v1alpha1.OperationReasonWaitingForVMPhase))
+			g.Expect(c.Message).To(ContainSubstring("a new VMI is about to start"))
+		}).Should(Succeed())
+
+		By("the restart goes out, then the Stop stops the new VMI")
+		close(release)
+		Eventually(func(g Gomega) {
+			g.Expect(k8s.Get(ctx, client.ObjectKeyFromObject(stop), stop)).To(Succeed())
+			g.Expect(stop.Status.Phase).To(Equal(v1alpha1.OperationCompleted))
+			g.Expect(getVM(ctx, g, key).Status.Phase).To(Equal(v1alpha1.VirtualMachineStopped))
+		}).Should(Succeed())
+		Expect(node.VMIsCreated(ns, "vm")).To(Equal(2))
+		Consistently(func(g Gomega) v1alpha1.VirtualMachinePhase { return getVM(ctx, g, key).Status.Phase }, "2s").
+			Should(Equal(v1alpha1.VirtualMachineStopped))
+		Expect(node.VMIsCreated(ns, "vm")).To(Equal(2))
+	})
+})
+
 var _ = Describe("Operator restarts", Ordered, func() {
 	// runs the operator again after each test, whatever happened.
 	AfterEach(func() {
@@ -282,12 +329,20 @@ var _ = Describe("Operator restarts", Ordered, func() {
 
 			By("the decision was recorded before KubeVirt was asked")
 			Expect(getVM(ctx, Default, key).Status.RestartingVMIUID).To(Equal(string(first.UID)))
-			if at == fault.Before {
+			kv := &kvv1.VirtualMachine{}
+			switch at {
+			case fault.Before:
 				// Nothing was asked: nothing happens until an operator runs again.
 				Consistently(func() int { return node.VMIsCreated(ns, "vm") }, "1s").Should(Equal(1))
-			} else {
-				// Between, KubeVirt holds [Stop{ended VMI}, Start]: under Manual virt-controller deletes the VMI the
-				// Stop names itself, then serves the Start, with no operator running.
+				Expect(k8s.Get(ctx, key, kv)).To(Succeed())
+				Expect(kv.Status.StateChangeRequests).To(BeEmpty())
+			case fault.Between:
+				// KubeVirt holds the Start beside the ended VMI, and never serves it while that VMI is there.
+				Consistently(func() int { return node.VMIsCreated(ns, "vm") }, "1s").Should(Equal(1))
+				Expect(k8s.Get(ctx, key, kv)).To(Succeed())
+				Expect(kv.Status.StateChangeRequests).To(ConsistOf(HaveField("Action", kvv1.StartRequest)))
+			default:
+				// The ended VMI was deleted after the Start: virt-controller serves it with no operator running.
 				Eventually(func() int { return node.VMIsCreated(ns, "vm") }).Should(Equal(2))
 			}
 

@@ -70,7 +70,7 @@ func (l *Lifecycle) Replace(ctx context.Context, ns, name string, ended types.UI
 		crash()
 		return context.Canceled
 	}
-	err := l.RequestRestart(ctx, ns, name, ended)
+	err := l.RequestStart(ctx, ns, name)
 	if crash != nil && at == Between {
 		crash()
 		return context.Canceled

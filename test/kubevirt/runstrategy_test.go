@@ -4,12 +4,14 @@ package kubevirt_test
 
 import (
 	"strings"
+	"time"
 
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	virtv1 "kubevirt.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/runpolicy/runpolicy/internal/shutdown"
 	"github.com/runpolicy/runpolicy/test/kubevirt"
@@ -200,20 +202,50 @@ var _ = Describe("stateChangeRequests", func() {
 	})
 })
 
-// Why runpolicy's restart request puts a Stop for the ended VMI in front of its Start, as virt-api's start does
-// (internal/lifecycle RequestRestart): virt-controller drops a leading Start as soon as its cache shows a VMI that
-// is neither final nor being deleted (vm.go isTrimFirstChangeRequestNeeded). Its cache of VMIs can lag behind its
-// cache of VMs and then still shows a VMI that just ended as running. Here the VMI really runs: the widest such lag.
-var _ = Describe("a restart request written beside a VMI virt-controller sees running", func() {
-	It("is dropped when it is a Start alone, and deleting the VMI then leaves the VM stopped", func() {
+// Why runpolicy writes its Start request alone only once virt-controller removed its finalizer from the ended VMI
+// (internal/lifecycle RequestStart, policy.KubeVirtSawEnd): virt-controller drops a leading Start as soon as its
+// cache shows a VMI that is neither final nor being deleted (vm.go isTrimFirstChangeRequestNeeded), and its cache of
+// VMIs can lag behind its cache of VMs. It removes its finalizer from a VMI only once that cache shows the VMI final
+// or deleted, and informers only move forward.
+var _ = Describe("a Start request written beside a VMI", func() {
+	It("is dropped while virt-controller sees the VMI running, and deleting the VMI then leaves the VM stopped", func() {
 		ns := runningManualVM()
+		// The widest lag of virt-controller's VMI cache: the VMI really runs. It carries virt-controller's finalizer,
+		// so runpolicy would not write the Start.
+		Expect(getVMI(ns, "vm").Finalizers).To(ContainElement(virtv1.VirtualMachineControllerFinalizer))
 		writeRequests(ns, "vm", virtv1.VirtualMachineStateChangeRequest{Action: virtv1.StartRequest})
 		Eventually(func() []virtv1.VirtualMachineStateChangeRequest { return getVM(ns, "vm").Status.StateChangeRequests }).Should(BeEmpty())
 		Expect(k8s.Delete(ctx, getVMI(ns, "vm"))).To(Succeed())
 		settle(ns, "vm", stopped, 1)
 	})
 
-	It("is kept behind a Stop for that VMI: virt-controller deletes the VMI, then starts a new one", func() {
+	It("is kept once virt-controller removed its finalizer from the ended VMI, and served in the pass in which the VMI is gone", func() {
+		ns := runningManualVM()
+		// Each round writes the Start the moment the finalizer is seen gone, as runpolicy does.
+		const rounds = 5
+		for round := 1; round <= rounds; round++ {
+			ended := getVMI(ns, "vm").UID
+			Expect(kv.GuestReboot(ctx, ns, "vm")).To(Succeed())
+			Eventually(func(g Gomega) {
+				vmi := getVMI(ns, "vm")
+				g.Expect(vmi.UID).To(Equal(ended))
+				g.Expect(vmi.IsFinal()).To(BeTrue())
+				g.Expect(vmi.Finalizers).NotTo(ContainElement(virtv1.VirtualMachineControllerFinalizer))
+			}).WithPolling(5 * time.Millisecond).Should(Succeed())
+			writeRequests(ns, "vm", virtv1.VirtualMachineStateChangeRequest{Action: virtv1.StartRequest})
+			// Beside the ended VMI, virt-controller neither serves nor drops it.
+			Consistently(func() []virtv1.VirtualMachineStateChangeRequest { return getVM(ns, "vm").Status.StateChangeRequests }, "1s").
+				Should(HaveLen(1))
+			Expect(getVMI(ns, "vm").UID).To(Equal(ended))
+			Expect(k8s.Delete(ctx, getVMI(ns, "vm"), client.Preconditions{UID: &ended})).To(Succeed())
+			settle(ns, "vm", running, round+1)
+			Expect(getVMI(ns, "vm").UID).NotTo(Equal(ended))
+			Eventually(func() []virtv1.VirtualMachineStateChangeRequest { return getVM(ns, "vm").Status.StateChangeRequests }).Should(BeEmpty())
+		}
+		Expect(*getVM(ns, "vm").Spec.RunStrategy).To(Equal(virtv1.RunStrategyManual))
+	})
+
+	It("behind a Stop for that VMI (virt-api's start) is kept while virt-controller sees the VMI running: it deletes the VMI, then starts a new one", func() {
 		ns := runningManualVM()
 		uid := getVMI(ns, "vm").UID
 		writeRequests(ns, "vm", virtv1.VirtualMachineStateChangeRequest{Action: virtv1.StopRequest, UID: &uid},
