@@ -242,3 +242,10 @@ func pruneNulls(v any) {
 		}
 	}
 }
+
+// Rendered is the KubeVirt VirtualMachine runpolicy applies for vm under runStrategy strategy, with runpolicy's
+// hook sidecar hookImage (none when empty): what a user would have to write to get the same VM from KubeVirt alone
+// (make bench compares creating those with creating runpolicy VMs).
+func Rendered(vm *v1alpha1.VirtualMachine, strategy kvv1.VirtualMachineRunStrategy, hookImage string) (*kvv1.VirtualMachine, error) {
+	return desiredKubeVirtVM(vm, strategy, hookImage, false)
+}

@@ -355,6 +355,22 @@ func (e *Env) startProcess(name string, out *os.File, bin string, args ...string
 	return p, nil
 }
 
+// Pause stops the cluster's process name (SIGSTOP) until resume is called (SIGCONT): a component whose caches and
+// queues stand still, as a busy or starved one's do. Keep it short: a paused KubeVirt component stops renewing its
+// leader lease.
+func (e *Env) Pause(name string) (resume func(), err error) {
+	for _, p := range e.procs {
+		if p.name != name || p.cmd.Process == nil {
+			continue
+		}
+		if err := p.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+			return nil, fmt.Errorf("pausing %s: %w", name, err)
+		}
+		return func() { _ = p.cmd.Process.Signal(syscall.SIGCONT) }, nil
+	}
+	return nil, fmt.Errorf("the cluster runs no process %q", name)
+}
+
 func (p *process) stop() {
 	if p.cmd.Process == nil {
 		return

@@ -362,6 +362,56 @@ var _ = Describe("Operator restarts", Ordered, func() {
 		Entry("crash after the restart request", fault.After),
 	)
 
+	It("sends a restart only once virt-controller has seen the VMI end, and a crash before that still gives exactly one new VMI",
+		func(ctx SpecContext) {
+			ns := newNamespace(ctx)
+			obj := fixture.VM(ns, "vm", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)
+			key := client.ObjectKeyFromObject(obj)
+			Expect(k8s.Create(ctx, obj)).To(Succeed())
+			startAndWait(ctx, obj)
+			first, err := getVMI(ctx, key)
+			Expect(err).NotTo(HaveOccurred())
+
+			// virt-controller standing still: its cache of VMIs shows the VMI running for as long as it is paused,
+			// and a Start written now would be dropped once it runs again.
+			resume, err := env.Pause("virt-controller")
+			Expect(err).NotTo(HaveOccurred())
+			DeferCleanup(resume)
+			Expect(node.GuestReboot(ctx, ns, "vm")).To(Succeed())
+			Eventually(func(g Gomega) string { return getVM(ctx, g, key).Status.RestartingVMIUID }).Should(Equal(string(first.UID)))
+
+			By("the restart is recorded, and nothing is sent while virt-controller's finalizer is on the VMI")
+			Consistently(func(g Gomega) {
+				kv := &kvv1.VirtualMachine{}
+				g.Expect(k8s.Get(ctx, key, kv)).To(Succeed())
+				g.Expect(kv.Status.StateChangeRequests).To(BeEmpty())
+				vmi, err := getVMI(ctx, key)
+				g.Expect(err).NotTo(HaveOccurred())
+				g.Expect(vmi.UID).To(Equal(first.UID))
+				g.Expect(vmi.DeletionTimestamp).To(BeNil())
+				g.Expect(vmi.Finalizers).To(ContainElement(kvv1.VirtualMachineControllerFinalizer))
+			}, "2s").Should(Succeed())
+
+			By("the operator dies before virt-controller saw the end; a new one sends the restart once it has")
+			op.crash()
+			Eventually(op.stopped).Should(BeTrue())
+			resume()
+			Eventually(func(g Gomega) []string {
+				vmi, err := getVMI(ctx, key)
+				g.Expect(err).NotTo(HaveOccurred())
+				return vmi.Finalizers
+			}).ShouldNot(ContainElement(kvv1.VirtualMachineControllerFinalizer))
+			Consistently(func() int { return node.VMIsCreated(ns, "vm") }, "1s").Should(Equal(1))
+			op.start()
+			Eventually(func(g Gomega) {
+				cur := getVM(ctx, g, key)
+				g.Expect(cur.Status.Phase).To(Equal(v1alpha1.VirtualMachineRunning))
+				g.Expect(cur.Status.RestartCount).To(BeEquivalentTo(1))
+				g.Expect(cur.Status.HandledVMIUID).To(Equal(string(first.UID)))
+			}).Should(Succeed())
+			Consistently(func() int { return node.VMIsCreated(ns, "vm") }, "2s").Should(Equal(2))
+		})
+
 	DescribeTable("a VMI that ended while the operator was down and whose pod is gone does not park the VM",
 		func(ctx SpecContext, p v1alpha1.RunPolicy, want outcome) {
 			ns := newNamespace(ctx)

@@ -3,7 +3,8 @@
 // test/kubevirt — with the real operator binary as a child process (so its RSS and CPU are its own), and KubeVirt's
 // own restart (runStrategy Always) as the baseline in the same run:
 //
-//   - time for N VMs to converge after creation (create.go);
+//   - time for N VMs to converge after creation (create.go), next to the time for the same N VMs created as
+//     kubevirt.io VMs directly (what runpolicy applies), measured before the operator starts (plain.go);
 //   - time for a plain operator restart (nothing changed) to reconcile every VM once, and the writes it makes
 //     (there should be none), and time to converge after an operator restart with every VM's spec changed while it
 //     was down, so every VM needs a write (restart.go);
@@ -61,6 +62,7 @@ type config struct {
 	floorN      int
 	seed        uint64
 	keepAudit   bool
+	plain       bool
 	// restartRequest is the operator's --restart-request.
 	restartRequest string
 }
@@ -82,6 +84,8 @@ func main() {
 	flag.Uint64Var(&c.seed, "seed", 1, "Random seed (which VMs are reset).")
 	flag.StringVar(&c.restartRequest, "restart-request", "state-change-request", "The operator's --restart-request: state-change-request or start-subresource.")
 	flag.BoolVar(&c.keepAudit, "keep-audit", false, "Copy kube-apiserver's audit log (writes only) to the results folder.")
+	flag.BoolVar(&c.plain, "plain", true, "Before the operator starts, create the same N VMs as kubevirt.io VMs (what runpolicy applies) "+
+		"and time them to converge, next to the runpolicy VMs' creation (plain.go).")
 	hostile := flag.Int("hostile-templates", 0, "Instead of the scale runs: peak RSS of the operator with this many runpolicy VMs "+
 		"whose templates are -hostile-size bytes, next to the same VMs with one-line templates (issue: memory under hostile input).")
 	hostileSize := flag.Int("hostile-size", 1400*1000, "Template size for -hostile-templates and -memory.")

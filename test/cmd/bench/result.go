@@ -7,6 +7,9 @@ type result struct {
 	Err                string `json:",omitempty"`
 	CreateSeconds      float64
 	ConvergeCreate     float64
+	// The same N VMs as kubevirt.io VMs created directly (what runpolicy applies), in the same run before the
+	// operator started: created → KubeVirt reports each Running or Stopped (plain.go).
+	PlainConvergeCreate float64
 	ResyncRestart      float64 // plain operator restart → every VM reconciled once, nothing queued or in flight
 	ResyncWrites       int     // the operator's writes in that window: an unchanged VM needs none
 	ResyncWritesByKind string  `json:",omitempty"`

@@ -103,6 +103,11 @@ func runOne(parent context.Context, c config, n int) (res result, err error) {
 		}
 		*ns = name
 	}
+	if c.plain {
+		if err := r.plainCreatePhase(ctx); err != nil {
+			return res, err
+		}
+	}
 	if err := r.startOperator(); err != nil {
 		return res, err
 	}
