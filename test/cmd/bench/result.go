@@ -2,18 +2,18 @@ package main
 
 // result is one N's figures. Durations in seconds.
 type result struct {
-	N                  int
-	RestartRequest     string // the operator's --restart-request
-	Err                string `json:",omitempty"`
-	CreateSeconds      float64
-	ConvergeCreate     float64
+	N              int
+	RestartRequest string // the operator's --restart-request
+	Err            string `json:",omitempty"`
+	CreateSeconds  float64
+	ConvergeCreate float64
 	// The same N VMs as kubevirt.io VMs created directly (what runpolicy applies), in the same run before the
 	// operator started: created → KubeVirt reports each Running or Stopped (plain.go).
 	PlainConvergeCreate float64
-	ResyncRestart      float64 // plain operator restart → every VM reconciled once, nothing queued or in flight
-	ResyncWrites       int     // the operator's writes in that window: an unchanged VM needs none
-	ResyncWritesByKind string  `json:",omitempty"`
-	ConvergeRestart    float64 // operator restart with every VM's spec changed while it was down → all converged
+	ResyncRestart       float64 // plain operator restart → every VM reconciled once, nothing queued or in flight
+	ResyncWrites        int     // the operator's writes in that window: an unchanged VM needs none
+	ResyncWritesByKind  string  `json:",omitempty"`
+	ConvergeRestart     float64 // operator restart with every VM's spec changed while it was down → all converged
 	// The operator's writes until then: two per VM are needed (the KubeVirt VM and the VM's status).
 	RestartWrites       int
 	RestartWritesByKind string  `json:",omitempty"`
