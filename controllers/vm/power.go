@@ -97,6 +97,9 @@ func (r *Reconciler) act(ctx context.Context, vm *v1alpha1.VirtualMachine, kv *k
 		return r.stayStopped(ctx, vm, vmi)
 	case policy.DoVerify:
 		key := client.ObjectKeyFromObject(vm)
+		if policy.StillEnded(vmi, types.UID(a.VMIUID)) && !policy.KubeVirtSawEnd(vmi) {
+			return nil // virt-controller has not seen the VMI end: its removal of its finalizer brings the next pass
+		}
 		if sent, _ := r.sent.Load(key); sent != a.VMIUID && policy.PendingRestart(kv, vmi, types.UID(a.VMIUID)) == policy.RestartSend {
 			// Recorded (before virt-controller saw the VMI end, or by a process that crashed) and not sent by this
 			// process, whose cache was listed after any earlier process's writes: the pass that sees virt-controller's
