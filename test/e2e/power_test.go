@@ -39,6 +39,19 @@ func condStatus(obj *v1alpha1.VirtualMachine, t string) metav1.ConditionStatus {
 	return ""
 }
 
+// runningVM creates a runpolicy VM named "vm" with policy p in a new namespace, brings it to Running and returns
+// its namespace, key and first VMI.
+func runningVM(ctx context.Context, p v1alpha1.RunPolicy) (string, client.ObjectKey, *kvv1.VirtualMachineInstance) {
+	ns := newNamespace(ctx)
+	obj := fixture.VM(ns, "vm", p)
+	ExpectWithOffset(1, k8s.Create(ctx, obj)).To(Succeed())
+	startAndWait(ctx, obj)
+	key := client.ObjectKeyFromObject(obj)
+	first, err := getVMI(ctx, key)
+	ExpectWithOffset(1, err).NotTo(HaveOccurred())
+	return ns, key, first
+}
+
 // startAndWait brings the VM to Running: by itself for the policies that start, through KubeVirt's start
 // subresource for Manual.
 func startAndWait(ctx context.Context, obj *v1alpha1.VirtualMachine) {
@@ -106,13 +119,7 @@ var (
 var _ = Describe("Power policy after guest events", func() {
 	DescribeTable("end state",
 		func(ctx SpecContext, p v1alpha1.RunPolicy, e guestEvent, want outcome) {
-			ns := newNamespace(ctx)
-			obj := fixture.VM(ns, "vm", p)
-			key := client.ObjectKeyFromObject(obj)
-			Expect(k8s.Create(ctx, obj)).To(Succeed())
-			startAndWait(ctx, obj)
-			first, err := getVMI(ctx, key)
-			Expect(err).NotTo(HaveOccurred())
+			ns, key, first := runningVM(ctx, p)
 
 			if e == reboot {
 				By("changing the template while the VM runs: the change waits for a restart")
@@ -188,13 +195,7 @@ var _ = Describe("Power policy after guest events", func() {
 	)
 
 	It("keeps a shutdown history: a reboot restarted, then a poweroff kept stopped, newest first", func(ctx SpecContext) {
-		ns := newNamespace(ctx)
-		obj := fixture.VM(ns, "vm", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)
-		key := client.ObjectKeyFromObject(obj)
-		Expect(k8s.Create(ctx, obj)).To(Succeed())
-		startAndWait(ctx, obj)
-		first, err := getVMI(ctx, key)
-		Expect(err).NotTo(HaveOccurred())
+		ns, key, first := runningVM(ctx, v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)
 		Expect(node.GuestReboot(ctx, ns, "vm")).To(Succeed())
 		var second *kvv1.VirtualMachineInstance
 		Eventually(func(g Gomega) {
@@ -263,13 +264,7 @@ var _ = Describe("A Stop operation during runpolicy's restart", func() {
 	// seen the VMI end. A Stop created in between finds an ended VMI and no Start: refused as "not running", it would
 	// let the restart win. It waits for the new VMI and stops it.
 	It("waits for the new VMI and stops it: the user's stop wins", func(ctx SpecContext) {
-		ns := newNamespace(ctx)
-		obj := fixture.VM(ns, "vm", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)
-		key := client.ObjectKeyFromObject(obj)
-		Expect(k8s.Create(ctx, obj)).To(Succeed())
-		startAndWait(ctx, obj)
-		first, err := getVMI(ctx, key)
-		Expect(err).NotTo(HaveOccurred())
+		ns, key, first := runningVM(ctx, v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)
 
 		// Hold runpolicy's restart request until the Stop is in: the request is cut short and retried after.
 		release := make(chan struct{})
@@ -315,13 +310,7 @@ var _ = Describe("Operator restarts", Ordered, func() {
 
 	DescribeTable("a crash around the restart request still gives exactly one new VMI",
 		func(ctx SpecContext, at fault.Point) {
-			ns := newNamespace(ctx)
-			obj := fixture.VM(ns, "vm", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)
-			key := client.ObjectKeyFromObject(obj)
-			Expect(k8s.Create(ctx, obj)).To(Succeed())
-			startAndWait(ctx, obj)
-			first, err := getVMI(ctx, key)
-			Expect(err).NotTo(HaveOccurred())
+			ns, key, first := runningVM(ctx, v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)
 
 			lc.Arm(at, op.crash)
 			Expect(node.GuestReboot(ctx, ns, "vm")).To(Succeed())
@@ -364,13 +353,7 @@ var _ = Describe("Operator restarts", Ordered, func() {
 
 	It("sends a restart only once virt-controller has seen the VMI end, and a crash before that still gives exactly one new VMI",
 		func(ctx SpecContext) {
-			ns := newNamespace(ctx)
-			obj := fixture.VM(ns, "vm", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)
-			key := client.ObjectKeyFromObject(obj)
-			Expect(k8s.Create(ctx, obj)).To(Succeed())
-			startAndWait(ctx, obj)
-			first, err := getVMI(ctx, key)
-			Expect(err).NotTo(HaveOccurred())
+			ns, key, first := runningVM(ctx, v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)
 
 			// virt-controller standing still: its cache of VMIs shows the VMI running for as long as it is paused,
 			// and a Start written now would be dropped once it runs again.
