@@ -99,25 +99,28 @@ func (b *Bookkeeping) record(e v1alpha1.Shutdown) {
 
 // restarted turns the entry of the VMI uid that waited for its restart into Restarted.
 func (b *Bookkeeping) restarted(uid string) {
-	if len(b.ShutdownHistory) == 0 || b.ShutdownHistory[0].VMIUID != uid || b.ShutdownHistory[0].Action != v1alpha1.ShutdownRestartAfterBackoff {
-		return
-	}
-	b.ShutdownHistory = append([]v1alpha1.Shutdown(nil), b.ShutdownHistory...) // never write through to the input
-	e := &b.ShutdownHistory[0]
-	e.Action, e.RestartNotBefore = v1alpha1.ShutdownRestarted, nil
-	b.LastShutdown = e.DeepCopy()
+	b.amendLatest(uid, v1alpha1.ShutdownRestartAfterBackoff, func(e *v1alpha1.Shutdown) {
+		e.Action, e.RestartNotBefore = v1alpha1.ShutdownRestarted, nil
+	})
 }
 
 // withdrawn turns the entry of the VMI uid, whose restart a stop withdrew, into StayedStopped.
 func (b *Bookkeeping) withdrawn(uid string) {
-	if len(b.ShutdownHistory) == 0 || b.ShutdownHistory[0].VMIUID != uid {
+	b.amendLatest(uid, "", func(e *v1alpha1.Shutdown) {
+		e.Action, e.RestartNotBefore = v1alpha1.ShutdownStayedStopped, nil
+		e.Reason += "; a stop through KubeVirt withdrew the restart"
+	})
+}
+
+// amendLatest changes, with amend, the history's first entry when it is the VMI uid's (and, unless action is "",
+// reads action), and keeps LastShutdown its copy. It never writes through to the input's history.
+func (b *Bookkeeping) amendLatest(uid string, action v1alpha1.ShutdownAction, amend func(*v1alpha1.Shutdown)) {
+	if len(b.ShutdownHistory) == 0 || b.ShutdownHistory[0].VMIUID != uid || (action != "" && b.ShutdownHistory[0].Action != action) {
 		return
 	}
-	b.ShutdownHistory = append([]v1alpha1.Shutdown(nil), b.ShutdownHistory...) // never write through to the input
-	e := &b.ShutdownHistory[0]
-	e.Action, e.RestartNotBefore = v1alpha1.ShutdownStayedStopped, nil
-	e.Reason += "; a stop through KubeVirt withdrew the restart"
-	b.LastShutdown = e.DeepCopy()
+	b.ShutdownHistory = append([]v1alpha1.Shutdown(nil), b.ShutdownHistory...)
+	amend(&b.ShutdownHistory[0])
+	b.LastShutdown = b.ShutdownHistory[0].DeepCopy()
 }
 
 // ActionKind is what the reconciler does once the step's bookkeeping is written.
@@ -320,14 +323,20 @@ func Ending(vmi *kvv1.VirtualMachineInstance, now time.Time) time.Duration {
 	if !VMIActive(vmi) {
 		return 0
 	}
-	for _, c := range vmi.Status.Conditions {
-		if c.Type == kvv1.VirtualMachineInstanceReady && c.Status == corev1.ConditionFalse && c.Reason == kvv1.PodTerminatingReason {
-			if left := c.LastTransitionTime.Add(PodSettleTimeout).Sub(now); left > 0 {
-				return left
-			}
-		}
+	if c := readyCondition(vmi); c != nil && c.Status == corev1.ConditionFalse && c.Reason == kvv1.PodTerminatingReason {
+		return max(c.LastTransitionTime.Add(PodSettleTimeout).Sub(now), 0)
 	}
 	return 0
+}
+
+// readyCondition is the VMI's Ready condition (virt-controller's copy of the launcher pod's readiness), nil if unset.
+func readyCondition(vmi *kvv1.VirtualMachineInstance) *kvv1.VirtualMachineInstanceCondition {
+	for i := range vmi.Status.Conditions {
+		if vmi.Status.Conditions[i].Type == kvv1.VirtualMachineInstanceReady {
+			return &vmi.Status.Conditions[i]
+		}
+	}
+	return nil
 }
 
 // restartEvent reports the restart of the ended VMI uid when it is sent in a later pass than the one that decided
@@ -361,7 +370,7 @@ func PendingRestart(kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance, u
 	switch {
 	case !StartPending(kv):
 		return RestartSend
-	case StaleStart(kv, uid) && kv.Spec.RunStrategy != nil && *kv.Spec.RunStrategy == kvv1.RunStrategyManual:
+	case StaleStart(kv, uid) && onManual(kv):
 		return RestartServeStale
 	}
 	return RestartWait
@@ -399,7 +408,7 @@ const (
 // decides from then on, and a Start request it holds may never be served (Halted ignores it).
 func RestartDone(uid string, kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance) bool {
 	switch {
-	case kv == nil || kv.Spec.RunStrategy == nil || *kv.Spec.RunStrategy != kvv1.RunStrategyManual:
+	case !onManual(kv):
 		return true
 	case vmi != nil && string(vmi.UID) == uid && vmi.DeletionTimestamp == nil:
 		return false // the ended VMI is still there: KubeVirt has not acted yet
@@ -407,7 +416,7 @@ func RestartDone(uid string, kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineIn
 		// Gone or going: KubeVirt creates the new VMI next, while it holds the Start request. Once it has created
 		// it (status.created), the new VMI is on its way to this cache: the restart is done when it runs. Without
 		// either, the Start was dropped (a user's stop) and there is nothing to wait for.
-		return !StartPending(kv) && !kv.Status.Created
+		return RestartWithdrawn(uid, kv, vmi)
 	case !VMIActive(vmi):
 		return true // the new VMI ended already: its own decision follows in this pass
 	}
@@ -419,8 +428,12 @@ func RestartDone(uid string, kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineIn
 // VMI is gone or going, KubeVirt holds no Start and reports no VMI created. A stop (an operation's, which removes
 // a pending Start) came between runpolicy's request and KubeVirt serving it.
 func RestartWithdrawn(uid string, kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance) bool {
-	return kv != nil && kv.Spec.RunStrategy != nil && *kv.Spec.RunStrategy == kvv1.RunStrategyManual &&
-		(vmi == nil || string(vmi.UID) == uid) && !StartPending(kv) && !kv.Status.Created
+	return onManual(kv) && (vmi == nil || string(vmi.UID) == uid) && !StartPending(kv) && !kv.Status.Created
+}
+
+// onManual tells whether the KubeVirt VM exists and is on runStrategy Manual, where runpolicy starts its VMIs.
+func onManual(kv *kvv1.VirtualMachine) bool {
+	return kv != nil && kv.Spec.RunStrategy != nil && *kv.Spec.RunStrategy == kvv1.RunStrategyManual
 }
 
 // readinessPending tells whether KubeVirt reports the new VMI Running but has yet to pass on its readiness: it
@@ -432,17 +445,15 @@ func readinessPending(kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance)
 	if kv.Status.PrintableStatus != kvv1.VirtualMachineStatusRunning || kv.Status.Ready {
 		return false
 	}
-	for _, c := range vmi.Status.Conditions {
-		if c.Type != kvv1.VirtualMachineInstanceReady {
-			continue
-		}
-		switch c.Reason {
-		case kvv1.PodNotExistsReason, kvv1.PodTerminatingReason, kvv1.GuestNotRunningReason, kvv1.PodConditionMissingReason:
-			return true // set before the VMI ran: not judged yet
-		}
-		return c.Status == corev1.ConditionTrue // ready: the VM's status.ready follows
+	c := readyCondition(vmi)
+	if c == nil {
+		return false
 	}
-	return false
+	switch c.Reason {
+	case kvv1.PodNotExistsReason, kvv1.PodTerminatingReason, kvv1.GuestNotRunningReason, kvv1.PodConditionMissingReason:
+		return true // set before the VMI ran: not judged yet
+	}
+	return c.Status == corev1.ConditionTrue // ready: the VM's status.ready follows
 }
 
 // ActingPolicy is the policy whose table applies now: while the KubeVirt VM is not on runStrategy Manual
