@@ -13,6 +13,8 @@ PROMTOOL   := $(BIN)/tools/promtool
 LINT_TOOLS_MOD := test/tools/lint
 GOLANGCI_LINT  := $(BIN)/tools/golangci-lint
 GUEST_DIR  ?= $(BIN)/guest
+# The kube binaries the tests run beside kube-apiserver and etcd: the garbage collector and the real node (test/cluster).
+KUBE_EXTRA := kube-controller-manager kubelet kube-proxy kube-scheduler
 GO_TEST_FLAGS ?= -count=1 -timeout 45m
 UNIT_TEST_FLAGS ?=
 BENCH_FLAGS ?=
@@ -33,7 +35,7 @@ demo: build test-assets guest $(HELM) ## Local demo: test cluster up, operator r
 
 .PHONY: test
 test: verify lint test-unit test-assets guest $(HELM) $(PROMTOOL) images ## Run everything: generated-file check, lint, unit tests (-race), then every test (unit, envtest integration, real QEMU, KubeVirt, chart, images).
-	HELM=$(HELM) PROMTOOL=$(PROMTOOL) KUBEBUILDER_ASSETS="$$(EXTRA=kube-controller-manager test/cluster/build-assets.sh)" \
+	HELM=$(HELM) PROMTOOL=$(PROMTOOL) KUBEBUILDER_ASSETS="$$(EXTRA="$(KUBE_EXTRA)" test/cluster/build-assets.sh)" \
 		RUNPOLICY_GUEST_DIR=$(GUEST_DIR) RUNPOLICY_REQUIRE_GUEST=1 go test $(GO_TEST_FLAGS) ./...
 
 .PHONY: bench
@@ -101,8 +103,8 @@ run: ## Run the operator against the current kubeconfig.
 	go run ./cmd/controller --leader-elect=false
 
 .PHONY: test-assets
-test-assets: ## Build kube-apiserver, etcd, kube-controller-manager (bin/k8s) and KubeVirt's virt-api, virt-controller, virt-launcher (bin/kubevirt) from Go modules (cached).
-	EXTRA=kube-controller-manager test/cluster/build-assets.sh
+test-assets: ## Build kube-apiserver, etcd, kube-controller-manager, the node's kubelet, kube-proxy and kube-scheduler (bin/k8s) and KubeVirt's virt-api, virt-controller, virt-launcher (bin/kubevirt) from Go modules (cached).
+	EXTRA="$(KUBE_EXTRA)" test/cluster/build-assets.sh
 	test/kubevirt/build.sh
 	COMPONENTS="virt-launcher virt-launcher-monitor launcherctl launcher-image" test/kubevirt/build.sh
 

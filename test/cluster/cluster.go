@@ -2,8 +2,9 @@
 // build-assets.sh), runpolicy's CRDs, KubeVirt's CRDs (from KubeVirt's own generator, test/kubevirt/build.sh),
 // optionally a real kube-controller-manager running the garbage collector, which envtest alone lacks, and
 // optionally KubeVirt's real control plane: virt-api (with its APIServices and webhooks) and virt-controller, run
-// as host processes with KubeVirt's service-account identities (Options.KubeVirt, kubevirt.go). What cannot run
-// here, the node (virt-handler, kubelet, QEMU), is simulated by test/kubevirt.
+// as host processes with KubeVirt's service-account identities (Options.KubeVirt, kubevirt.go), and optionally a
+// real node: containerd, kubelet, kube-proxy and kube-scheduler (Options.Node, node.go). KubeVirt's node half
+// (virt-handler, and virt-launcher in a pod) is simulated by test/kubevirt.
 package cluster
 
 import (
@@ -14,6 +15,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -46,6 +49,10 @@ type Options struct {
 	AuditPolicy string
 	// Output receives the kube-controller-manager's logs; nil writes them to a file in the cluster's dir.
 	Output *os.File
+	// Node, when set, runs a real node (node.go): containerd, kubelet, kube-proxy and kube-scheduler, with the
+	// kube-controller-manager controllers that turn Deployments, DaemonSets and Services into pods and endpoints.
+	// kube-apiserver then serves on NodeAPIServerIP.
+	Node *NodeOptions
 }
 
 // Env is a running test cluster.
@@ -60,9 +67,12 @@ type Env struct {
 	AuditLog string
 	// KubeVirt is the running KubeVirt control plane (nil without Options.KubeVirt).
 	KubeVirt *KubeVirt
+	// Node is the running real node (nil without Options.Node).
+	Node *Node
 
 	dir    string
 	procs  []*process
+	apiLog *os.File
 	failed bool
 }
 
@@ -78,15 +88,19 @@ var (
 	assetsErr  error
 )
 
-// AssetsDir returns the folder holding kube-apiserver, etcd and kube-controller-manager: $KUBEBUILDER_ASSETS
-// when it is complete, else whatever build-assets.sh builds (or finds cached) under bin/.
+// kubeExtra are the kube binaries besides kube-apiserver and etcd (the Makefile's KUBE_EXTRA).
+var kubeExtra = []string{"kube-controller-manager", "kubelet", "kube-proxy", "kube-scheduler"}
+
+// AssetsDir returns the folder holding kube-apiserver, etcd, kube-controller-manager and the node's binaries:
+// $KUBEBUILDER_ASSETS when it is complete, else whatever build-assets.sh builds (or finds cached) under bin/.
 func AssetsDir() (string, error) {
 	assetsOnce.Do(func() {
-		if d := os.Getenv("KUBEBUILDER_ASSETS"); d != "" && complete(d, "kube-apiserver", "etcd", "kube-controller-manager") {
+		if d := os.Getenv("KUBEBUILDER_ASSETS"); d != "" && complete(d, append([]string{"kube-apiserver", "etcd"}, kubeExtra...)...) {
 			assetsDir = d
 			return
 		}
-		assetsDir, assetsErr = runBuild(filepath.Join(RepoRoot(), "test", "cluster", "build-assets.sh"), "EXTRA=kube-controller-manager")
+		assetsDir, assetsErr = runBuild(filepath.Join(RepoRoot(), "test", "cluster", "build-assets.sh"),
+			"EXTRA="+strings.Join(kubeExtra, " "))
 	})
 	return assetsDir, assetsErr
 }
@@ -175,33 +189,8 @@ func Start(opts Options) (_ *Env, err error) {
 	}
 	// envtest prefers $KUBEBUILDER_ASSETS over BinaryAssetsDirectory; make sure the complete folder wins.
 	_ = os.Setenv("KUBEBUILDER_ASSETS", assets)
-	api := te.ControlPlane.GetAPIServer()
-	args := map[string][]string{}
-	if kv != nil {
-		fp, err := frontProxyArgs(filepath.Join(env.dir, "front-proxy"))
-		if err != nil {
-			return nil, err
-		}
-		maps.Copy(args, fp)
-		// Without it kube-apiserver refuses to run on 127.0.0.1 ("public IP" checks of the kubernetes Service).
-		args["endpoint-reconciler-type"] = []string{"none"}
-		if opts.AuditPolicy == "" {
-			opts.AuditPolicy = SubresourceAuditPolicy
-		}
-	}
-	if opts.AuditPolicy != "" {
-		pol := filepath.Join(env.dir, "audit-policy.yaml")
-		if err := os.WriteFile(pol, []byte(opts.AuditPolicy), 0o600); err != nil {
-			return nil, err
-		}
-		env.AuditLog = filepath.Join(env.dir, "audit.log")
-		args["audit-policy-file"] = []string{pol}
-		args["audit-log-path"] = []string{env.AuditLog}
-		args["audit-log-maxsize"] = []string{"0"}
-	}
-	maps.Copy(args, opts.APIServerArgs)
-	for k, v := range args {
-		api.Configure().Set(k, v...)
+	if err := env.configureAPIServer(te.ControlPlane.GetAPIServer(), &opts); err != nil {
+		return nil, err
 	}
 	if len(opts.EtcdArgs) > 0 {
 		if te.ControlPlane.Etcd == nil {
@@ -226,12 +215,15 @@ func Start(opts Options) (_ *Env, err error) {
 	if opts.GarbageCollector {
 		controllers = append(controllers, "garbage-collector-controller", "namespace-controller")
 	}
-	if kv != nil {
+	if kv != nil || opts.Node != nil {
 		// The ServiceAccount admission plugin refuses pods in a namespace without its "default" ServiceAccount.
 		controllers = append(controllers, "serviceaccount-controller")
 	}
+	if opts.Node != nil {
+		controllers = append(controllers, NodeControllers...)
+	}
 	if len(controllers) > 0 {
-		if err := env.startControllerManager(assets, controllers, opts.Output); err != nil {
+		if err := env.startControllerManager(assets, slices.Compact(slices.Sorted(slices.Values(controllers))), opts.Output); err != nil {
 			return nil, err
 		}
 	}
@@ -240,7 +232,70 @@ func Start(opts Options) (_ *Env, err error) {
 			return nil, err
 		}
 	}
+	if opts.Node != nil {
+		if err := env.Node.start(assets); err != nil {
+			return nil, err
+		}
+	}
 	return env, nil
+}
+
+// configureAPIServer sets kube-apiserver's flags for opts (and prepares the real node, whose address it serves on).
+func (e *Env) configureAPIServer(api *envtest.APIServer, opts *Options) error {
+	log, err := os.Create(filepath.Join(e.dir, "kube-apiserver.log"))
+	if err != nil {
+		return err
+	}
+	e.apiLog = log
+	api.Out, api.Err = log, log
+	args := map[string][]string{}
+	if opts.Node != nil {
+		var err error
+		if e.Node, err = e.prepareNode(*opts.Node); err != nil {
+			return err
+		}
+		port, err := freePort(NodeAPIServerIP)
+		if err != nil {
+			return err
+		}
+		api.Address, api.Port = NodeAPIServerIP, strconv.Itoa(port)
+		args["advertise-address"] = []string{NodeAPIServerIP}
+		args["service-cluster-ip-range"] = []string{NodeServiceCIDR}
+		args["kubelet-preferred-address-types"] = []string{"InternalIP"}
+	}
+	if opts.KubeVirt != nil {
+		fp, err := frontProxyArgs(filepath.Join(e.dir, "front-proxy"))
+		if err != nil {
+			return err
+		}
+		maps.Copy(args, fp)
+		if opts.Node == nil {
+			// Without it kube-apiserver refuses to run on 127.0.0.1 ("public IP" checks of the kubernetes Service).
+			args["endpoint-reconciler-type"] = []string{"none"}
+		}
+		if opts.AuditPolicy == "" {
+			opts.AuditPolicy = SubresourceAuditPolicy
+		}
+	}
+	if opts.AuditPolicy != "" {
+		pol := filepath.Join(e.dir, "audit-policy.yaml")
+		if err := os.WriteFile(pol, []byte(opts.AuditPolicy), 0o600); err != nil {
+			return err
+		}
+		e.AuditLog = filepath.Join(e.dir, "audit.log")
+		args["audit-policy-file"] = []string{pol}
+		args["audit-log-path"] = []string{e.AuditLog}
+		args["audit-log-maxsize"] = []string{"0"}
+	}
+	maps.Copy(args, opts.APIServerArgs)
+	for k, v := range args {
+		api.Configure().Set(k, v...)
+	}
+	if opts.Node != nil {
+		// envtest turns the ServiceAccount admission plugin off; the kubelet mounts a pod's token only with it.
+		api.Configure().Disable("disable-admission-plugins")
+	}
+	return nil
 }
 
 // KubeControllerManagerUser is the user name kube-controller-manager runs as (--use-service-account-credentials=false).
@@ -268,6 +323,11 @@ func (e *Env) startControllerManager(assets string, controllers []string, out *o
 	if err != nil {
 		return err
 	}
+	// The CA pods trust kube-apiserver with (the kube-root-ca.crt ConfigMap in every namespace).
+	caFile := filepath.Join(e.dir, "apiserver-ca.crt")
+	if err := os.WriteFile(caFile, e.Config.CAData, 0o600); err != nil {
+		return err
+	}
 	p, err := e.startProcess("kube-controller-manager", out, filepath.Join(assets, "kube-controller-manager"),
 		"--kubeconfig="+kubeconfig,
 		"--controllers="+strings.Join(controllers, ","),
@@ -275,6 +335,7 @@ func (e *Env) startControllerManager(assets string, controllers []string, out *o
 		"--secure-port=0",
 		"--use-service-account-credentials=false",
 		"--concurrent-gc-syncs=5",
+		"--root-ca-file="+caFile,
 	)
 	if err != nil {
 		return err
@@ -313,6 +374,13 @@ func (e *Env) Stop() error {
 	e.procs = nil
 	if e.Environment != nil && e.Config != nil {
 		errs = append(errs, e.Environment.Stop())
+	}
+	if e.apiLog != nil {
+		_ = e.apiLog.Close()
+	}
+	if e.Node != nil {
+		// After kube-apiserver: the node's namespace holds the veth whose host end is the address it serves on.
+		errs = append(errs, e.Node.stop())
 	}
 	if e.dir != "" {
 		if e.failed {

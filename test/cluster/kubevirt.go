@@ -136,10 +136,10 @@ func (k *KubeVirt) prepare() error {
 	k.Namespace, k.Version = kubeVirtNamespace, KubeVirtVersion()
 	k.dir = filepath.Join(k.env.dir, "kubevirt")
 	var err error
-	if k.apiPort, err = freePort(); err != nil {
+	if k.apiPort, err = freePort("127.0.0.1"); err != nil {
 		return err
 	}
-	if k.ctlPort, err = freePort(); err != nil {
+	if k.ctlPort, err = freePort("127.0.0.1"); err != nil {
 		return err
 	}
 	return writeManifests(k.bin, k.dir, k.Namespace, k.opts.FeatureGates, k.apiPort)
@@ -355,8 +355,9 @@ func applyFile(ctx context.Context, c client.Client, path string) error {
 	}
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+// freePort returns a TCP port free on ip.
+func freePort(ip string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 	if err != nil {
 		return 0, err
 	}
