@@ -164,12 +164,25 @@ func Start(opts Options) (_ *Env, err error) {
 		return nil, err
 	}
 	kv := opts.KubeVirt
+	if opts.Node != nil && opts.Node.KubeVirt {
+		if kv == nil {
+			return nil, errors.New("NodeOptions.KubeVirt needs Options.KubeVirt")
+		}
+		if opts.Node.kubeVirt, err = kubeVirtNodeImages(); err != nil {
+			return nil, err
+		}
+		kv.LauncherImage = opts.Node.kubeVirt.Launcher
+		opts.Node.Images = append(opts.Node.Images, opts.Node.kubeVirt.Archives...)
+	}
 	if kv != nil {
 		env.KubeVirt = &KubeVirt{opts: *kv, bin: kvBin, env: env}
+		if opts.Node != nil {
+			env.KubeVirt.node = opts.Node.kubeVirt
+		}
 		if err := env.KubeVirt.prepare(); err != nil {
 			return nil, err
 		}
-	} else if err := writeManifests(kvBin, filepath.Join(env.dir, "kubevirt"), kubeVirtNamespace, nil, 443); err != nil {
+	} else if err := writeManifests(kvBin, filepath.Join(env.dir, "kubevirt"), kubeVirtNamespace, nil, 443, nil); err != nil {
 		return nil, err
 	}
 	crds, err := CRDs(filepath.Join(env.dir, "kubevirt"))
@@ -235,6 +248,11 @@ func Start(opts Options) (_ *Env, err error) {
 	if opts.Node != nil {
 		if err := env.Node.start(assets); err != nil {
 			return nil, err
+		}
+		if opts.Node.KubeVirt {
+			if err := env.KubeVirt.startHandler(); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return env, nil
@@ -372,6 +390,10 @@ func (e *Env) Stop() error {
 		e.procs[i].stop()
 	}
 	e.procs = nil
+	if e.Node != nil {
+		// Before kube-apiserver: no pod or node process is left to hold a request open while it shuts down.
+		errs = append(errs, e.Node.kill())
+	}
 	if e.Environment != nil && e.Config != nil {
 		errs = append(errs, e.Environment.Stop())
 	}
@@ -379,8 +401,7 @@ func (e *Env) Stop() error {
 		_ = e.apiLog.Close()
 	}
 	if e.Node != nil {
-		// After kube-apiserver: the node's namespace holds the veth whose host end is the address it serves on.
-		errs = append(errs, e.Node.stop())
+		errs = append(errs, e.Node.cleanUp())
 	}
 	if e.dir != "" {
 		if e.failed {
@@ -402,8 +423,9 @@ type process struct {
 func (e *Env) startProcess(name string, out *os.File, bin string, args ...string) (*process, error) {
 	p := &process{name: name, done: make(chan struct{})}
 	cmd := exec.Command(bin, args...)
-	// Die with the test binary, whatever way it ends.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// Die with the test binary, whatever way it ends; a group of its own, so that stop reaches what it forks
+	// (nsenter's child in the node's PID namespace).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if out == nil {
 		p.log = filepath.Join(e.dir, name+".log")
 		f, err := os.Create(p.log)
@@ -443,11 +465,11 @@ func (p *process) stop() {
 	if p.cmd.Process == nil {
 		return
 	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
 	select {
 	case <-p.done:
 	case <-time.After(5 * time.Second):
-		_ = p.cmd.Process.Kill()
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 		<-p.done
 	}
 }

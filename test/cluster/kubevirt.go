@@ -117,13 +117,29 @@ type KubeVirt struct {
 	bin, dir         string
 	env              *Env
 	apiPort, ctlPort int
+	// node are KubeVirt's images for the real node (NodeOptions.KubeVirt), nil without.
+	node *KubeVirtNodeImages
 }
 
-// writeManifests runs kubevirt-manifests into dir.
-func writeManifests(bin, dir, ns string, gates []string, apiPort int) error {
-	cmd := exec.Command(filepath.Join(bin, "kubevirt-manifests"), "--out", dir, "--namespace", ns,
+// handlerFile is virt-handler's DaemonSet, for the real node.
+const handlerFile = "handler.yaml"
+
+// startHandler applies virt-handler's DaemonSet once the real node runs.
+func (k *KubeVirt) startHandler() error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	return applyFile(ctx, k.env.Client, filepath.Join(k.dir, handlerFile))
+}
+
+// writeManifests runs kubevirt-manifests into dir; with node images, handler.yaml too (virt-handler's DaemonSet).
+func writeManifests(bin, dir, ns string, gates []string, apiPort int, node *KubeVirtNodeImages) error {
+	args := []string{"--out", dir, "--namespace", ns,
 		"--feature-gates", strings.Join(gates, ","), "--virt-api-port", strconv.Itoa(apiPort),
-		"--kubevirt-version", KubeVirtVersion())
+		"--kubevirt-version", KubeVirtVersion()}
+	if node != nil {
+		args = append(args, "--handler-image", node.Handler, "--launcher-image", node.Launcher)
+	}
+	cmd := exec.Command(filepath.Join(bin, "kubevirt-manifests"), args...)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("kubevirt-manifests: %w: %s", err, lastLines(out, 20))
 	}
@@ -142,7 +158,7 @@ func (k *KubeVirt) prepare() error {
 	if k.ctlPort, err = freePort("127.0.0.1"); err != nil {
 		return err
 	}
-	return writeManifests(k.bin, k.dir, k.Namespace, k.opts.FeatureGates, k.apiPort)
+	return writeManifests(k.bin, k.dir, k.Namespace, k.opts.FeatureGates, k.apiPort, k.node)
 }
 
 // start applies what virt-operator would create, marks the KubeVirt CR Deployed, runs virt-api and virt-controller

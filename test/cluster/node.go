@@ -56,6 +56,7 @@ const (
 	nodeBridgeIP = "10.244.77.1"
 	vethHost     = "rpn-h"
 	vethNode     = "rpn-n"
+	apiLink      = "rpn-api"
 )
 
 // NodeOptions configures the real node (Options.Node).
@@ -63,6 +64,12 @@ type NodeOptions struct {
 	// Images are OCI image archives imported into the node's containerd (its k8s.io namespace) before the kubelet
 	// starts; the node's own pause image is always imported.
 	Images []string
+	// KubeVirt runs KubeVirt's node half on the node (needs Options.KubeVirt): virt-handler as the DaemonSet
+	// KubeVirt's generator describes, and virt-controller's launcher pods, from images built here
+	// (kubevirtnode.go), with KubeVirt's useEmulation (no /dev/kvm here).
+	KubeVirt bool
+
+	kubeVirt *KubeVirtNodeImages
 }
 
 // Node is the running real node.
@@ -72,6 +79,8 @@ type Node struct {
 	dir    string
 	cgroup string // the cgroup root of the node's processes and pods, in every v1 hierarchy
 	holder *process
+	// initPID is the host's PID of the node's init (PID 1 in the node's PID namespace).
+	initPID int
 	// PauseImage is the sandbox image's reference; FetchImage is a small client (test/cluster/nodebox fetch).
 	PauseImage, FetchImage string
 }
@@ -106,11 +115,11 @@ func checkNodeDeps() error {
 
 // prepareNode creates the node's namespaces and its veth pair: kube-apiserver binds NodeAPIServerIP, so the
 // address must exist before it starts.
-func (e *Env) prepareNode(opts NodeOptions) (*Node, error) {
+func (e *Env) prepareNode(opts NodeOptions) (_ *Node, err error) {
 	if err := checkNodeDeps(); err != nil {
 		return nil, err
 	}
-	for _, link := range []string{vethHost} {
+	for _, link := range []string{vethHost, apiLink} {
 		if exec.Command("ip", "link", "show", link).Run() == nil {
 			return nil, fmt.Errorf("a link %s exists already: another test node runs on this machine, or one was "+
 				"left behind (ip link del %s)", link, link)
@@ -119,6 +128,12 @@ func (e *Env) prepareNode(opts NodeOptions) (*Node, error) {
 	suffix := make([]byte, 4)
 	_, _ = rand.Read(suffix)
 	n := &Node{opts: opts, env: e, dir: filepath.Join(e.dir, "node"), cgroup: "runpolicy-node-" + hex.EncodeToString(suffix)}
+	defer func() {
+		if err != nil {
+			_ = n.kill()
+			_ = n.cleanUp()
+		}
+	}()
 	for _, d := range []string{"varlib", "log", "sysctl", "cni/net.d", "cni/ipam", "containerd"} {
 		if err := os.MkdirAll(filepath.Join(n.dir, d), 0o755); err != nil {
 			return nil, err
@@ -127,26 +142,38 @@ func (e *Env) prepareNode(opts NodeOptions) (*Node, error) {
 	if err := n.makeCgroups(); err != nil {
 		return nil, err
 	}
-	holder, err := e.startProcess("node-namespaces", nil, "unshare", "--mount", "--net", "--propagation", "private",
-		"sleep", "infinity")
+	// The node's init: nodebox, which reaps what is orphaned in the node's PID namespace. When the test process
+	// dies, unshare dies with it (Pdeathsig), takes init with it (--kill-child), and the kernel kills every process
+	// of the namespace: nothing of the node outlives the test but its cgroups.
+	initBin := filepath.Join(n.dir, "nodebox")
+	build := exec.Command("go", "build", "-o", initBin, "./test/cluster/nodebox")
+	build.Dir = RepoRoot()
+	if out, err := build.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("building the node's init: %w: %s", err, out)
+	}
+	holder, err := e.startProcess("node-namespaces", nil, "unshare", "--mount", "--net", "--pid", "--kill-child",
+		"--mount-proc", "--propagation", "private", initBin)
 	if err != nil {
 		return nil, err
 	}
 	n.holder = holder
-	if err := n.joinCgroups(holder.cmd.Process.Pid); err != nil {
+	// unshare forks the init once the namespaces are set up.
+	if n.initPID, err = child(holder, initBin); err != nil {
+		return nil, fmt.Errorf("the node's namespaces did not come up: %w", err)
+	}
+	if err := n.joinCgroups(n.initPID); err != nil {
 		return nil, err
 	}
-	// unshare has set the namespaces up once it execs sleep.
-	if err := waitFor(5*time.Second, func() bool {
-		exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", holder.cmd.Process.Pid))
-		return err == nil && filepath.Base(exe) == "sleep"
-	}); err != nil {
-		return nil, errors.New("the node's namespaces did not come up")
-	}
-	pid := strconv.Itoa(holder.cmd.Process.Pid)
+	pid := strconv.Itoa(n.initPID)
+	// kube-apiserver's address is on a link of its own, not on the node's veth: it outlives the node's network
+	// namespace (and the veth with it) on teardown, so that the node's pods and processes are all gone before
+	// kube-apiserver stops, and kube-apiserver keeps its address until it has.
 	for _, args := range [][]string{
+		{"link", "add", apiLink, "type", "veth", "peer", "name", apiLink + "p"}, // no dummy links in this kernel
+		{"link", "set", apiLink + "p", "up"},
+		{"addr", "add", NodeAPIServerIP + "/32", "dev", apiLink},
+		{"link", "set", apiLink, "up"},
 		{"link", "add", vethHost, "type", "veth", "peer", "name", vethNode, "netns", pid},
-		{"addr", "add", NodeAPIServerIP + "/32", "dev", vethHost},
 		{"link", "set", vethHost, "up"},
 		{"route", "add", NodeIP + "/32", "dev", vethHost},
 		{"route", "add", NodePodCIDR, "via", NodeIP, "dev", vethHost},
@@ -200,22 +227,60 @@ func (n *Node) setupScript() string {
 	fmt.Fprintf(&b, "ip link add %s type bridge\nip addr add %s/24 dev %s\nip link set %s up\n", nodeBridge,
 		nodeBridgeIP, nodeBridge, nodeBridge)
 	fmt.Fprintf(&b, "echo 1 > /proc/sys/net/ipv4/ip_forward\n")
+	// Bidirectional mounts (virt-handler's /var/run/kubevirt and /var/lib/kubelet) need shared mounts; these are
+	// the node's namespace's own peer groups.
+	fmt.Fprintf(&b, "mount --make-rshared /\n")
 	return b.String()
 }
 
 // inside runs a shell script in the node's namespaces.
 func (n *Node) inside(what, script string) error {
-	cmd := exec.Command("nsenter", "--target", strconv.Itoa(n.holder.cmd.Process.Pid), "--mount", "--net", "--",
-		"sh", "-c", script)
+	cmd := exec.Command("nsenter", n.insideArgs("sh", "-c", script)...)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("node %s: %w: %s", what, err, out)
 	}
 	return nil
 }
 
+// child waits for the process that p forks to run exe (unshare's and nsenter's, which fork to enter a PID
+// namespace), and returns its PID.
+func child(p *process, exe string) (int, error) {
+	pid := 0
+	err := waitFor(10*time.Second, func() bool {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", p.cmd.Process.Pid, p.cmd.Process.Pid))
+		if err != nil {
+			return false
+		}
+		f := strings.Fields(string(b))
+		if len(f) == 0 {
+			return false
+		}
+		pid, _ = strconv.Atoi(f[0])
+		got, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+		return err == nil && filepath.Base(got) == filepath.Base(exe)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("%s: no child running %s", p.name, exe)
+	}
+	return pid, nil
+}
+
+// startInside starts bin in the node's namespaces, as process name, and puts it in the node's system cgroup.
+func (n *Node) startInside(name, bin string, args ...string) (*process, error) {
+	p, err := n.env.startProcess(name, nil, "nsenter", n.insideArgs(append([]string{bin}, args...)...)...)
+	if err != nil {
+		return nil, err
+	}
+	pid, err := child(p, bin)
+	if err != nil {
+		return nil, err
+	}
+	return p, n.joinCgroups(pid)
+}
+
 // insideArgs prefixes a command so that it runs in the node's namespaces.
 func (n *Node) insideArgs(args ...string) []string {
-	return append([]string{"--target", strconv.Itoa(n.holder.cmd.Process.Pid), "--mount", "--net", "--"}, args...)
+	return append([]string{"--target", strconv.Itoa(n.initPID), "--mount", "--net", "--pid", "--"}, args...)
 }
 
 // start brings containerd, the node's images, kube-proxy, the kubelet and kube-scheduler up, once kube-apiserver
@@ -227,12 +292,12 @@ func (n *Node) start(assets string) error {
 	if err := n.writeConfigs(); err != nil {
 		return err
 	}
-	ctrd, err := n.env.startProcess("containerd", nil, "nsenter",
-		n.insideArgs("containerd", "--config", filepath.Join(n.dir, "containerd.toml"))...)
+	ctrdBin, err := exec.LookPath("containerd")
 	if err != nil {
 		return err
 	}
-	if err := n.joinCgroups(ctrd.cmd.Process.Pid); err != nil {
+	ctrd, err := n.startInside("containerd", ctrdBin, "--config", filepath.Join(n.dir, "containerd.toml"))
+	if err != nil {
 		return err
 	}
 	if err := waitFor(30*time.Second, func() bool {
@@ -256,16 +321,16 @@ func (n *Node) start(assets string) error {
 	if err := os.WriteFile(filepath.Join(n.dir, "kube-proxy.yaml"), []byte(kubeProxyConfig(proxyKC)), 0o600); err != nil {
 		return err
 	}
-	if _, err := n.env.startProcess("kube-proxy", nil, "nsenter", n.insideArgs(filepath.Join(assets, "kube-proxy"),
-		"--config", filepath.Join(n.dir, "kube-proxy.yaml"), "--v=2")...); err != nil {
+	if _, err := n.startInside("kube-proxy", filepath.Join(assets, "kube-proxy"),
+		"--config", filepath.Join(n.dir, "kube-proxy.yaml"), "--v=2"); err != nil {
 		return err
 	}
 	if err := os.WriteFile(filepath.Join(n.dir, "kubelet.yaml"), []byte(n.kubeletConfig()), 0o600); err != nil {
 		return err
 	}
-	if _, err := n.env.startProcess("kubelet", nil, "nsenter", n.insideArgs(filepath.Join(assets, "kubelet"),
+	if _, err := n.startInside("kubelet", filepath.Join(assets, "kubelet"),
 		"--config", filepath.Join(n.dir, "kubelet.yaml"), "--kubeconfig", kubeletKC,
-		"--hostname-override", NodeName, "--node-ip", NodeIP, "--v=2")...); err != nil {
+		"--hostname-override", NodeName, "--node-ip", NodeIP, "--v=2"); err != nil {
 		return err
 	}
 	schedKC, err := n.env.userKubeconfig("kube-scheduler",
@@ -490,11 +555,14 @@ func (n *Node) joinCgroups(pid int) error {
 	return nil
 }
 
-// stop kills everything in the node's cgroups (the pods' containers, the shims, containerd and the namespace
-// holder: the namespaces, the bridge, the veth pair and the iptables chains go with the last of them), then
-// removes the cgroups. The kubelet and the other processes were stopped by Env.Stop before.
-func (n *Node) stop() error {
+// kill kills everything in the node's cgroups (the pods' containers, the shims, containerd and the node's init:
+// the namespaces, the bridge, the veth pair and the iptables chains go with the last of them). The kubelet and the
+// other processes were stopped by Env.Stop before.
+func (n *Node) kill() error {
 	var errs []error
+	if n.holder != nil {
+		n.holder.stop() // --kill-child: init goes, and the kernel kills every process of the PID namespace
+	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		pids := n.cgroupPIDs()
@@ -510,6 +578,12 @@ func (n *Node) stop() error {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	return errors.Join(errs...)
+}
+
+// cleanUp removes the node's cgroups and kube-apiserver's address, after kill and once kube-apiserver stopped.
+func (n *Node) cleanUp() error {
+	var errs []error
 	for _, m := range cgroupMounts() {
 		root := filepath.Join(m, n.cgroup)
 		var dirs []string
@@ -525,8 +599,12 @@ func (n *Node) stop() error {
 			}
 		}
 	}
-	if exec.Command("ip", "link", "show", vethHost).Run() == nil {
-		_ = exec.Command("ip", "link", "del", vethHost).Run()
+	for _, link := range []string{vethHost, apiLink} {
+		if exec.Command("ip", "link", "show", link).Run() == nil {
+			if out, err := exec.Command("ip", "link", "del", link).CombinedOutput(); err != nil {
+				errs = append(errs, fmt.Errorf("ip link del %s: %w: %s", link, err, out))
+			}
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -15,6 +15,8 @@
 //
 //	crds.yaml          the CustomResourceDefinitions (KubeVirt's own included)
 //	install.yaml       Namespace, ServiceAccounts, (Cluster)Roles and bindings, Secrets, ConfigMaps, Services, KubeVirt CR
+//	handler.yaml       with --handler-image: virt-handler's DaemonSet and the kubevirt-cluster-critical PriorityClass,
+//	                   for a real node (test/cluster kubevirtnode.go)
 //	registration.yaml  APIServices, webhook configurations, ValidatingAdmissionPolicies and bindings
 //	certs/<secret>/tls.crt, tls.key   each certificate Secret's pair, for the components' --*-cert-file flags
 //	ca.crt             the CA that signed them (the webhooks' and APIServices' caBundle)
@@ -76,12 +78,20 @@ func main() {
 	apiHost := flag.String("virt-api-host", "localhost", "where virt-api listens: the virt-api Service becomes an ExternalName Service for it")
 	apiPort := flag.Int("virt-api-port", 443, "virt-api's port, used by the APIServices and the webhooks")
 	version := flag.String("kubevirt-version", "", "KubeVirt version reported in the KubeVirt CR's status")
+	handlerImage := flag.String("handler-image", "", "virt-handler's image: when set, handler.yaml holds virt-handler's "+
+		"DaemonSet (and its PriorityClass) for a real node")
+	launcherImage := flag.String("launcher-image", "", "virt-launcher's image, in the DaemonSet (its node-labeller init container)")
 	flag.Parse()
+	if *handlerImage != "" {
+		// virt-operator takes its components' images from its environment (util.GetTargetConfigFromKV).
+		_ = os.Setenv(util.VirtHandlerImageEnvName, *handlerImage)
+		_ = os.Setenv(util.VirtLauncherImageEnvName, *launcherImage)
+	}
 	if *out == "" {
 		fmt.Fprintln(os.Stderr, "kubevirt-manifests: --out is required")
 		os.Exit(2)
 	}
-	if err := run(*out, *namespace, splitList(*gates), *apiHost, int32(*apiPort), *version); err != nil {
+	if err := run(*out, *namespace, splitList(*gates), *apiHost, int32(*apiPort), *version, *handlerImage != ""); err != nil {
 		fmt.Fprintln(os.Stderr, "kubevirt-manifests:", err)
 		os.Exit(1)
 	}
@@ -97,8 +107,8 @@ func splitList(s string) []string {
 	return out
 }
 
-func run(out, ns string, gates []string, apiHost string, apiPort int32, version string) error {
-	kv := kubeVirtCR(ns, gates, version)
+func run(out, ns string, gates []string, apiHost string, apiPort int32, version string, handler bool) error {
+	kv := kubeVirtCR(ns, gates, version, handler)
 	// virt-operator derives its install strategy from the KubeVirt CR and its own environment (image names only
 	// matter for the Deployments, which are not written).
 	if os.Getenv(util.VirtOperatorImageEnvName) == "" {
@@ -231,10 +241,19 @@ func run(out, ns string, gates []string, apiHost string, apiPort int32, version 
 		reg.add(b)
 	}
 
+	files := map[string]*docs{"crds.yaml": &crds, "install.yaml": &inst, "registration.yaml": &reg}
+	if handler {
+		var h docs
+		h.add(components.NewKubeVirtPriorityClassCR())
+		for _, ds := range strategy.DaemonSets() {
+			h.add(ds)
+		}
+		files["handler.yaml"] = &h
+	}
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return err
 	}
-	for name, d := range map[string]*docs{"crds.yaml": &crds, "install.yaml": &inst, "registration.yaml": &reg} {
+	for name, d := range files {
 		if d.err != nil {
 			return d.err
 		}
@@ -260,14 +279,15 @@ func run(out, ns string, gates []string, apiHost string, apiPort int32, version 
 }
 
 // kubeVirtCR is the KubeVirt CR a user would create, with the status virt-operator reports once it deployed.
-func kubeVirtCR(ns string, gates []string, version string) *v1.KubeVirt {
+func kubeVirtCR(ns string, gates []string, version string, emulation bool) *v1.KubeVirt {
 	kv := &v1.KubeVirt{
 		TypeMeta:   metav1.TypeMeta{APIVersion: v1.GroupVersion.String(), Kind: "KubeVirt"},
 		ObjectMeta: metav1.ObjectMeta{Name: "kubevirt", Namespace: ns},
 		Spec: v1.KubeVirtSpec{
 			ImagePullPolicy: corev1.PullIfNotPresent,
 			Configuration: v1.KubeVirtConfiguration{
-				DeveloperConfiguration: &v1.DeveloperConfiguration{FeatureGates: gates},
+				// A real node here has no /dev/kvm: QEMU's TCG (virt-handler then claims no kvm device).
+				DeveloperConfiguration: &v1.DeveloperConfiguration{FeatureGates: gates, UseEmulation: emulation},
 			},
 		},
 	}

@@ -1,0 +1,264 @@
+package cluster
+
+import (
+	"archive/tar"
+	"compress/gzip"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/runpolicy/runpolicy/images"
+)
+
+// KubeVirt's node half on the real node: virt-handler as the DaemonSet KubeVirt's generator describes, and
+// virt-launcher pods, from two images written here with go-containerregistry (no container engine, no registry).
+// Both share one base layer, a Debian 12 root filesystem with libvirt, QEMU and the tools virt-handler runs
+// (test/kubevirt/build.sh, node-rootfs), where KubeVirt's own images use a CentOS Stream base:
+//
+//   - virt-launcher: the base, then KubeVirt's virt-launcher, virt-launcher-monitor, configuration files and the
+//     virtqemud wrapper (build.sh's launcher-image tree, as test/launcher lays it over the host), its
+//     node-labeller.sh and container-disk;
+//   - virt-handler: the base, then virt-handler and virt-chroot in /usr/bin, where KubeVirt's code looks for them.
+
+// nodeKubeVirtComponents are the build.sh components the images are made of.
+var nodeKubeVirtComponents = []string{"virt-launcher", "virt-launcher-monitor", "launcher-image", "virt-handler",
+	"virt-chroot", "container-disk", "node-rootfs"}
+
+// kubeVirtNodeImages builds (or finds cached) what KubeVirt's node images are made of and the images.
+func kubeVirtNodeImages() (*KubeVirtNodeImages, error) {
+	kvBin, err := runBuild(filepath.Join(RepoRoot(), "test", "kubevirt", "build.sh"), "KUBEVIRT_VERSION="+KubeVirtVersion(),
+		"COMPONENTS="+strings.Join(nodeKubeVirtComponents, " "))
+	if err != nil {
+		return nil, err
+	}
+	imgs, err := buildKubeVirtNodeImages(kvBin, KubeVirtVersion())
+	if err != nil {
+		return nil, err
+	}
+	return &imgs, nil
+}
+
+// KubeVirtNodeImages are the references and archives of KubeVirt's node images.
+type KubeVirtNodeImages struct {
+	Launcher, Handler string
+	Archives          []string
+}
+
+// buildKubeVirtNodeImages writes the images into bin/kubevirt/<version>/node-images, unless the archives there are
+// newer than everything they are made of.
+func buildKubeVirtNodeImages(kvBin, version string) (KubeVirtNodeImages, error) {
+	out := KubeVirtNodeImages{Launcher: "runpolicy.test/virt-launcher:" + version,
+		Handler: "runpolicy.test/virt-handler:" + version}
+	dir := filepath.Join(kvBin, "node-images")
+	launcherTar, handlerTar := filepath.Join(dir, "virt-launcher.tar"), filepath.Join(dir, "virt-handler.tar")
+	out.Archives = []string{launcherTar, handlerTar}
+	inputs := []string{filepath.Join(kvBin, "node-rootfs", ".runpolicy-packages"), filepath.Join(kvBin, "launcher-image", ".complete")}
+	for _, c := range []string{"virt-launcher", "virt-launcher-monitor", "virt-handler", "virt-chroot", "container-disk"} {
+		inputs = append(inputs, filepath.Join(kvBin, c))
+	}
+	if newer(out.Archives, inputs) {
+		return out, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return out, err
+	}
+	created := time.Unix(0, 0).UTC()
+	base, err := dirLayer(filepath.Join(kvBin, "node-rootfs"), dir, nil)
+	if err != nil {
+		return out, fmt.Errorf("the node images' base layer: %w", err)
+	}
+	src, err := kubeVirtSource(version)
+	if err != nil {
+		return out, err
+	}
+	launcher, err := dirLayer(filepath.Join(kvBin, "launcher-image"), dir, map[string]string{
+		"usr/bin/node-labeller.sh": filepath.Join(src, "cmd", "virt-launcher", "node-labeller", "node-labeller.sh"),
+		"usr/bin/container-disk":   filepath.Join(kvBin, "container-disk"),
+	})
+	if err != nil {
+		return out, err
+	}
+	handler, err := filesLayer(dir, map[string]string{
+		"usr/bin/virt-handler": filepath.Join(kvBin, "virt-handler"),
+		"usr/bin/virt-chroot":  filepath.Join(kvBin, "virt-chroot"),
+	})
+	if err != nil {
+		return out, err
+	}
+	for _, img := range []struct {
+		ref, archive string
+		top          v1.Layer
+		entrypoint   []string
+	}{
+		{out.Launcher, launcherTar, launcher, []string{"/usr/bin/virt-launcher-monitor"}},
+		{out.Handler, handlerTar, handler, []string{"/usr/bin/virt-handler"}},
+	} {
+		i := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
+		if i, err = mutate.ConfigFile(i, &v1.ConfigFile{
+			Architecture: images.Platform.Architecture, OS: images.Platform.OS, Created: v1.Time{Time: created},
+			Config: v1.Config{Entrypoint: img.entrypoint, WorkingDir: "/",
+				Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}},
+			RootFS: v1.RootFS{Type: "layers"},
+		}); err != nil {
+			return out, err
+		}
+		if i, err = mutate.AppendLayers(i, base, img.top); err != nil {
+			return out, err
+		}
+		if err := images.WriteArchive(img.archive, i, img.ref, created); err != nil {
+			return out, fmt.Errorf("image %s: %w", img.ref, err)
+		}
+	}
+	return out, nil
+}
+
+// newer tells whether every file of outs exists and is newer than every file of ins.
+func newer(outs, ins []string) bool {
+	oldest := time.Time{}
+	for i, o := range outs {
+		st, err := os.Stat(o)
+		if err != nil {
+			return false
+		}
+		if i == 0 || st.ModTime().Before(oldest) {
+			oldest = st.ModTime()
+		}
+	}
+	for _, in := range ins {
+		st, err := os.Stat(in)
+		if err != nil || st.ModTime().After(oldest) {
+			return false
+		}
+	}
+	return true
+}
+
+// kubeVirtSource returns KubeVirt's module directory in the module cache.
+func kubeVirtSource(version string) (string, error) {
+	out, err := exec.Command("go", "mod", "download", "-json", "kubevirt.io/kubevirt@"+version).Output()
+	if err != nil {
+		return "", fmt.Errorf("go mod download kubevirt.io/kubevirt@%s: %w", version, err)
+	}
+	var mod struct{ Dir string }
+	if err := json.Unmarshal(out, &mod); err != nil || mod.Dir == "" {
+		return "", fmt.Errorf("go mod download kubevirt.io/kubevirt@%s: no module directory (%v)", version, err)
+	}
+	return mod.Dir, nil
+}
+
+// dirLayer writes the tree under root, plus extra files (path in the layer → file on the host), as a gzip'd tar
+// layer file in tmpDir, with the files' owners and modes (a root filesystem's setuid bits and users' files).
+func dirLayer(root, tmpDir string, extra map[string]string) (v1.Layer, error) {
+	return writeLayer(tmpDir, func(tw *tar.Writer) error {
+		err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			rel, err := filepath.Rel(root, p)
+			if err != nil || rel == "." || rel == ".complete" || rel == ".runpolicy-packages" {
+				return err
+			}
+			return addFile(tw, p, rel)
+		})
+		if err != nil {
+			return err
+		}
+		return addFiles(tw, extra)
+	})
+}
+
+// filesLayer writes a layer of the given files (path in the layer → file on the host).
+func filesLayer(tmpDir string, files map[string]string) (v1.Layer, error) {
+	return writeLayer(tmpDir, func(tw *tar.Writer) error { return addFiles(tw, files) })
+}
+
+// addFiles adds executables (their mode 0755 whatever the host's: the module cache's files are read-only).
+func addFiles(tw *tar.Writer, files map[string]string) error {
+	for _, rel := range slices.Sorted(maps.Keys(files)) {
+		if err := addFileMode(tw, files[rel], rel, 0o755); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func writeLayer(tmpDir string, fill func(*tar.Writer) error) (v1.Layer, error) {
+	f, err := os.CreateTemp(tmpDir, ".layer-*.tar.gz")
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = f.Close() }()
+	zw, err := gzip.NewWriterLevel(f, gzip.BestSpeed)
+	if err != nil {
+		return nil, err
+	}
+	tw := tar.NewWriter(zw)
+	if err := fill(tw); err != nil {
+		return nil, err
+	}
+	if err := errors.Join(tw.Close(), zw.Close(), f.Close()); err != nil {
+		return nil, err
+	}
+	return tarball.LayerFromFile(f.Name(), tarball.WithMediaType(types.OCILayer))
+}
+
+// addFile adds the file at host (not followed if a symlink) as rel, with its owner and mode.
+func addFile(tw *tar.Writer, host, rel string) error { return addFileMode(tw, host, rel, 0) }
+
+// addFileMode is addFile with the permission bits mode, unless 0.
+func addFileMode(tw *tar.Writer, host, rel string, mode int64) error {
+	st, err := os.Lstat(host)
+	if err != nil {
+		return err
+	}
+	link := ""
+	if st.Mode()&fs.ModeSymlink != 0 {
+		if link, err = os.Readlink(host); err != nil {
+			return err
+		}
+	}
+	hdr, err := tar.FileInfoHeader(st, link)
+	if err != nil {
+		return err
+	}
+	hdr.Name = filepath.ToSlash(rel)
+	if st.IsDir() && !strings.HasSuffix(hdr.Name, "/") {
+		hdr.Name += "/"
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		hdr.Uid, hdr.Gid = int(sys.Uid), int(sys.Gid)
+	}
+	hdr.Uname, hdr.Gname = "", ""
+	if mode != 0 {
+		hdr.Mode = mode
+	}
+	if err := tw.WriteHeader(hdr); err != nil {
+		return err
+	}
+	if !st.Mode().IsRegular() {
+		return nil
+	}
+	f, err := os.Open(host)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = f.Close() }()
+	_, err = io.Copy(tw, f)
+	return err
+}
