@@ -164,21 +164,11 @@ func Start(opts Options) (_ *Env, err error) {
 		return nil, err
 	}
 	kv := opts.KubeVirt
-	if opts.Node != nil && opts.Node.KubeVirt {
-		if kv == nil {
-			return nil, errors.New("NodeOptions.KubeVirt needs Options.KubeVirt")
-		}
-		if opts.Node.kubeVirt, err = kubeVirtNodeImages(); err != nil {
-			return nil, err
-		}
-		kv.LauncherImage = opts.Node.kubeVirt.Launcher
-		opts.Node.Images = append(opts.Node.Images, opts.Node.kubeVirt.Archives...)
+	if err := kubeVirtOnNode(&opts); err != nil {
+		return nil, err
 	}
 	if kv != nil {
 		env.KubeVirt = &KubeVirt{opts: *kv, bin: kvBin, env: env}
-		if opts.Node != nil {
-			env.KubeVirt.node = opts.Node.kubeVirt
-		}
 		if err := env.KubeVirt.prepare(); err != nil {
 			return nil, err
 		}
@@ -246,13 +236,8 @@ func Start(opts Options) (_ *Env, err error) {
 		}
 	}
 	if opts.Node != nil {
-		if err := env.Node.start(assets); err != nil {
+		if err := env.startNode(assets, opts.Node); err != nil {
 			return nil, err
-		}
-		if opts.Node.KubeVirt {
-			if err := env.KubeVirt.startHandler(); err != nil {
-				return nil, err
-			}
 		}
 	}
 	return env, nil

@@ -103,6 +103,9 @@ type KubeVirtOptions struct {
 	// LauncherImage is virt-controller's --launcher-image; default quay.io/kubevirt/virt-launcher:<version>. Nothing
 	// pulls it here: the node layer (test/kubevirt) plays the pod.
 	LauncherImage string
+
+	// node are KubeVirt's images for the real node (NodeOptions.KubeVirt), nil without.
+	node *KubeVirtNodeImages
 }
 
 // KubeVirt is KubeVirt's control plane in the test cluster: virt-api and virt-controller, with everything
@@ -117,8 +120,6 @@ type KubeVirt struct {
 	bin, dir         string
 	env              *Env
 	apiPort, ctlPort int
-	// node are KubeVirt's images for the real node (NodeOptions.KubeVirt), nil without.
-	node *KubeVirtNodeImages
 }
 
 // handlerFile is virt-handler's DaemonSet, for the real node.
@@ -158,7 +159,7 @@ func (k *KubeVirt) prepare() error {
 	if k.ctlPort, err = freePort("127.0.0.1"); err != nil {
 		return err
 	}
-	return writeManifests(k.bin, k.dir, k.Namespace, k.opts.FeatureGates, k.apiPort, k.node)
+	return writeManifests(k.bin, k.dir, k.Namespace, k.opts.FeatureGates, k.apiPort, k.opts.node)
 }
 
 // start applies what virt-operator would create, marks the KubeVirt CR Deployed, runs virt-api and virt-controller

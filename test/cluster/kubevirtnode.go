@@ -3,6 +3,7 @@ package cluster
 import (
 	"archive/tar"
 	"compress/gzip"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,24 +35,89 @@ import (
 //   - virt-launcher: the base, then KubeVirt's virt-launcher, virt-launcher-monitor, configuration files and the
 //     virtqemud wrapper (build.sh's launcher-image tree, as test/launcher lays it over the host), its
 //     node-labeller.sh and container-disk;
-//   - virt-handler: the base, then virt-handler and virt-chroot in /usr/bin, where KubeVirt's code looks for them.
+//   - virt-handler: the base, then virt-handler and virt-chroot in /usr/bin, where KubeVirt's code looks for them,
+//     and the launcher image's users.
 
 // nodeKubeVirtComponents are the build.sh components the images are made of.
 var nodeKubeVirtComponents = []string{"virt-launcher", "virt-launcher-monitor", "launcher-image", "virt-handler",
-	"virt-chroot", "container-disk", "node-rootfs"}
+	"virt-chroot", "virt-tail", "virt-freezer", "virt-probe", "libvirt-hook-client", "container-disk", "node-rootfs"}
+
+// launcherExtras are the files KubeVirt's launcher image has in /usr/bin besides the launcher-image tree's.
+var launcherExtras = []string{"virt-tail", "virt-freezer", "virt-probe", "libvirt-hook-client", "container-disk"}
+
+// kubeVirtOnNode builds KubeVirt's node images for NodeOptions.KubeVirt, adds them to the node's imports and makes
+// the launcher image virt-controller's.
+func kubeVirtOnNode(opts *Options) error {
+	if opts.Node == nil || !opts.Node.KubeVirt {
+		return nil
+	}
+	if opts.KubeVirt == nil {
+		return errors.New("NodeOptions.KubeVirt needs Options.KubeVirt")
+	}
+	imgs, err := kubeVirtNodeImages()
+	if err != nil {
+		return err
+	}
+	opts.KubeVirt.node = imgs
+	opts.KubeVirt.LauncherImage = imgs.Launcher
+	opts.Node.Images = append(opts.Node.Images, imgs.Archives...)
+	return nil
+}
+
+// startNode starts the prepared node and, with NodeOptions.KubeVirt, virt-handler's DaemonSet on it.
+func (e *Env) startNode(assets string, opts *NodeOptions) error {
+	if err := e.Node.start(assets); err != nil {
+		return err
+	}
+	if opts.KubeVirt {
+		return e.KubeVirt.startHandler()
+	}
+	return nil
+}
+
+// KubeVirtNodeVersion is the KubeVirt release of the real node's half (virt-handler and virt-launcher):
+// $KUBEVIRT_NODE_VERSION, else v1.8.3, the newest patch release of the control plane's minor. v1.8.0's virt-handler
+// cannot start a VMI without /dev/kvm even with useEmulation: generateDeviceRulesForVMI requires the device in the
+// launcher pod (a regression of kubevirt/kubevirt#16836, fixed by #17251 and, for release-1.8, #17324 in v1.8.1);
+// it failed here with "failed opening kvm for path root: /proc/<pid>/root, relative: /dev/kvm". A patch release's
+// virt-handler and virt-launcher under the same minor's virt-controller is the skew KubeVirt's own updates go
+// through.
+func KubeVirtNodeVersion() string {
+	if v := os.Getenv("KUBEVIRT_NODE_VERSION"); v != "" {
+		return v
+	}
+	return "v1.8.3"
+}
 
 // kubeVirtNodeImages builds (or finds cached) what KubeVirt's node images are made of and the images.
 func kubeVirtNodeImages() (*KubeVirtNodeImages, error) {
-	kvBin, err := runBuild(filepath.Join(RepoRoot(), "test", "kubevirt", "build.sh"), "KUBEVIRT_VERSION="+KubeVirtVersion(),
+	kvBin, err := runBuild(filepath.Join(RepoRoot(), "test", "kubevirt", "build.sh"), "KUBEVIRT_VERSION="+KubeVirtNodeVersion(),
 		"COMPONENTS="+strings.Join(nodeKubeVirtComponents, " "))
 	if err != nil {
 		return nil, err
 	}
-	imgs, err := buildKubeVirtNodeImages(kvBin, KubeVirtVersion())
+	imgs, err := buildKubeVirtNodeImages(kvBin, KubeVirtNodeVersion())
 	if err != nil {
 		return nil, err
 	}
 	return &imgs, nil
+}
+
+// fileCaps are the file capabilities KubeVirt's images set (cmd/virt-launcher/BUILD.bazel, setcaps):
+// virt-launcher-monitor runs as qemu (107) and starts virt-launcher with CAP_NET_BIND_SERVICE as an ambient
+// capability, which it may raise only if it holds it: security.capability, VFS_CAP_REVISION_2 with the effective
+// flag, CAP_NET_BIND_SERVICE (10) permitted.
+var fileCaps = map[string]string{"usr/bin/virt-launcher-monitor": vfsCap(10)}
+
+// vfsCap is a security.capability value: struct vfs_cap_data, revision 2, effective, the capability permitted.
+func vfsCap(capability uint) string {
+	const revision2, effective = 0x02000000, 0x000001
+	b := binary.LittleEndian.AppendUint32(nil, revision2|effective)
+	b = binary.LittleEndian.AppendUint32(b, 1<<capability) // permitted, capabilities 0-31
+	b = binary.LittleEndian.AppendUint32(b, 0)             // inheritable
+	b = binary.LittleEndian.AppendUint32(b, 0)             // permitted, 32-63
+	b = binary.LittleEndian.AppendUint32(b, 0)             // inheritable
+	return string(b)
 }
 
 // KubeVirtNodeImages are the references and archives of KubeVirt's node images.
@@ -68,8 +134,10 @@ func buildKubeVirtNodeImages(kvBin, version string) (KubeVirtNodeImages, error) 
 	dir := filepath.Join(kvBin, "node-images")
 	launcherTar, handlerTar := filepath.Join(dir, "virt-launcher.tar"), filepath.Join(dir, "virt-handler.tar")
 	out.Archives = []string{launcherTar, handlerTar}
-	inputs := []string{filepath.Join(kvBin, "node-rootfs", ".runpolicy-packages"), filepath.Join(kvBin, "launcher-image", ".complete")}
-	for _, c := range []string{"virt-launcher", "virt-launcher-monitor", "virt-handler", "virt-chroot", "container-disk"} {
+	binaries := slices.Concat([]string{"virt-launcher", "virt-launcher-monitor", "virt-handler", "virt-chroot"}, launcherExtras)
+	inputs := make([]string, 0, len(binaries)+2)
+	inputs = append(inputs, filepath.Join(kvBin, "node-rootfs", ".runpolicy-packages"), filepath.Join(kvBin, "launcher-image", ".complete"))
+	for _, c := range binaries {
 		inputs = append(inputs, filepath.Join(kvBin, c))
 	}
 	if newer(out.Archives, inputs) {
@@ -87,16 +155,27 @@ func buildKubeVirtNodeImages(kvBin, version string) (KubeVirtNodeImages, error) 
 	if err != nil {
 		return out, err
 	}
-	launcher, err := dirLayer(filepath.Join(kvBin, "launcher-image"), dir, map[string]string{
+	extras := map[string]string{
 		"usr/bin/node-labeller.sh": filepath.Join(src, "cmd", "virt-launcher", "node-labeller", "node-labeller.sh"),
-		"usr/bin/container-disk":   filepath.Join(kvBin, "container-disk"),
-	})
+	}
+	for _, b := range launcherExtras {
+		extras["usr/bin/"+b] = filepath.Join(kvBin, b)
+	}
+	launcher, err := dirLayer(filepath.Join(kvBin, "launcher-image"), dir, extras)
 	if err != nil {
 		return out, err
 	}
-	handler, err := filesLayer(dir, map[string]string{
-		"usr/bin/virt-handler": filepath.Join(kvBin, "virt-handler"),
-		"usr/bin/virt-chroot":  filepath.Join(kvBin, "virt-chroot"),
+	// virt-handler hands the launcher's sockets to qemu (107): the launcher image's users, in both.
+	handler, err := writeLayer(dir, func(tw *tar.Writer) error {
+		for _, f := range []string{"etc/passwd", "etc/group"} {
+			if err := addFile(tw, filepath.Join(kvBin, "launcher-image", f), f); err != nil {
+				return err
+			}
+		}
+		return addFiles(tw, map[string]string{
+			"usr/bin/virt-handler": filepath.Join(kvBin, "virt-handler"),
+			"usr/bin/virt-chroot":  filepath.Join(kvBin, "virt-chroot"),
+		})
 	})
 	if err != nil {
 		return out, err
@@ -248,6 +327,10 @@ func addFileMode(tw *tar.Writer, host, rel string, mode int64) error {
 	if mode != 0 {
 		hdr.Mode = mode
 	}
+	if c, ok := fileCaps[hdr.Name]; ok {
+		hdr.Format = tar.FormatPAX
+		hdr.PAXRecords = map[string]string{"SCHILY.xattr.security.capability": c}
+	}
 	if err := tw.WriteHeader(hdr); err != nil {
 		return err
 	}
@@ -261,4 +344,24 @@ func addFileMode(tw *tar.Writer, host, rel string, mode int64) error {
 	defer func() { _ = f.Close() }()
 	_, err = io.Copy(tw, f)
 	return err
+}
+
+// WriteFilesImage writes an image of one layer holding files (path in the image → file on the host) as an OCI
+// archive naming ref: e.g. a kernel boot container (KubeVirt's spec.domain.firmware.kernelBoot.container), whose
+// files KubeVirt reads and whose process it supplies.
+func WriteFilesImage(archive, ref string, files map[string]string) error {
+	layer, err := filesLayer(filepath.Dir(archive), files)
+	if err != nil {
+		return err
+	}
+	img := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
+	created := time.Unix(0, 0).UTC()
+	if img, err = mutate.ConfigFile(img, &v1.ConfigFile{Architecture: images.Platform.Architecture,
+		OS: images.Platform.OS, Created: v1.Time{Time: created}, RootFS: v1.RootFS{Type: "layers"}}); err != nil {
+		return err
+	}
+	if img, err = mutate.AppendLayers(img, layer); err != nil {
+		return err
+	}
+	return images.WriteArchive(archive, img, ref, created)
 }

@@ -68,8 +68,6 @@ type NodeOptions struct {
 	// KubeVirt's generator describes, and virt-controller's launcher pods, from images built here
 	// (kubevirtnode.go), with KubeVirt's useEmulation (no /dev/kvm here).
 	KubeVirt bool
-
-	kubeVirt *KubeVirtNodeImages
 }
 
 // Node is the running real node.

@@ -134,7 +134,8 @@ build_component() {
   virt-launcher | virt-launcher-monitor | launcherctl | launcher-image) # the virt-launcher section, below
     build_launcher_component "$c"
     ;;
-  virt-handler | virt-chroot | container-disk | node-rootfs) # the node section, below
+  virt-handler | virt-chroot | virt-tail | virt-freezer | virt-probe | libvirt-hook-client | container-disk | node-rootfs)
+    # the node section, below
     build_node_component "$c"
     ;;
   *)
@@ -275,6 +276,9 @@ build_launcher_component() {
 #   COMPONENTS="virt-handler virt-chroot container-disk node-rootfs" test/kubevirt/build.sh
 #
 #   virt-handler, virt-chroot  KubeVirt's Go programs (virt-handler with cgo, for <linux/kvm.h>)
+#   virt-tail, virt-freezer, virt-probe, libvirt-hook-client
+#                              what KubeVirt's launcher image has in /usr/bin beside virt-launcher (the guest console
+#                              log sidecar, guest filesystem freeze, probes, libvirt's hook)
 #   container-disk             KubeVirt's C program (cmd/container-disk-v2alpha), static, which the launcher image
 #                              carries and its pods copy into their init volume
 #   node-rootfs/               a Debian 12 root filesystem (debootstrap, minbase) with libvirt's daemon, virsh, QEMU
@@ -293,8 +297,11 @@ build_node_component() {
   virt-handler) # cgo: its node labeller reads KVM's constants from <linux/kvm.h>; linked against the image's glibc
     CGO_ENABLED=1 go build -trimpath -ldflags "$(ldflags)" -o "$OUT/$c.tmp" "kubevirt.io/kubevirt/cmd/$c" >&2
     ;;
-  virt-chroot)
+  virt-chroot | virt-tail | virt-freezer | virt-probe)
     CGO_ENABLED=0 go build -trimpath -ldflags "$(ldflags)" -o "$OUT/$c.tmp" "kubevirt.io/kubevirt/cmd/$c" >&2
+    ;;
+  libvirt-hook-client)
+    CGO_ENABLED=0 go build -trimpath -ldflags "$(ldflags)" -o "$OUT/$c.tmp" "kubevirt.io/kubevirt/cmd/virt-launcher/$c" >&2
     ;;
   container-disk)
     src=$(go list -m -f '{{.Dir}}' kubevirt.io/kubevirt)

@@ -80,20 +80,8 @@ func TestHelmInstallOnARealNode(t *testing.T) {
 		g.Expect(env.Stop()).To(Succeed())
 	}()
 
-	// The test cluster comes with runpolicy's CRDs; remove them so that the chart's own are what gets installed.
-	for _, name := range []string{"virtualmachines.runpolicy.io", "virtualmachineoperations.runpolicy.io"} {
-		crd := &apiextv1.CustomResourceDefinition{ObjectMeta: metav1.ObjectMeta{Name: name}}
-		g.Expect(admin.Delete(ctx, crd)).To(Succeed())
-		g.Eventually(func() bool { return apierrors.IsNotFound(admin.Get(ctx, client.ObjectKeyFromObject(crd), crd)) }).Should(BeTrue())
-	}
-
 	t.Log("helm install, the chart's default values (two replicas, leader election, HTTPS metrics)")
-	helmArgs := []string{"--kubeconfig", env.Kubeconfig, "--namespace", namespace}
-	out, err := chartrbac.RunHelm(append([]string{"install", release, chartDir(), "--create-namespace", "--wait",
-		"--timeout", "3m"}, helmArgs...)...)
-	g.Expect(err).NotTo(HaveOccurred(), "%s", out)
-	t.Log(out)
-
+	helmArgs := helmInstall(ctx, t, g, admin, env)
 	deploy := &appsv1.Deployment{}
 	g.Expect(admin.Get(ctx, client.ObjectKey{Namespace: namespace, Name: release}, deploy)).To(Succeed())
 	g.Expect(deploy.Spec.Template.Spec.Containers[0].Image).To(Equal(built[images.Controller.Name].Ref),
@@ -191,7 +179,7 @@ func TestHelmInstallOnARealNode(t *testing.T) {
 	}).Should(Succeed())
 
 	t.Log("helm upgrade rolls the pods")
-	out, err = chartrbac.RunHelm(append([]string{"upgrade", release, chartDir(), "--reuse-values", "--set", "replicas=1",
+	out, err := chartrbac.RunHelm(append([]string{"upgrade", release, chartDir(), "--reuse-values", "--set", "replicas=1",
 		"--wait", "--timeout", "3m"}, helmArgs...)...)
 	g.Expect(err).NotTo(HaveOccurred(), "%s", out)
 	g.Eventually(func(g Gomega) {
@@ -291,4 +279,21 @@ func dump(t *testing.T, c client.Client) {
 			t.Logf("event %s/%s %s: %s %s", e.InvolvedObject.Namespace, e.InvolvedObject.Name, e.Type, e.Reason, e.Message)
 		}
 	}
+}
+
+// helmInstall installs the chart with its default values and waits for the operator's pods; it returns helm's
+// arguments for the cluster and the release's namespace. The test cluster comes with runpolicy's CRDs: they are
+// removed first, so that the chart's own are what gets installed.
+func helmInstall(ctx context.Context, t *testing.T, g Gomega, c client.Client, env *cluster.Env) []string {
+	for _, name := range []string{"virtualmachines.runpolicy.io", "virtualmachineoperations.runpolicy.io"} {
+		crd := &apiextv1.CustomResourceDefinition{ObjectMeta: metav1.ObjectMeta{Name: name}}
+		g.Expect(c.Delete(ctx, crd)).To(Succeed())
+		g.Eventually(func() bool { return apierrors.IsNotFound(c.Get(ctx, client.ObjectKeyFromObject(crd), crd)) }).Should(BeTrue())
+	}
+	args := []string{"--kubeconfig", env.Kubeconfig, "--namespace", namespace}
+	out, err := chartrbac.RunHelm(append([]string{"install", release, chartDir(), "--create-namespace", "--wait",
+		"--timeout", "3m"}, args...)...)
+	g.Expect(err).NotTo(HaveOccurred(), "%s", out)
+	t.Log(out)
+	return args
 }
