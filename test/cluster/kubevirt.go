@@ -159,7 +159,11 @@ func (k *KubeVirt) prepare() error {
 	if k.ctlPort, err = freePort("127.0.0.1"); err != nil {
 		return err
 	}
-	return writeManifests(k.bin, k.dir, k.Namespace, k.opts.FeatureGates, k.apiPort, k.opts.node)
+	bin := k.bin
+	if k.opts.node != nil {
+		bin = k.opts.node.bin
+	}
+	return writeManifests(bin, k.dir, k.Namespace, k.opts.FeatureGates, k.apiPort, k.opts.node)
 }
 
 // start applies what virt-operator would create, marks the KubeVirt CR Deployed, runs virt-api and virt-controller

@@ -39,7 +39,7 @@ import (
 //     and the launcher image's users.
 
 // nodeKubeVirtComponents are the build.sh components the images are made of.
-var nodeKubeVirtComponents = []string{"virt-launcher", "virt-launcher-monitor", "launcher-image", "virt-handler",
+var nodeKubeVirtComponents = []string{"kubevirt-manifests", "virt-launcher", "virt-launcher-monitor", "launcher-image", "virt-handler",
 	"virt-chroot", "virt-tail", "virt-freezer", "virt-probe", "libvirt-hook-client", "container-disk", "node-rootfs"}
 
 // launcherExtras are the files KubeVirt's launcher image has in /usr/bin besides the launcher-image tree's.
@@ -100,6 +100,7 @@ func kubeVirtNodeImages() (*KubeVirtNodeImages, error) {
 	if err != nil {
 		return nil, err
 	}
+	imgs.bin = kvBin
 	return &imgs, nil
 }
 
@@ -124,6 +125,10 @@ func vfsCap(capability uint) string {
 type KubeVirtNodeImages struct {
 	Launcher, Handler string
 	Archives          []string
+	// bin holds the node version's build, whose kubevirt-manifests writes the cluster's KubeVirt manifests: the
+	// CRDs must be the node half's (v1.8.0's VMI schema refuses the status v1.8.3's virt-handler writes:
+	// "Checked value must be of type integer with format int32 in status.kernelBootStatus").
+	bin string
 }
 
 // buildKubeVirtNodeImages writes the images into bin/kubevirt/<version>/node-images, unless the archives there are

@@ -24,8 +24,8 @@ import (
 )
 
 // A real node: Debian's containerd and runc, the CNI plugins, and kubelet, kube-proxy and kube-scheduler built
-// like the other kube binaries (build-assets.sh), on this machine's cgroup v1. The node lives in a network and a
-// mount namespace of its own, so that what it changes stays in them and goes with them:
+// like the other kube binaries (build-assets.sh), on this machine's cgroup v1. The node lives in network, mount and
+// PID namespaces of its own, so that what it changes stays in them and goes with them:
 //
 //   - its network namespace holds the pods' bridge, kube-proxy's and the kubelet's iptables chains and
 //     net.ipv4.ip_forward; a veth pair links it to the host, where kube-apiserver serves on NodeAPIServerIP;
@@ -33,15 +33,18 @@ import (
 //     network namespaces), the node's directories on /var/lib (the kubelet's root, CNI's cache) and /var/log (the
 //     pods' logs and /var/log/containers, a path the kubelet hard-codes), and regular files on the few /proc/sys
 //     files the kubelet insists on writing (vm.overcommit_memory, kernel.panic, kernel.panic_on_oops), holding the
-//     values it wants, so that the host's kernel settings stay as they are.
+//     values it wants, so that the host's kernel settings stay as they are;
+//   - its PID namespace has test/cluster/nodebox as its init: hostPID pods (virt-handler) see the node's processes,
+//     and /proc/1 is the node's (virt-chroot enters /proc/1/ns/mnt).
 //
-// The cgroups are the one host-wide thing the node creates: every hierarchy gets a root of its own (cgroupRoot
-// for the kubelet's pods, a system group for containerd and its shims), removed once the processes in it are
-// killed. See ../../shared/research/real-node-here.md for the measurements behind each choice.
+// What the node creates on the host itself, removed on teardown once every process of the node is killed: a root
+// of its own in every cgroup hierarchy (cgroupRoot for the kubelet's pods, a system group for containerd and its
+// shims), the veth pair and the link holding kube-apiserver's address (rpn-*), with their routes. See
+// ../../shared/research/real-node-here.md for the measurements behind each choice.
 const (
 	// NodeName is the test node's name.
 	NodeName = "runpolicy-node"
-	// NodeAPIServerIP is the host's end of the node's veth: kube-apiserver serves there, and it is also the
+	// NodeAPIServerIP is the host's address the node reaches through its veth: kube-apiserver serves there, and it is also the
 	// kubernetes Service's ClusterIP (the first address of NodeServiceCIDR), so that the certificate envtest issues
 	// for the serving address is valid for a pod's in-cluster configuration, which dials the Service's IP.
 	NodeAPIServerIP = "10.244.76.1"

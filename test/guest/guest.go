@@ -7,6 +7,14 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	kvv1 "kubevirt.io/api/core/v1"
+
+	"github.com/runpolicy/runpolicy/api/v1alpha1"
 )
 
 // The guest's files in its folder.
@@ -59,4 +67,25 @@ func RepoRoot(t testing.TB) string {
 		}
 		dir = parent
 	}
+}
+
+// Args are the guest's kernel arguments: action is what its init does once booted (reboot, poweroff or hang).
+func Args(action string) string { return "console=ttyS0 quiet action=" + action }
+
+// VM is a runpolicy VM booting the guest from the kernel boot container image, without network (no pod interface,
+// graphics or balloon), 128Mi; action is what the guest does once booted.
+func VM(ns, name string, rp v1alpha1.RunPolicy, image, action string) *v1alpha1.VirtualMachine {
+	vm := &v1alpha1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	vm.Spec.RunPolicy = rp
+	vm.Spec.Template = &kvv1.VirtualMachineInstanceTemplateSpec{Spec: kvv1.VirtualMachineInstanceSpec{
+		TerminationGracePeriodSeconds: ptr.To[int64](0),
+		Domain: kvv1.DomainSpec{
+			Resources: kvv1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("128Mi")}},
+			Devices: kvv1.Devices{AutoattachPodInterface: ptr.To(false), AutoattachGraphicsDevice: ptr.To(false),
+				AutoattachMemBalloon: ptr.To(false)},
+			Firmware: &kvv1.Firmware{KernelBoot: &kvv1.KernelBoot{KernelArgs: Args(action),
+				Container: &kvv1.KernelBootContainer{Image: image, KernelPath: "/" + Kernel, InitrdPath: "/" + Initrd}}},
+		},
+	}}
+	return vm
 }

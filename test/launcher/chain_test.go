@@ -8,11 +8,9 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/utils/ptr"
 	kvv1 "kubevirt.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -20,6 +18,7 @@ import (
 	"github.com/runpolicy/runpolicy/controllers"
 	"github.com/runpolicy/runpolicy/test/chartrbac"
 	"github.com/runpolicy/runpolicy/test/cluster"
+	"github.com/runpolicy/runpolicy/test/guest"
 	standin "github.com/runpolicy/runpolicy/test/kubevirt"
 	"github.com/runpolicy/runpolicy/test/launcher"
 )
@@ -71,7 +70,7 @@ func TestFullChain(t *testing.T) {
 
 	t.Run("reboot restarts with the changed spec", func(t *testing.T) {
 		ns := namespace(t, ctx, c)
-		vm := guestVM(ns, "rebooter", v1alpha1.RunPolicyManual, "reboot")
+		vm := guest.VM(ns, "rebooter", v1alpha1.RunPolicyManual, chainGuestImage, "reboot")
 		if err := c.Create(ctx, vm); err != nil {
 			t.Fatal(err)
 		}
@@ -81,7 +80,7 @@ func TestFullChain(t *testing.T) {
 		// The pending change: the next boot hangs instead of rebooting. The running VMI keeps action=reboot.
 		setAction(t, ctx, c, ns, vm.Name, "hang")
 		second := waitVMI(t, ctx, c, ns, vm.Name, func(vmi *kvv1.VirtualMachineInstance) bool {
-			return vmi.UID != first.UID && vmi.Status.Phase == kvv1.Running && kernelArgs(vmi) == guestArgs("hang")
+			return vmi.UID != first.UID && vmi.Status.Phase == kvv1.Running && kernelArgs(vmi) == guest.Args("hang")
 		})
 		// lastShutdown is recorded with the restart's intent, restartCount once KubeVirt runs the new VMI (the
 		// operator's bookkeeping may follow the new VMI's Running by a moment).
@@ -97,7 +96,7 @@ func TestFullChain(t *testing.T) {
 
 	t.Run("poweroff stays stopped", func(t *testing.T) {
 		ns := namespace(t, ctx, c)
-		vm := guestVM(ns, "poweroffer", v1alpha1.RunPolicyManual, "poweroff")
+		vm := guest.VM(ns, "poweroffer", v1alpha1.RunPolicyManual, chainGuestImage, "poweroff")
 		if err := c.Create(ctx, vm); err != nil {
 			t.Fatal(err)
 		}
@@ -171,26 +170,6 @@ func namespace(t *testing.T, ctx context.Context, c client.Client) string {
 	return ns.Name
 }
 
-func guestArgs(action string) string { return "console=ttyS0 quiet action=" + action }
-
-// guestVM is a runpolicy VM booting the tiny guest from a kernel boot container image, without network; action is
-// what the guest does once booted.
-func guestVM(ns, name string, rp v1alpha1.RunPolicy, action string) *v1alpha1.VirtualMachine {
-	vm := &v1alpha1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
-	vm.Spec.RunPolicy = rp
-	vm.Spec.Template = &kvv1.VirtualMachineInstanceTemplateSpec{Spec: kvv1.VirtualMachineInstanceSpec{
-		TerminationGracePeriodSeconds: ptr.To[int64](0),
-		Domain: kvv1.DomainSpec{
-			Resources: kvv1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("128Mi")}},
-			Devices: kvv1.Devices{AutoattachPodInterface: ptr.To(false), AutoattachGraphicsDevice: ptr.To(false),
-				AutoattachMemBalloon: ptr.To(false)},
-			Firmware: &kvv1.Firmware{KernelBoot: &kvv1.KernelBoot{KernelArgs: guestArgs(action),
-				Container: &kvv1.KernelBootContainer{Image: chainGuestImage, KernelPath: "/vmlinux", InitrdPath: "/initramfs.cpio.gz"}}},
-		},
-	}}
-	return vm
-}
-
 func kernelArgs(vmi *kvv1.VirtualMachineInstance) string {
 	if fw := vmi.Spec.Domain.Firmware; fw != nil && fw.KernelBoot != nil {
 		return fw.KernelBoot.KernelArgs
@@ -225,7 +204,7 @@ func setAction(t *testing.T, ctx context.Context, c client.Client, ns, name, act
 		t.Fatal(err)
 	}
 	patch := client.MergeFrom(vm.DeepCopy())
-	vm.Spec.Template.Spec.Domain.Firmware.KernelBoot.KernelArgs = guestArgs(action)
+	vm.Spec.Template.Spec.Domain.Firmware.KernelBoot.KernelArgs = guest.Args(action)
 	if err := c.Patch(ctx, vm, patch); err != nil {
 		t.Fatal(err)
 	}

@@ -62,23 +62,8 @@ func TestHelmInstallOnARealNode(t *testing.T) {
 	}
 
 	t.Log("a cluster with KubeVirt's control plane and a real node; the images imported into its containerd")
-	env, err := cluster.Start(cluster.Options{
-		KubeVirt: &cluster.KubeVirtOptions{FeatureGates: []string{"Sidecar"}},
-		Node: &cluster.NodeOptions{Images: []string{built[images.Controller.Name].Archive,
-			built[images.HookSidecar.Name].Archive}},
-	})
-	g.Expect(err).NotTo(HaveOccurred())
-	scheme := controllers.NewScheme()
-	g.Expect(apiextv1.AddToScheme(scheme)).To(Succeed())
-	admin, err := client.New(env.Config, client.Options{Scheme: scheme})
-	g.Expect(err).NotTo(HaveOccurred())
-	defer func() {
-		if t.Failed() {
-			dump(t, admin)
-			env.MarkFailed()
-		}
-		g.Expect(env.Stop()).To(Succeed())
-	}()
+	env, admin := startCluster(t, g, cluster.NodeOptions{Images: []string{built[images.Controller.Name].Archive,
+		built[images.HookSidecar.Name].Archive}})
 
 	t.Log("helm install, the chart's default values (two replicas, leader election, HTTPS metrics)")
 	helmArgs := helmInstall(ctx, t, g, admin, env)
@@ -262,6 +247,31 @@ func fetch(ctx context.Context, g Gomega, c client.Client, image, ns, name, sa, 
 		msg = term.Message
 	}).Should(Succeed())
 	return msg
+}
+
+// startCluster starts a cluster with KubeVirt's control plane (Sidecar gate on) and a real node, and an admin
+// client (apiextensions too); the cluster stops when the test ends, its logs kept and its pods and Events logged if
+// the test failed.
+func startCluster(t *testing.T, g Gomega, node cluster.NodeOptions) (*cluster.Env, client.Client) {
+	env, err := cluster.Start(cluster.Options{
+		KubeVirt: &cluster.KubeVirtOptions{FeatureGates: []string{"Sidecar"}},
+		Node:     &node,
+	})
+	g.Expect(err).NotTo(HaveOccurred())
+	scheme := controllers.NewScheme()
+	g.Expect(apiextv1.AddToScheme(scheme)).To(Succeed())
+	admin, err := client.New(env.Config, client.Options{Scheme: scheme})
+	g.Expect(err).NotTo(HaveOccurred())
+	t.Cleanup(func() {
+		if t.Failed() {
+			dump(t, admin)
+			env.MarkFailed()
+		}
+		if err := env.Stop(); err != nil {
+			t.Errorf("stopping the cluster: %v", err)
+		}
+	})
+	return env, admin
 }
 
 // dump logs the pods and Events of the cluster, for a failed test.
