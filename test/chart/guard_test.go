@@ -200,7 +200,8 @@ func checkUserRolesGrantNoStatus(ctx context.Context, g Gomega, admin client.Cli
 		return sar.Status.Allowed
 	}
 	for _, res := range []string{"virtualmachines", "virtualmachineoperations"} {
-		g.Expect(can(res, "", "create")).To(BeTrue(), "the aggregated roles manage %s", res)
+		// kube-apiserver's RBAC authorizer sees the new RoleBindings once its informer has them.
+		g.Eventually(func() bool { return can(res, "", "create") }).Should(BeTrue(), "the aggregated roles manage %s", res)
 		g.Expect(can(res, "status", "get")).To(BeTrue(), "the aggregated roles read %s/status", res)
 		for _, verb := range []string{"update", "patch"} {
 			g.Expect(can(res, "status", verb)).To(BeFalse(), "%s %s/status must not be granted", verb, res)

@@ -33,12 +33,12 @@ import (
 // (test/kubevirt/build.sh, node-rootfs), where KubeVirt's own images use a CentOS Stream base:
 //
 //   - virt-launcher: the base, then KubeVirt's virt-launcher, virt-launcher-monitor, configuration files and the
-//     virtqemud wrapper (build.sh's launcher-image tree, as test/launcher lays it over the host), its
-//     node-labeller.sh and container-disk;
+//     virtqemud wrapper (build.sh's launcher-image tree, as test/launcher lays it over the host), node-labeller.sh
+//     and what else KubeVirt's image has in /usr/bin (launcherExtras);
 //   - virt-handler: the base, then virt-handler and virt-chroot in /usr/bin, where KubeVirt's code looks for them,
 //     and the launcher image's users.
 
-// nodeKubeVirtComponents are the build.sh components the images are made of.
+// nodeKubeVirtComponents are the build.sh components of the node version: the images' parts, and the manifests.
 var nodeKubeVirtComponents = []string{"kubevirt-manifests", "virt-launcher", "virt-launcher-monitor", "launcher-image", "virt-handler",
 	"virt-chroot", "virt-tail", "virt-freezer", "virt-probe", "libvirt-hook-client", "container-disk", "node-rootfs"}
 
@@ -140,8 +140,9 @@ func buildKubeVirtNodeImages(kvBin, version string) (KubeVirtNodeImages, error) 
 	launcherTar, handlerTar := filepath.Join(dir, "virt-launcher.tar"), filepath.Join(dir, "virt-handler.tar")
 	out.Archives = []string{launcherTar, handlerTar}
 	binaries := slices.Concat([]string{"virt-launcher", "virt-launcher-monitor", "virt-handler", "virt-chroot"}, launcherExtras)
-	inputs := make([]string, 0, len(binaries)+2)
-	inputs = append(inputs, filepath.Join(kvBin, "node-rootfs", ".runpolicy-packages"), filepath.Join(kvBin, "launcher-image", ".complete"))
+	inputs := make([]string, 0, len(binaries)+3)
+	inputs = append(inputs, filepath.Join(kvBin, "node-rootfs", ".runpolicy-packages"), filepath.Join(kvBin, "launcher-image", ".complete"),
+		filepath.Join(RepoRoot(), "test", "cluster", "kubevirtnode.go")) // how the images are assembled
 	for _, c := range binaries {
 		inputs = append(inputs, filepath.Join(kvBin, c))
 	}
