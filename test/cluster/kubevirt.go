@@ -100,8 +100,9 @@ type KubeVirtOptions struct {
 	// "Sidecar" (runpolicy's hook sidecar needs it; without it virt-api refuses templates with hook sidecars).
 	// KubeVirt.SetFeatureGates changes them while the cluster runs, as an admin would.
 	FeatureGates []string
-	// LauncherImage is virt-controller's --launcher-image; default quay.io/kubevirt/virt-launcher:<version>. Nothing
-	// pulls it here: the node layer (test/kubevirt) plays the pod.
+	// LauncherImage is virt-controller's --launcher-image; default quay.io/kubevirt/virt-launcher:<version>, which
+	// nothing pulls: the simulated node layer (test/kubevirt) plays the pod. On the real node (NodeOptions.KubeVirt)
+	// it is the launcher image built for it.
 	LauncherImage string
 
 	// node are KubeVirt's images for the real node (NodeOptions.KubeVirt), nil without.
