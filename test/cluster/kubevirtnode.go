@@ -152,8 +152,12 @@ func buildKubeVirtNodeImages(kvBin, version string) (KubeVirtNodeImages, error) 
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return out, err
 	}
-	created := time.Unix(0, 0).UTC()
-	base, err := dirLayer(filepath.Join(kvBin, "node-rootfs"), dir, nil)
+	work, err := os.MkdirTemp(dir, ".layers-")
+	if err != nil {
+		return out, err
+	}
+	defer func() { _ = os.RemoveAll(work) }()
+	base, err := dirLayer(filepath.Join(kvBin, "node-rootfs"), work, nil)
 	if err != nil {
 		return out, fmt.Errorf("the node images' base layer: %w", err)
 	}
@@ -167,12 +171,12 @@ func buildKubeVirtNodeImages(kvBin, version string) (KubeVirtNodeImages, error) 
 	for _, b := range launcherExtras {
 		extras["usr/bin/"+b] = filepath.Join(kvBin, b)
 	}
-	launcher, err := dirLayer(filepath.Join(kvBin, "launcher-image"), dir, extras)
+	launcher, err := dirLayer(filepath.Join(kvBin, "launcher-image"), work, extras)
 	if err != nil {
 		return out, err
 	}
 	// virt-handler hands the launcher's sockets to qemu (107): the launcher image's users, in both.
-	handler, err := writeLayer(dir, func(tw *tar.Writer) error {
+	handler, err := writeLayer(work, func(tw *tar.Writer) error {
 		for _, f := range []string{"etc/passwd", "etc/group"} {
 			if err := addFile(tw, filepath.Join(kvBin, "launcher-image", f), f); err != nil {
 				return err
@@ -194,19 +198,9 @@ func buildKubeVirtNodeImages(kvBin, version string) (KubeVirtNodeImages, error) 
 		{out.Launcher, launcherTar, launcher, []string{"/usr/bin/virt-launcher-monitor"}},
 		{out.Handler, handlerTar, handler, []string{"/usr/bin/virt-handler"}},
 	} {
-		i := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
-		if i, err = mutate.ConfigFile(i, &v1.ConfigFile{
-			Architecture: images.Platform.Architecture, OS: images.Platform.OS, Created: v1.Time{Time: created},
-			Config: v1.Config{Entrypoint: img.entrypoint, WorkingDir: "/",
-				Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}},
-			RootFS: v1.RootFS{Type: "layers"},
-		}); err != nil {
-			return out, err
-		}
-		if i, err = mutate.AppendLayers(i, base, img.top); err != nil {
-			return out, err
-		}
-		if err := images.WriteArchive(img.archive, i, img.ref, created); err != nil {
+		cfg := v1.Config{Entrypoint: img.entrypoint, WorkingDir: "/",
+			Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}}
+		if err := writeImage(img.archive, img.ref, cfg, base, img.top); err != nil {
 			return out, fmt.Errorf("image %s: %w", img.ref, err)
 		}
 	}
@@ -248,7 +242,8 @@ func kubeVirtSource(version string) (string, error) {
 }
 
 // dirLayer writes the tree under root, plus extra files (path in the layer → file on the host), as a gzip'd tar
-// layer file in tmpDir, with the files' owners and modes (a root filesystem's setuid bits and users' files).
+// layer file in tmpDir (the caller removes it once the image is written), with the files' owners and modes (a root
+// filesystem's setuid bits and users' files).
 func dirLayer(root, tmpDir string, extra map[string]string) (v1.Layer, error) {
 	return writeLayer(tmpDir, func(tw *tar.Writer) error {
 		err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
@@ -356,17 +351,29 @@ func addFileMode(tw *tar.Writer, host, rel string, mode int64) error {
 // archive naming ref: e.g. a kernel boot container (KubeVirt's spec.domain.firmware.kernelBoot.container), whose
 // files KubeVirt reads and whose process it supplies.
 func WriteFilesImage(archive, ref string, files map[string]string) error {
-	layer, err := filesLayer(filepath.Dir(archive), files)
+	work, err := os.MkdirTemp(filepath.Dir(archive), ".layers-")
 	if err != nil {
 		return err
 	}
-	img := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
-	created := time.Unix(0, 0).UTC()
-	if img, err = mutate.ConfigFile(img, &v1.ConfigFile{Architecture: images.Platform.Architecture,
-		OS: images.Platform.OS, Created: v1.Time{Time: created}, RootFS: v1.RootFS{Type: "layers"}}); err != nil {
+	defer func() { _ = os.RemoveAll(work) }()
+	layer, err := filesLayer(work, files)
+	if err != nil {
 		return err
 	}
-	if img, err = mutate.AppendLayers(img, layer); err != nil {
+	return writeImage(archive, ref, v1.Config{}, layer)
+}
+
+// writeImage writes an OCI image of layers with the container config cfg as an archive naming ref, dated the Unix
+// epoch. The layers' files may go once it returns.
+func writeImage(archive, ref string, cfg v1.Config, layers ...v1.Layer) error {
+	created := time.Unix(0, 0).UTC()
+	img := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
+	img, err := mutate.ConfigFile(img, &v1.ConfigFile{Architecture: images.Platform.Architecture,
+		OS: images.Platform.OS, Created: v1.Time{Time: created}, Config: cfg, RootFS: v1.RootFS{Type: "layers"}})
+	if err != nil {
+		return err
+	}
+	if img, err = mutate.AppendLayers(img, layers...); err != nil {
 		return err
 	}
 	return images.WriteArchive(archive, img, ref, created)
