@@ -29,8 +29,8 @@ help: ## Show the targets.
 
 ##@ Main jobs
 .PHONY: demo
-demo: build test-assets guest $(HELM) ## Local demo: test cluster up, operator running as the chart installs it, VMs in real QEMU guests following their policies (needs root).
-	EXTRA=kubectl test/cluster/build-assets.sh >/dev/null
+demo: test-assets guest images $(HELM) ## Local demo on a real node: test cluster up with KubeVirt's virt-handler, helm install of the chart (the operator as pods), VMs in real QEMU guests following their policies (needs root).
+	EXTRA="kubectl $(KUBE_EXTRA)" test/cluster/build-assets.sh >/dev/null
 	HELM=$(HELM) GUEST_DIR=$(GUEST_DIR) test/demo.sh
 
 .PHONY: test

@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
-# The local demo: the offline test cluster (real kube-apiserver, etcd, kube-controller-manager, KubeVirt's real
-# virt-api and virt-controller with the Sidecar gate on) comes up with a node that runs every VM in KubeVirt's real
-# virt-launcher, libvirt and QEMU (TCG) with runpolicy's hook sidecar (test/kubevirt with the real launcher of
-# test/launcher), the operator binary runs against it as the Helm chart installs it (the chart's ServiceAccount, RBAC
-# and admission policies, the Deployment's args; devcluster writes them), and four VMs follow their run policies through a spec change,
-# a reboot and poweroffs done inside the guests: the demo types `reboot -f` and `poweroff -f` into a guest's serial
-# console (what `virtctl console` reaches), the guest's kernel resets or powers off the machine, QEMU reports it to
-# the hook sidecar and the operator acts on what the sidecar recorded. Run through `make demo` (needs root).
+# The local demo, on a real node: the offline test cluster (real kube-apiserver, etcd, kube-controller-manager,
+# KubeVirt's real virt-api and virt-controller with the Sidecar gate on) with a real node (containerd, kubelet,
+# kube-proxy, kube-scheduler) running KubeVirt's real virt-handler, its launcher pods with libvirt and QEMU (TCG);
+# `make images` imported into the node (no registry). The chart is installed with `helm install`, as a user does:
+# the operator runs as its pods. Four VMs follow their run policies through a spec change, a reboot and poweroffs
+# done inside the guests: the demo types `reboot -f` and `poweroff -f` into a guest's serial console with
+# `virtctl console` (devcluster's /console), the guest's kernel resets or powers off the machine, QEMU reports it to
+# runpolicy's hook sidecar in the launcher pod, the kubelet publishes the sidecar's termination message and the
+# operator pod acts on it. Run through `make demo` (needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 DEMO=$ROOT/bin/demo
-ASSETS=$(EXTRA=kubectl test/cluster/build-assets.sh)
+ASSETS=$(EXTRA="kubectl kube-controller-manager kubelet kube-proxy kube-scheduler" test/cluster/build-assets.sh)
+HELM=${HELM:-$ROOT/bin/tools/helm}
 KUBECTL="$ASSETS/kubectl --kubeconfig $DEMO/kubeconfig"
 CONTROL=127.0.0.1:18080
 GUEST_DIR=${GUEST_DIR:-$ROOT/bin/guest}
 mkdir -p "$DEMO"
-rm -f "$DEMO/kubeconfig" "$DEMO/operator.kubeconfig" "$DEMO/operator.args" "$DEMO/operator.env"
+rm -f "$DEMO/kubeconfig"
 started=$SECONDS
 
 pids=()
@@ -25,6 +27,7 @@ trap cleanup EXIT
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 show() { $KUBECTL get rvm,vm,vmi -o wide 2>/dev/null | sed 's/^/   /'; }
+pods() { $KUBECTL get pods -A -o wide 2>/dev/null | sed 's/^/   /'; }
 waitfor() { # waitfor DESCRIPTION COMMAND...: poll for up to $WAIT s (default 60)
   local what=$1; shift
   for _ in $(seq 1 $((${WAIT:-60} * 2))); do if "$@" >/dev/null 2>&1; then return 0; fi; sleep 0.5; done
@@ -35,36 +38,37 @@ rvm() { $KUBECTL get rvm "$1" -o jsonpath="$2"; }
 novmi() { ! $KUBECTL get vmi "$1" >/dev/null 2>&1; }
 recorded() { [[ $(rvm "$1" '{.status.lastShutdown.vmiUID}') == "$2" ]]; } # the operator judged that VMI's end
 newvmi() { local u; u=$($KUBECTL get vmi "$1" -o jsonpath='{.metadata.uid}') && [[ -n $u && $u != "$2" ]]; }
-# console VM LINE: type LINE into the serial console of VM's guest once it has booted to its shell (devcluster waits
-# for the prompt: ~30-60 s of TCG boot), and print what the guest answered.
+# console VM LINE: type LINE into the serial console of VM's guest with `virtctl console` once it has booted to its
+# shell (devcluster presses Enter until it prompts: ~30-60 s of TCG boot), and print what the guest answered.
 console() {
-  printf '   \033[36m%s:/ #\033[0m %s\n' "$1" "$2"
+  printf '   \033[36m[virtctl console %s] / #\033[0m %s\n' "$1" "$2"
   curl -sS --fail-with-body -m 400 --data-binary "$2" "http://$CONTROL/console?namespace=default&name=$1" | sed 's/^/   /'
 }
 MEMTOTAL='busybox mount -t proc proc /proc; busybox grep MemTotal /proc/meminfo'
 
-step "Starting the test cluster (kube-apiserver, etcd, kube-controller-manager, KubeVirt's virt-api and virt-controller, a node running KubeVirt's real virt-launcher)"
-# Built, not `go run`: the signal at the end must reach devcluster itself so that it stops the guests and the
+step "Starting the test cluster with a real node: KubeVirt's control plane, the node's containerd, kubelet, kube-proxy and kube-scheduler, KubeVirt's virt-handler; make images imported into the node"
+# Built, not `go run`: the signal at the end must reach devcluster itself so that it stops the node and the
 # control plane.
 go build -o bin/devcluster ./test/cmd/devcluster
-SIDECAR=ghcr.io/runpolicy/hook-sidecar:dev
-KUBEBUILDER_ASSETS=$ASSETS bin/devcluster --kubeconfig-out "$DEMO/kubeconfig" --control-addr $CONTROL \
-  --hook-sidecar-image $SIDECAR --chart-set restartBackoff.base=2s \
-  --real-launcher --guest-dir "$GUEST_DIR" --hook-sidecar-binary bin/hook-sidecar \
-  >"$DEMO/devcluster.log" 2>&1 &
-pids+=($!)
-# KubeVirt's control plane takes 30-70 s to come up on 2 cores (its APIService and webhooks must answer).
-WAIT=300 waitfor "the test cluster (see $DEMO/devcluster.log)" test -s "$DEMO/kubeconfig"
+KUBEBUILDER_ASSETS=$ASSETS bin/devcluster --real-node --kubeconfig-out "$DEMO/kubeconfig" --control-addr $CONTROL \
+  --import bin/images/runpolicy-controller.tar --import bin/images/runpolicy-hook-sidecar.tar \
+  --guest-dir "$GUEST_DIR" --guest-image runpolicy.test/tiny-guest:dev >"$DEMO/devcluster.log" 2>&1 &
+devcluster=$!
+pids+=($devcluster)
+# KubeVirt's control plane takes 30-70 s to come up on 2 cores (its APIService and webhooks must answer), the node
+# ~30 s more; the first run also builds KubeVirt's node images (~10 min).
+WAIT=1200 waitfor "the test cluster (see $DEMO/devcluster.log)" bash -c \
+  "test -s '$DEMO/kubeconfig' || { kill -0 $devcluster || { tail -3 '$DEMO/devcluster.log' >&2; exit 0; }; exit 1; }"
+kill -0 $devcluster 2>/dev/null || { echo "demo: the test cluster did not start (see $DEMO/devcluster.log)" >&2; exit 1; }
+WAIT=180 waitfor "virt-handler to mark the node schedulable" bash -c \
+  "$KUBECTL get nodes -l kubevirt.io/schedulable=true -o name | grep -q ."
+$KUBECTL get nodes -o wide | sed 's/^/   /'
 
-step "Starting the operator as the chart installs it: bin/runpolicy-controller with its ServiceAccount's token and the Deployment's args"
-# The chart's args, then this host's listen addresses (a pod has a network of its own).
-mapfile -t OPERATOR_ARGS <"$DEMO/operator.args"
-mapfile -t OPERATOR_ENV <"$DEMO/operator.env"
-sed 's/^/   /' "$DEMO/operator.args"
-env "${OPERATOR_ENV[@]}" bin/runpolicy-controller --kubeconfig "$DEMO/operator.kubeconfig" "${OPERATOR_ARGS[@]}" \
-  --metrics-bind-address=0 --health-probe-bind-address=127.0.0.1:18081 >"$DEMO/operator.log" 2>&1 &
-pids+=($!)
-waitfor "the operator's readiness" curl -fsS http://127.0.0.1:18081/readyz
+step "helm install runpolicy charts/runpolicy: the operator as pods (two replicas, leader election)"
+echo "   helm install runpolicy charts/runpolicy --namespace runpolicy-system --create-namespace --wait --set restartBackoff.base=2s"
+"$HELM" --kubeconfig "$DEMO/kubeconfig" install runpolicy charts/runpolicy --namespace runpolicy-system \
+  --create-namespace --wait --timeout 5m --set restartBackoff.base=2s | sed 's/^/   /'
+pods
 
 step "Applying one VM per policy (test/demo/vms.yaml): web and db start, each in a virt-launcher pod with QEMU"
 $KUBECTL apply -f test/demo/vms.yaml
@@ -74,7 +78,7 @@ waitfor "spare Stopped" phase spare Stopped
 waitfor "batch Stopped" phase batch Stopped
 show
 echo
-$KUBECTL get pods -o wide 2>/dev/null | sed 's/^/   /'
+pods
 
 step "Inside web's guest, on its serial console: 128Mi of memory"
 console web "$MEMTOTAL"
@@ -119,6 +123,8 @@ console db 'busybox mount -t proc proc /proc; busybox uptime'
 
 step "Final state"
 show
+echo
+pods
 echo
 $KUBECTL get events --field-selector involvedObject.kind=VirtualMachine,involvedObject.name=web \
   -o custom-columns=REASON:.reason,MESSAGE:.message 2>/dev/null | sed 's/^/   /' | tail -12

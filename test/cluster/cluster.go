@@ -49,6 +49,8 @@ type Options struct {
 	AuditPolicy string
 	// Output receives the kube-controller-manager's logs; nil writes them to a file in the cluster's dir.
 	Output *os.File
+	// ChartCRDs leaves runpolicy's CRDs out, for `helm install` of the chart to create.
+	ChartCRDs bool
 	// Node, when set, runs a real node (node.go): containerd, kubelet, kube-proxy and kube-scheduler, with the
 	// kube-controller-manager controllers that turn Deployments, DaemonSets and Services into pods and endpoints.
 	// kube-apiserver then serves on NodeAPIServerIP.
@@ -140,6 +142,13 @@ func CRDs(manifestDir string) ([]*apiextv1.CustomResourceDefinition, error) {
 	return opts.CRDs, nil
 }
 
+// withoutRunpolicy is crds without runpolicy's.
+func withoutRunpolicy(crds []*apiextv1.CustomResourceDefinition) []*apiextv1.CustomResourceDefinition {
+	return slices.DeleteFunc(crds, func(c *apiextv1.CustomResourceDefinition) bool {
+		return c.Spec.Group == v1alpha1.GroupVersion.Group
+	})
+}
+
 // Start brings the cluster up. Call Stop when done.
 func Start(opts Options) (_ *Env, err error) {
 	if unitBuild {
@@ -179,6 +188,9 @@ func Start(opts Options) (_ *Env, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if opts.ChartCRDs {
+		crds = withoutRunpolicy(crds)
+	}
 	env.Scheme = k8sruntime.NewScheme()
 	for _, add := range []func(*k8sruntime.Scheme) error{clientgoscheme.AddToScheme, kvv1.AddToScheme, v1alpha1.AddToScheme} {
 		if err := add(env.Scheme); err != nil {
@@ -214,19 +226,8 @@ func Start(opts Options) (_ *Env, err error) {
 	if env.Kubeconfig, err = env.userKubeconfig("admin", envtest.User{Name: "admin", Groups: []string{"system:masters"}}); err != nil {
 		return nil, err
 	}
-	var controllers []string
-	if opts.GarbageCollector {
-		controllers = append(controllers, "garbage-collector-controller", "namespace-controller")
-	}
-	if kv != nil || opts.Node != nil {
-		// The ServiceAccount admission plugin refuses pods in a namespace without its "default" ServiceAccount.
-		controllers = append(controllers, "serviceaccount-controller")
-	}
-	if opts.Node != nil {
-		controllers = append(controllers, NodeControllers...)
-	}
-	if len(controllers) > 0 {
-		if err := env.startControllerManager(assets, slices.Compact(slices.Sorted(slices.Values(controllers))), opts.Output); err != nil {
+	if controllers := managerControllers(&opts); len(controllers) > 0 {
+		if err := env.startControllerManager(assets, controllers, opts.Output); err != nil {
 			return nil, err
 		}
 	}
@@ -241,6 +242,22 @@ func Start(opts Options) (_ *Env, err error) {
 		}
 	}
 	return env, nil
+}
+
+// managerControllers are the kube-controller-manager controllers opts need, sorted; none when it needs none.
+func managerControllers(opts *Options) []string {
+	var controllers []string
+	if opts.GarbageCollector {
+		controllers = append(controllers, "garbage-collector-controller", "namespace-controller")
+	}
+	if opts.KubeVirt != nil || opts.Node != nil {
+		// The ServiceAccount admission plugin refuses pods in a namespace without its "default" ServiceAccount.
+		controllers = append(controllers, "serviceaccount-controller")
+	}
+	if opts.Node != nil {
+		controllers = append(controllers, NodeControllers...)
+	}
+	return slices.Compact(slices.Sorted(slices.Values(controllers)))
 }
 
 // configureAPIServer sets kube-apiserver's flags for opts (and prepares the real node, whose address it serves on).

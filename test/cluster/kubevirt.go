@@ -116,6 +116,8 @@ type KubeVirt struct {
 	Namespace string
 	// Version is the KubeVirt release running.
 	Version string
+	// Virtctl is KubeVirt's virtctl of the node's release, with NodeOptions.KubeVirt ("" without).
+	Virtctl string
 
 	opts             KubeVirtOptions
 	bin, dir         string
@@ -153,6 +155,9 @@ func writeManifests(bin, dir, ns string, gates []string, apiPort int, node *Kube
 func (k *KubeVirt) prepare() error {
 	k.Namespace, k.Version = kubeVirtNamespace, KubeVirtVersion()
 	k.dir = filepath.Join(k.env.dir, "kubevirt")
+	if k.opts.node != nil {
+		k.Virtctl = filepath.Join(k.opts.node.bin, "virtctl")
+	}
 	var err error
 	if k.apiPort, err = freePort("127.0.0.1"); err != nil {
 		return err

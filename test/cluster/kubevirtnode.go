@@ -38,9 +38,10 @@ import (
 //   - virt-handler: the base, then virt-handler and virt-chroot in /usr/bin, where KubeVirt's code looks for them,
 //     and the launcher image's users.
 
-// nodeKubeVirtComponents are the build.sh components of the node version: the images' parts, and the manifests.
+// nodeKubeVirtComponents are the build.sh components of the node version: the images' parts, the manifests, and
+// virtctl (KubeVirt.Virtctl).
 var nodeKubeVirtComponents = []string{"kubevirt-manifests", "virt-launcher", "virt-launcher-monitor", "launcher-image", "virt-handler",
-	"virt-chroot", "virt-tail", "virt-freezer", "virt-probe", "libvirt-hook-client", "container-disk", "node-rootfs"}
+	"virt-chroot", "virt-tail", "virt-freezer", "virt-probe", "libvirt-hook-client", "container-disk", "node-rootfs", "virtctl"}
 
 // launcherExtras are the files KubeVirt's launcher image has in /usr/bin besides the launcher-image tree's.
 var launcherExtras = []string{"virt-tail", "virt-freezer", "virt-probe", "libvirt-hook-client", "container-disk"}

@@ -610,6 +610,25 @@ func (n *Node) cleanUp() error {
 	return errors.Join(errs...)
 }
 
+// Kill sends SIGKILL to the node's processes whose command line holds all of args (NUL-separated arguments, each
+// matched as a substring of one): as a process that crashes. It returns how many it killed.
+func (n *Node) Kill(args ...string) int {
+	killed := 0
+	for _, pid := range n.cgroupPIDs() {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil {
+			continue
+		}
+		argv := strings.Split(string(b), "\x00")
+		if !slices.ContainsFunc(args, func(a string) bool {
+			return !slices.ContainsFunc(argv, func(v string) bool { return strings.Contains(v, a) })
+		}) && syscall.Kill(pid, syscall.SIGKILL) == nil {
+			killed++
+		}
+	}
+	return killed
+}
+
 func (n *Node) cgroupPIDs() []int {
 	var pids []int
 	for _, m := range cgroupMounts() {

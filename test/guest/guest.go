@@ -4,6 +4,7 @@ package guest
 
 import (
 	"fmt"
+	"hash/crc32"
 	"os"
 	"path/filepath"
 	"testing"
@@ -15,6 +16,7 @@ import (
 	kvv1 "kubevirt.io/api/core/v1"
 
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
+	"github.com/runpolicy/runpolicy/test/cluster"
 )
 
 // The guest's files in its folder.
@@ -88,4 +90,39 @@ func VM(ns, name string, rp v1alpha1.RunPolicy, image, action string) *v1alpha1.
 		},
 	}}
 	return vm
+}
+
+// WriteImage writes the guest in dir (its kernel and initrd) as a kernel boot container image naming ref, an OCI
+// archive in tmp, for a real node to import: the files at /vmlinux and /initramfs.cpio.gz, each padded with zeros
+// (int32Checksum). It returns the archive's path.
+func WriteImage(dir, tmp, ref string) (string, error) {
+	files := map[string]string{}
+	for _, f := range []string{Kernel, Initrd} {
+		files[f] = filepath.Join(tmp, f)
+		if err := int32Checksum(filepath.Join(dir, f), files[f]); err != nil {
+			return "", err
+		}
+	}
+	archive := filepath.Join(tmp, "tiny-guest.tar")
+	return archive, cluster.WriteFilesImage(archive, ref, files)
+}
+
+// int32Checksum copies the file src to dst, with zeros appended, four at a time, until its CRC-32 (IEEE) is below
+// 2^31. virt-handler records a kernel boot container's files' CRC-32 in the VMI's status
+// (status.kernelBootStatus.{kernelInfo,initrdInfo}.checksum, a uint32 in kubevirt.io/api), but KubeVirt's CRD
+// declares those fields int32: kube-apiserver refuses every status update of a VMI whose kernel or initrd sums to
+// 2^31 or more ("Checked value must be of type integer with format int32"), and the VMI never shows Running. Zeros
+// after an ELF kernel or a gzip'd cpio archive change neither for QEMU and the guest kernel.
+func int32Checksum(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	for range 256 {
+		if crc32.ChecksumIEEE(b) < 1<<31 {
+			return os.WriteFile(dst, b, 0o644)
+		}
+		b = append(b, 0, 0, 0, 0)
+	}
+	return fmt.Errorf("%s: no padding up to 1 KiB gives a CRC-32 below 2^31", src)
 }

@@ -134,7 +134,7 @@ build_component() {
   virt-launcher | virt-launcher-monitor | launcherctl | launcher-image) # the virt-launcher section, below
     build_launcher_component "$c"
     ;;
-  virt-handler | virt-chroot | virt-tail | virt-freezer | virt-probe | libvirt-hook-client | container-disk | node-rootfs)
+  virt-handler | virt-chroot | virt-tail | virt-freezer | virt-probe | libvirt-hook-client | container-disk | node-rootfs | virtctl)
     # the node section, below
     build_node_component "$c"
     ;;
@@ -279,6 +279,8 @@ build_launcher_component() {
 #   virt-tail, virt-freezer, virt-probe, libvirt-hook-client
 #                              what KubeVirt's launcher image has in /usr/bin beside virt-launcher (the guest console
 #                              log sidecar, guest filesystem freeze, probes, libvirt's hook)
+#   virtctl                    KubeVirt's command-line client, for what a user does on the real node (virtctl console
+#                              in make demo, virtctl reset in test/node)
 #   container-disk             KubeVirt's C program (cmd/container-disk-v2alpha), static, which the launcher image
 #                              carries and its pods copy into their init volume
 #   node-rootfs/               a Debian 12 root filesystem (debootstrap, minbase) with libvirt's daemon, virsh, QEMU
@@ -297,7 +299,7 @@ build_node_component() {
   virt-handler) # cgo: its node labeller reads KVM's constants from <linux/kvm.h>; linked against the image's glibc
     CGO_ENABLED=1 go build -trimpath -ldflags "$(ldflags)" -o "$OUT/$c.tmp" "kubevirt.io/kubevirt/cmd/$c" >&2
     ;;
-  virt-chroot | virt-tail | virt-freezer | virt-probe)
+  virt-chroot | virt-tail | virt-freezer | virt-probe | virtctl)
     CGO_ENABLED=0 go build -trimpath -ldflags "$(ldflags)" -o "$OUT/$c.tmp" "kubevirt.io/kubevirt/cmd/$c" >&2
     ;;
   libvirt-hook-client)

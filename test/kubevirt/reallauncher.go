@@ -2,7 +2,6 @@ package kubevirt
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -162,19 +161,4 @@ func (n *Node) realPodExited(ctx context.Context, pod *corev1.Pod, real []corev1
 		}
 		return err
 	})
-}
-
-// RealLauncherPod is the real-launcher pod of the running VMI of that name (its serial console, say: what
-// virt-handler serves `virtctl console` from); an error when the VMI does not run or its pod is simulated.
-func (n *Node) RealLauncherPod(ctx context.Context, namespace, vmName string) (*launcher.Pod, error) {
-	_, pod, err := n.runningLauncher(ctx, namespace, vmName)
-	if err != nil {
-		return nil, err
-	}
-	if n.opts.RealLauncher != nil {
-		if p := n.opts.RealLauncher.Pod(pod.UID); p != nil {
-			return p, nil
-		}
-	}
-	return nil, fmt.Errorf("the launcher pod %s/%s of VMI %s is simulated, not a real virt-launcher", pod.Namespace, pod.Name, vmName)
 }

@@ -2,8 +2,6 @@ package launcher
 
 import (
 	"errors"
-	"fmt"
-	"net"
 	"os"
 	"path"
 )
@@ -11,26 +9,6 @@ import (
 // virtPrivateDir is KubeVirt's util.VirtPrivateDir: the compute container's mount of the pod's private volume, with
 // one directory per VMI UID holding the serial console's socket and its log.
 const virtPrivateDir = "/var/run/kubevirt-private"
-
-// SerialConsole dials the VMI's serial console as virt-handler does for `virtctl console` (pkg/virt-handler/rest
-// console.go): the unix socket virt-serial0 that QEMU binds at /var/run/kubevirt-private/<vmi uid>/ in the compute
-// container (KubeVirt's ConsoleDomainConfigurator), reached here through the pod's private volume on the node.
-// QEMU serves one client at a time and drops what the guest writes while none is connected (SerialConsoleLog keeps
-// it).
-func (p *Pod) SerialConsole() (net.Conn, error) {
-	dir, err := p.consoleDir()
-	if err != nil {
-		return nil, err
-	}
-	// The volume's path on the node can be longer than a unix socket path may be: dial through the directory's
-	// file descriptor.
-	d, err := os.Open(dir)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = d.Close() }()
-	return net.Dial("unix", fmt.Sprintf("/proc/self/fd/%d/virt-serial0", d.Fd()))
-}
 
 // SerialConsoleLog is everything the guest wrote to its serial console so far: the virt-serial0-log file that
 // libvirt writes beside the socket and KubeVirt's guest-console-log container tails (empty before the domain

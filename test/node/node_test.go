@@ -21,7 +21,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apiextv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	kvv1 "kubevirt.io/api/core/v1"
@@ -66,7 +65,7 @@ func TestHelmInstallOnARealNode(t *testing.T) {
 		built[images.HookSidecar.Name].Archive}})
 
 	t.Log("helm install, the chart's default values (two replicas, leader election, HTTPS metrics)")
-	helmArgs := helmInstall(ctx, t, g, admin, env)
+	helmArgs := helmInstall(t, g, env)
 	deploy := &appsv1.Deployment{}
 	g.Expect(admin.Get(ctx, client.ObjectKey{Namespace: namespace, Name: release}, deploy)).To(Succeed())
 	g.Expect(deploy.Spec.Template.Spec.Containers[0].Image).To(Equal(built[images.Controller.Name].Ref),
@@ -254,8 +253,9 @@ func fetch(ctx context.Context, g Gomega, c client.Client, image, ns, name, sa, 
 // the test failed.
 func startCluster(t *testing.T, g Gomega, node cluster.NodeOptions) (*cluster.Env, client.Client) {
 	env, err := cluster.Start(cluster.Options{
-		KubeVirt: &cluster.KubeVirtOptions{FeatureGates: []string{"Sidecar"}},
-		Node:     &node,
+		KubeVirt:  &cluster.KubeVirtOptions{FeatureGates: []string{"Sidecar"}},
+		Node:      &node,
+		ChartCRDs: true,
 	})
 	g.Expect(err).NotTo(HaveOccurred())
 	scheme := controllers.NewScheme()
@@ -291,15 +291,10 @@ func dump(t *testing.T, c client.Client) {
 	}
 }
 
-// helmInstall installs the chart with its default values and waits for the operator's pods; it returns helm's
-// arguments for the cluster and the release's namespace. The test cluster comes with runpolicy's CRDs: they are
-// removed first, so that the chart's own are what gets installed.
-func helmInstall(ctx context.Context, t *testing.T, g Gomega, c client.Client, env *cluster.Env) []string {
-	for _, name := range []string{"virtualmachines.runpolicy.io", "virtualmachineoperations.runpolicy.io"} {
-		crd := &apiextv1.CustomResourceDefinition{ObjectMeta: metav1.ObjectMeta{Name: name}}
-		g.Expect(c.Delete(ctx, crd)).To(Succeed())
-		g.Eventually(func() bool { return apierrors.IsNotFound(c.Get(ctx, client.ObjectKeyFromObject(crd), crd)) }).Should(BeTrue())
-	}
+// helmInstall installs the chart with its default values, its CRDs with it (the test cluster has none of
+// runpolicy's: Options.ChartCRDs), and waits for the operator's pods; it returns helm's arguments for the cluster
+// and the release's namespace.
+func helmInstall(t *testing.T, g Gomega, env *cluster.Env) []string {
 	args := []string{"--kubeconfig", env.Kubeconfig, "--namespace", namespace}
 	out, err := chartrbac.RunHelm(append([]string{"install", release, chartDir(), "--create-namespace", "--wait",
 		"--timeout", "3m"}, args...)...)
