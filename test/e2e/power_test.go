@@ -9,9 +9,7 @@ import (
 	. "github.com/onsi/gomega"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/utils/ptr"
 	kvv1 "kubevirt.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -73,28 +71,6 @@ func startAndWait(ctx context.Context, obj *v1alpha1.VirtualMachine) {
 	}).Should(Succeed())
 }
 
-type guestEvent string
-
-const (
-	reboot   guestEvent = "guest reboot"
-	poweroff guestEvent = "guest poweroff"
-	crash    guestEvent = "crash"
-	podGone  guestEvent = "launcher pod deleted"
-)
-
-func trigger(ctx context.Context, ns, name string, e guestEvent) error {
-	switch e {
-	case reboot:
-		return node.GuestReboot(ctx, ns, name)
-	case poweroff:
-		return node.GuestPoweroff(ctx, ns, name)
-	case crash:
-		return node.GuestCrash(ctx, ns, name)
-	default:
-		return node.DeleteLauncherPod(ctx, ns, name)
-	}
-}
-
 // outcome is the end state a (policy, event) pair must reach.
 type outcome struct {
 	phase v1alpha1.VirtualMachinePhase
@@ -113,126 +89,11 @@ var (
 	stoppedFor = func(s v1alpha1.ShutdownSource) outcome {
 		return outcome{phase: v1alpha1.VirtualMachineStopped, vmis: 1, source: s}
 	}
-	restartedByKubeVirt = outcome{phase: v1alpha1.VirtualMachineRunning, vmis: 2}
 )
 
+// Every policy's end state after each guest event, the shutdown history and a Manual VM started again after its
+// guest's poweroff run on the real node (test/node power_test.go, kubevirt_test.go), with real guests.
 var _ = Describe("Power policy after guest events", func() {
-	DescribeTable("end state",
-		func(ctx SpecContext, p v1alpha1.RunPolicy, e guestEvent, want outcome) {
-			ns, key, first := runningVM(ctx, p)
-
-			if e == reboot {
-				By("changing the template while the VM runs: the change waits for a restart")
-				Eventually(func(g Gomega) {
-					cur := getVM(ctx, g, key)
-					cur.Spec.Template.Spec.Domain.Memory.Guest = ptr.To(resource.MustParse("256Mi"))
-					g.Expect(k8s.Update(ctx, cur)).To(Succeed())
-				}).Should(Succeed())
-				Eventually(func(g Gomega) metav1.ConditionStatus {
-					return condStatus(getVM(ctx, g, key), v1alpha1.ConditionAwaitingRestart)
-				}).Should(Equal(metav1.ConditionTrue))
-			}
-
-			By(string(e))
-			Expect(trigger(ctx, ns, "vm", e)).To(Succeed())
-
-			Eventually(func(g Gomega) {
-				cur := getVM(ctx, g, key)
-				g.Expect(cur.Status.Phase).To(Equal(want.phase))
-				g.Expect(node.VMIsCreated(ns, "vm")).To(Equal(want.vmis))
-				g.Expect(cur.Status.RestartCount).To(Equal(want.restarts))
-				if want.source != "" {
-					g.Expect(cur.Status.LastShutdown).NotTo(BeNil())
-					g.Expect(cur.Status.LastShutdown.Source).To(Equal(want.source))
-					g.Expect(cur.Status.LastShutdown.VMIUID).To(Equal(string(first.UID)))
-				}
-			}).Should(Succeed())
-
-			if want.phase == v1alpha1.VirtualMachineStopped {
-				By("cleaning the finished VMI up, so a later Start begins afresh")
-				Eventually(func() bool { _, err := getVMI(ctx, key); return apierrors.IsNotFound(err) }).Should(BeTrue())
-			} else {
-				vmi, err := getVMI(ctx, key)
-				Expect(err).NotTo(HaveOccurred())
-				Expect(vmi.UID).NotTo(Equal(first.UID))
-				if e == reboot {
-					By("building the new VMI from the changed template")
-					Expect(vmi.Spec.Domain.Memory.Guest.String()).To(Equal("256Mi"))
-					Eventually(func(g Gomega) metav1.ConditionStatus {
-						return condStatus(getVM(ctx, g, key), v1alpha1.ConditionAwaitingRestart)
-					}).Should(Equal(metav1.ConditionFalse))
-				}
-			}
-			By("never restarting twice for one event")
-			Consistently(func() int { return node.VMIsCreated(ns, "vm") }, "2s").Should(Equal(want.vmis))
-		},
-		Entry(nil, v1alpha1.RunPolicyAlwaysOn, reboot, restartedByKubeVirt),
-		Entry(nil, v1alpha1.RunPolicyAlwaysOn, poweroff, restartedByKubeVirt),
-		Entry(nil, v1alpha1.RunPolicyAlwaysOn, crash, restartedByKubeVirt),
-		Entry(nil, v1alpha1.RunPolicyAlwaysOn, podGone, restartedByKubeVirt),
-		Entry(nil, v1alpha1.RunPolicyManual, reboot, restartedByRunpolicy(v1alpha1.ShutdownGuestReset)),
-		Entry(nil, v1alpha1.RunPolicyManual, poweroff, stoppedFor(v1alpha1.ShutdownGuestShutdown)),
-		Entry(nil, v1alpha1.RunPolicyManual, crash, stoppedFor(v1alpha1.ShutdownCrash)),
-		Entry(nil, v1alpha1.RunPolicyManual, podGone, stoppedFor(v1alpha1.ShutdownCrash)),
-		Entry(nil, v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, reboot, restartedByRunpolicy(v1alpha1.ShutdownGuestReset)),
-		Entry(nil, v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, poweroff, stoppedFor(v1alpha1.ShutdownGuestShutdown)),
-		Entry(nil, v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, crash, restartedByRunpolicy(v1alpha1.ShutdownCrash)),
-		Entry(nil, v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, podGone, restartedByRunpolicy(v1alpha1.ShutdownCrash)),
-	)
-
-	DescribeTable("AlwaysOff never runs, so there is no guest to act",
-		func(ctx SpecContext, e guestEvent) {
-			ns := newNamespace(ctx)
-			obj := fixture.VM(ns, "vm", v1alpha1.RunPolicyAlwaysOff)
-			Expect(k8s.Create(ctx, obj)).To(Succeed())
-			Eventually(func(g Gomega) v1alpha1.VirtualMachinePhase {
-				return getVM(ctx, g, client.ObjectKeyFromObject(obj)).Status.Phase
-			}).Should(Equal(v1alpha1.VirtualMachineStopped))
-			Expect(trigger(ctx, ns, "vm", e)).NotTo(Succeed())
-			Consistently(func() int { return node.VMIsCreated(ns, "vm") }, "1s").Should(BeZero())
-		},
-		Entry(nil, reboot), Entry(nil, poweroff), Entry(nil, crash), Entry(nil, podGone),
-	)
-
-	It("keeps a shutdown history: a reboot restarted, then a poweroff kept stopped, newest first", func(ctx SpecContext) {
-		ns, key, first := runningVM(ctx, v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)
-		Expect(node.GuestReboot(ctx, ns, "vm")).To(Succeed())
-		var second *kvv1.VirtualMachineInstance
-		Eventually(func(g Gomega) {
-			g.Expect(getVM(ctx, g, key).Status.RestartCount).To(BeEquivalentTo(1))
-			vmi, err := getVMI(ctx, key)
-			g.Expect(err).NotTo(HaveOccurred())
-			g.Expect(vmi.UID).NotTo(Equal(first.UID))
-			g.Expect(vmi.Status.Phase).To(Equal(kvv1.Running))
-			second = vmi
-		}).Should(Succeed())
-		Expect(node.GuestPoweroff(ctx, ns, "vm")).To(Succeed())
-		Eventually(func(g Gomega) {
-			st := getVM(ctx, g, key).Status
-			g.Expect(st.Phase).To(Equal(v1alpha1.VirtualMachineStopped))
-			g.Expect(st.ShutdownHistory).To(HaveLen(2))
-			g.Expect(st.ShutdownHistory[0]).To(And(HaveField("VMIUID", string(second.UID)),
-				HaveField("Source", v1alpha1.ShutdownGuestShutdown), HaveField("Action", v1alpha1.ShutdownStayedStopped)))
-			g.Expect(st.ShutdownHistory[1]).To(And(HaveField("VMIUID", string(first.UID)),
-				HaveField("Source", v1alpha1.ShutdownGuestReset), HaveField("Action", v1alpha1.ShutdownRestarted)))
-			g.Expect(st.LastShutdown).To(HaveValue(Equal(st.ShutdownHistory[0])))
-		}).Should(Succeed())
-	})
-
-	It("starts a Manual VM again after a guest poweroff", func(ctx SpecContext) {
-		ns := newNamespace(ctx)
-		obj := fixture.VM(ns, "vm", v1alpha1.RunPolicyManual)
-		Expect(k8s.Create(ctx, obj)).To(Succeed())
-		startAndWait(ctx, obj)
-		Expect(node.GuestPoweroff(ctx, ns, "vm")).To(Succeed())
-		Eventually(func() bool { _, err := getVMI(ctx, client.ObjectKeyFromObject(obj)); return apierrors.IsNotFound(err) }).Should(BeTrue())
-		Expect(lc.Client.Start(ctx, ns, "vm")).To(Succeed())
-		Eventually(func(g Gomega) v1alpha1.VirtualMachinePhase {
-			return getVM(ctx, g, client.ObjectKeyFromObject(obj)).Status.Phase
-		}).Should(Equal(v1alpha1.VirtualMachineRunning))
-		Expect(node.VMIsCreated(ns, "vm")).To(Equal(2))
-	})
-
 	It("backs off exponentially when an AlwaysOnUntilStoppedManually VM keeps crashing", func(ctx SpecContext) {
 		ns := newNamespace(ctx)
 		obj := fixture.VM(ns, "vm", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)

@@ -1,8 +1,9 @@
 //go:build !unit
 
 // Package e2e runs the whole operator against the offline test cluster with KubeVirt's real virt-api and
-// virt-controller (Sidecar gate on) and the simulated node (test/kubevirt): guest reboots, poweroffs, crashes and
-// lost pods for every runPolicy, and operator restarts in the middle of a restart. The operator runs as the Helm
+// virt-controller (Sidecar gate on) and the simulated node (test/kubevirt): operator restarts in the middle of a
+// restart, a Stop during one, KubeVirt's Sidecar gate, forged pods, restart windows (every policy after each guest
+// event runs on the real node: test/node; docs/testing.md says what is still simulated, and why). The operator runs as the Helm
 // chart installs it (test/chartrbac): its ServiceAccount's token under the chart's RBAC and admission policies,
 // with the chart's Deployment args.
 package e2e

@@ -50,9 +50,6 @@ func (r *virtHandler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Res
 		if pod == nil || pod.DeletionTimestamp != nil || pod.Status.Phase != corev1.PodRunning {
 			return ctrl.Result{}, nil
 		}
-		if real, err := n.syncRealLauncher(ctx, vmi, pod); real || err != nil {
-			return ctrl.Result{}, err
-		}
 		if n.takeStartFailure(vmi) {
 			// virt-launcher could not start the domain: it exits with an error, virt-handler fails the VMI.
 			if err := n.terminatePod(ctx, pod, nil, 1); err != nil {

@@ -61,9 +61,6 @@ func (r *kubelet) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result,
 	case pod.Spec.NodeName != n.opts.NodeName:
 		return ctrl.Result{}, nil
 	case pod.Status.Phase == "" || pod.Status.Phase == corev1.PodPending:
-		if err := n.startRealLauncher(ctx, pod); err != nil {
-			return ctrl.Result{}, err
-		}
 		return ctrl.Result{}, client.IgnoreNotFound(n.client.Status().Update(ctx, runningStatus(pod)))
 	case pod.Status.Phase == corev1.PodRunning:
 		if updateReady(pod) {
@@ -80,9 +77,6 @@ func (r *kubelet) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result,
 // shutdown, else Failed (the domain is gone; virt-controller also fails a Running VMI whose pod vanished).
 func (r *kubelet) podDeleted(ctx context.Context, pod *corev1.Pod) error {
 	n := r.n
-	if n.deleteRealLauncher(pod) {
-		return nil // its containers end for real: realPodExited reports them, the next pass removes the pod
-	}
 	if !podTerminated(pod) {
 		vmi, err := n.podVMI(ctx, pod)
 		if err != nil {

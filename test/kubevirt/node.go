@@ -28,8 +28,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
-
-	"github.com/runpolicy/runpolicy/test/launcher"
 )
 
 // KubeVirt's service account for virt-handler, and the user extra kube-apiserver gives a node-bound service-account
@@ -51,9 +49,6 @@ type Options struct {
 	AuditLog string
 	// Logger for the node layer's controllers. Default: discard.
 	Logger *logr.Logger
-	// RealLauncher, when set, runs KubeVirt's real virt-launcher for the pods whose VMI boots a kernel from a
-	// container image (reallauncher.go); the caller closes it. Nil: every pod is simulated.
-	RealLauncher *launcher.Runner
 }
 
 // Node is the simulated node: kubelet, virt-handler and the guests.

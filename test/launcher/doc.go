@@ -18,12 +18,12 @@
 //   - the container's user (KubeVirt's non-root mode: uid and gid 107, fsGroup 107), capabilities and
 //     no_new_privs, applied with util-linux's setpriv so that the entrypoint is PID 1 of its namespace.
 //
-// Start runs one pod; Runner runs the pods of a node for a node layer (test/kubevirt's Options.RealLauncher): Run
-// when the pod is bound (the kubelet), Sync once the VMI is Scheduled (virt-handler: SyncVirtualMachine, the VMI
-// phase from each domain event as virt-handler computes it, DeleteDomain once final), Delete for the pod's deletion,
-// and the containers' statuses once they exited. TestRealLauncherGuestEnd runs a pod rendered by virt-controller's
-// own template code without a cluster; TestFullChain runs the whole chain on the test cluster with KubeVirt's real
-// control plane and the operator.
+// Start runs one pod; Runner runs pods as a node would: Run when the pod is bound (the kubelet), Sync once the VMI
+// is Scheduled (virt-handler: SyncVirtualMachine, the VMI phase from each domain event as virt-handler computes it,
+// DeleteDomain once final), Delete for the pod's deletion, and the containers' statuses once they exited.
+// TestRealLauncherGuestEnd runs a pod rendered by virt-controller's own template code without a cluster: the hook
+// sidecar's record of each way a guest ends, against KubeVirt's real virt-launcher. The whole chain on a cluster
+// runs on the real node instead (test/node), with the kubelet and virt-handler themselves.
 //
 // Not simulated: the network (the VMIs run here have no interfaces; the views share the host's network
 // namespace), cgroups and resource limits, image pulls, and the containers whose images are not given

@@ -6,6 +6,7 @@ import (
 	"context"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -133,9 +134,7 @@ func fullChain(t *testing.T, env *cluster.Env, admin client.Client, dir string) 
 
 	t.Log("virtctl reset (virt-api → virt-handler → libvirt) with a spec change pending: restarted from outside")
 	setAction(ctx, g, admin, key, "poweroff")
-	out, err = exec.CommandContext(ctx, env.KubeVirt.Virtctl, "reset", "vm", "-n", ns.Name, "--kubeconfig", env.Kubeconfig).CombinedOutput()
-	g.Expect(err).NotTo(HaveOccurred(), "%s", out)
-	t.Logf("virtctl reset: %s", out)
+	virtctl(ctx, g, env, "reset", "vm", "-n", ns.Name)
 	g.Eventually(func(g Gomega) {
 		g.Expect(admin.Get(ctx, key, vm)).To(Succeed())
 		g.Expect(vm.Status.ShutdownHistory).To(ContainElement(And(
@@ -159,6 +158,17 @@ func fullChain(t *testing.T, env *cluster.Env, admin client.Client, dir string) 
 		g.Expect(vm.Status.Phase).To(Equal(v1alpha1.VirtualMachineStopped))
 		g.Expect(vm.Status.RestartCount).To(Equal(restarts))
 	}, "3s").Should(Succeed())
+
+	t.Log("the shutdown history, newest first: the poweroff, the reset, the guest's reboot")
+	hist := vm.Status.ShutdownHistory
+	g.Expect(hist).NotTo(BeEmpty())
+	g.Expect(vm.Status.LastShutdown).To(HaveValue(Equal(hist[0])))
+	at := func(uid types.UID) int {
+		return slices.IndexFunc(hist, func(r v1alpha1.Shutdown) bool { return r.VMIUID == string(uid) })
+	}
+	g.Expect(at(third.UID)).To(BeNumerically(">", 0), "the reset's record, after the poweroff's: %+v", hist)
+	g.Expect(at(first.UID)).To(BeNumerically(">", at(third.UID)), "the guest reboot's record, after the reset's: %+v", hist)
+	g.Expect(hist[at(first.UID)].Source).To(Equal(v1alpha1.ShutdownGuestReset))
 }
 
 // setAction changes what the guest does at its next boot (the VM's kernel arguments).

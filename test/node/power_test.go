@@ -5,6 +5,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"os/exec"
 	"slices"
 	"sync"
 	"testing"
@@ -92,7 +93,8 @@ var powerMatrix = []powerCase{
 // then changes (the guest's next boot hangs: the change waits for a restart), and one event ends its VMI. The guest
 // reboots or powers itself off from its kernel arguments; a crash is QEMU killed on the node; a pod gone is the
 // launcher pod deleted. Each VM must reach its outcome, a restarted one from the changed template, and none may be
-// restarted twice. An AlwaysOff VM beside them never gets a VMI.
+// restarted twice. An AlwaysOff VM beside them never gets a VMI. The Manual VM its guest powered off then starts
+// again with virtctl start.
 func powerPolicies(t *testing.T, env *cluster.Env, admin client.Client) {
 	g := NewWithT(t)
 	g.SetDefaultEventuallyTimeout(6 * time.Minute)
@@ -103,21 +105,21 @@ func powerPolicies(t *testing.T, env *cluster.Env, admin client.Client) {
 	g.Expect(admin.Create(ctx, ns)).To(Succeed())
 	created := watchVMIs(ctx, t, env, ns.Name)
 
-	t.Log("one VM per policy and event, and an AlwaysOff VM")
+	t.Log("one VM per policy and event (Manual's started with virtctl start); once its first VMI exists, its template " +
+		"changes: the guest's next boot hangs")
+	first := map[string]types.UID{}
 	for _, c := range powerMatrix {
 		action := "hang"
 		if c.event == reboot || c.event == poweroff {
 			action = string(c.event)
 		}
-		g.Expect(admin.Create(ctx, guest.VM(ns.Name, c.name(), c.policy, guestImage, action))).To(Succeed())
-	}
-	off := guest.VM(ns.Name, "off", v1alpha1.RunPolicyAlwaysOff, guestImage, "hang")
-	g.Expect(admin.Create(ctx, off)).To(Succeed())
-
-	t.Log("each VM's first VMI exists; its template changes: the guest's next boot hangs")
-	first := map[string]types.UID{}
-	for _, c := range powerMatrix {
 		key := client.ObjectKey{Namespace: ns.Name, Name: c.name()}
+		g.Expect(admin.Create(ctx, guest.VM(ns.Name, c.name(), c.policy, guestImage, action))).To(Succeed())
+		if c.policy == v1alpha1.RunPolicyManual { // once runpolicy created the KubeVirt VM
+			g.Eventually(func() error {
+				return runVirtctl(ctx, env, "start", c.name(), "-n", ns.Name)
+			}, time.Minute).Should(Succeed())
+		}
 		vmi := &kvv1.VirtualMachineInstance{}
 		g.Eventually(func(g Gomega) {
 			g.Expect(admin.Get(ctx, key, vmi)).To(Succeed())
@@ -125,6 +127,8 @@ func powerPolicies(t *testing.T, env *cluster.Env, admin client.Client) {
 		first[c.name()] = vmi.UID
 		setAction(ctx, g, admin, key, "hang")
 	}
+	off := guest.VM(ns.Name, "off", v1alpha1.RunPolicyAlwaysOff, guestImage, "hang")
+	g.Expect(admin.Create(ctx, off)).To(Succeed())
 
 	t.Log("the crashes and the pod deletions, once their VMIs run")
 	for _, c := range powerMatrix {
@@ -190,6 +194,29 @@ func powerPolicies(t *testing.T, env *cluster.Env, admin client.Client) {
 	}, "5s").Should(Succeed())
 	g.Expect(admin.Get(ctx, client.ObjectKeyFromObject(off), off)).To(Succeed())
 	g.Expect(off.Status.Phase).To(Equal(v1alpha1.VirtualMachineStopped))
+
+	t.Log("virtctl start: the Manual VM its guest powered off runs again")
+	stopped := powerCase{v1alpha1.RunPolicyManual, poweroff, outcome{}}.name()
+	virtctl(ctx, g, env, "start", stopped, "-n", ns.Name)
+	g.Eventually(func(g Gomega) {
+		vm := &v1alpha1.VirtualMachine{}
+		g.Expect(admin.Get(ctx, client.ObjectKey{Namespace: ns.Name, Name: stopped}, vm)).To(Succeed())
+		g.Expect(vm.Status.Phase).To(Equal(v1alpha1.VirtualMachineRunning))
+		g.Expect(created.count(stopped)).To(Equal(2))
+	}).Should(Succeed())
+}
+
+// virtctl runs KubeVirt's virtctl as the cluster's admin.
+func virtctl(ctx context.Context, g Gomega, env *cluster.Env, args ...string) {
+	g.Expect(runVirtctl(ctx, env, args...)).To(Succeed())
+}
+
+func runVirtctl(ctx context.Context, env *cluster.Env, args ...string) error {
+	out, err := exec.CommandContext(ctx, env.KubeVirt.Virtctl, append(args, "--kubeconfig", env.Kubeconfig)...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("virtctl %v: %w: %s", args, err, out)
+	}
+	return nil
 }
 
 func condStatus(vm *v1alpha1.VirtualMachine, t string) metav1.ConditionStatus {
