@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
+	"github.com/runpolicy/runpolicy/controllers/powerschedule"
 	"github.com/runpolicy/runpolicy/controllers/vm"
 	"github.com/runpolicy/runpolicy/controllers/vmop"
 	"github.com/runpolicy/runpolicy/internal/lifecycle"
@@ -113,6 +114,13 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		RestartRequest:   opts.RestartRequest,
 		Backoff:          opts.Backoff,
 		Workers:          opts.Workers,
+	}).SetupWithManager(mgr); err != nil {
+		return err
+	}
+	if err := (&powerschedule.Reconciler{
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Recorder:  mgr.GetEventRecorder("runpolicy-controller"),
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}

@@ -26,6 +26,7 @@ func addKnownTypes(s *runtime.Scheme) error {
 	s.AddKnownTypes(GroupVersion,
 		&VirtualMachine{}, &VirtualMachineList{},
 		&VirtualMachineOperation{}, &VirtualMachineOperationList{},
+		&VirtualMachinePowerSchedule{}, &VirtualMachinePowerScheduleList{},
 	)
 	metav1.AddToGroupVersion(s, GroupVersion)
 	return nil
