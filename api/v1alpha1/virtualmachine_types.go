@@ -67,19 +67,38 @@ type Disruptions struct {
 	Window *DisruptionWindow `json:"window,omitempty"`
 }
 
-// DisruptionWindow is a daily window, in UTC.
+// Weekday is a day of the week.
+// +kubebuilder:validation:Enum=Mon;Tue;Wed;Thu;Fri;Sat;Sun
+type Weekday string
+
+// DisruptionWindow is a maintenance window that opens at the same time of day, every day or on the days listed, in
+// a time zone.
 type DisruptionWindow struct {
-	// start is when the window opens each day, "HH:MM" in UTC (24-hour clock).
+	// start is when the window opens, "HH:MM" (24-hour clock) in timeZone.
 	// +required
 	// +kubebuilder:validation:MinLength=5
 	// +kubebuilder:validation:MaxLength=5
-	// +kubebuilder:validation:XValidation:rule="self.matches('^([01][0-9]|2[0-3]):[0-5][0-9]$')",message="spec.disruptions.window.start must be a UTC time of day as HH:MM, 00:00 to 23:59"
+	// +kubebuilder:validation:XValidation:rule="self.matches('^([01][0-9]|2[0-3]):[0-5][0-9]$')",message="spec.disruptions.window.start must be a time of day as HH:MM, 00:00 to 23:59 (in spec.disruptions.window.timeZone)"
 	Start string `json:"start,omitempty"`
 	// duration is how long the window stays open, from 1m to 24h (e.g. "2h", "90m").
 	// +required
 	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]+([.][0-9]+)?(h|m|s|ms))+$') && duration(self) >= duration('1m') && duration(self) <= duration('24h')",message="spec.disruptions.window.duration must be a duration between 1m and 24h, such as 2h or 90m"
 	//nolint:kubeapilinter // nodurations: a window's length is written by people ("2h", "90m"), checked by CEL at admission; only runpolicy parses it
 	Duration metav1.Duration `json:"duration"`
+	// days are the days of the week the window opens on (Mon, Tue, Wed, Thu, Fri, Sat, Sun), in timeZone; empty
+	// means every day. A window that runs past midnight goes on into the next day.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=7
+	Days []Weekday `json:"days,omitempty"`
+	// timeZone is the IANA time zone of start and days (e.g. "Europe/Berlin"); default UTC. The same names as a
+	// VirtualMachinePowerSchedule's spec.timeZone.
+	// +optional
+	// +kubebuilder:default=UTC
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:XValidation:rule="self == 'UTC' || (self.matches('^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$') && timestamp('2000-01-01T00:00:00Z').getHours(self) >= 0)",message="spec.disruptions.window.timeZone must be an IANA time zone name, such as UTC, Europe/Berlin or America/New_York"
+	TimeZone string `json:"timeZone,omitempty"`
 }
 
 // VirtualMachinePhase is the VM's power state, derived from KubeVirt's printableStatus.

@@ -146,7 +146,7 @@ type VirtualMachinePowerScheduleStatus struct {
 // runpolicy.io/reason=schedule and runpolicy.io/schedule=<name>.
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
-// +kubebuilder:resource:shortName=vmps,categories=runpolicy
+// +kubebuilder:resource:shortName=vmsched,categories=runpolicy
 // +kubebuilder:printcolumn:name="Schedule",type=string,JSONPath=`.spec.schedule`
 // +kubebuilder:printcolumn:name="Time zone",type=string,JSONPath=`.spec.timeZone`
 // +kubebuilder:printcolumn:name="Action",type=string,JSONPath=`.spec.action`

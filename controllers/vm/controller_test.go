@@ -302,12 +302,23 @@ var _ = Describe("Admission", func() {
 		Entry("a window without a duration", map[string]any{"template": template,
 			"disruptions": map[string]any{"restartApprovalMode": "Automatic", "window": map[string]any{"start": "02:00"}}},
 			[]string{"spec.disruptions.window.duration", "Required"}),
+		Entry("a window day that is no day of the week", map[string]any{"template": template,
+			"disruptions": map[string]any{"restartApprovalMode": "Automatic", "window": map[string]any{"start": "02:00", "duration": "1h",
+				"days": []any{"Sat", "Caturday"}}}},
+			[]string{"spec.disruptions.window.days", "Unsupported value"}),
+		Entry("a window in an unknown time zone", map[string]any{"template": template,
+			"disruptions": map[string]any{"restartApprovalMode": "Automatic", "window": map[string]any{"start": "02:00", "duration": "1h",
+				"timeZone": "Europe/Berln"}}},
+			[]string{"spec.disruptions.window.timeZone", "IANA time zone"}),
 	)
 
 	It("accepts a window with restartApprovalMode Automatic", func(ctx SpecContext) {
 		Expect(raw(ctx, "VirtualMachine", map[string]any{"metadata": map[string]any{"name": "windowed"}, "spec": map[string]any{
 			"template": template, "disruptions": map[string]any{"restartApprovalMode": "Automatic",
 				"window": map[string]any{"start": "23:30", "duration": "90m"}}}})).To(Succeed())
+		Expect(raw(ctx, "VirtualMachine", map[string]any{"metadata": map[string]any{"name": "weekends"}, "spec": map[string]any{
+			"template": template, "disruptions": map[string]any{"restartApprovalMode": "Automatic",
+				"window": map[string]any{"start": "22:00", "duration": "4h", "days": []any{"Sat", "Sun"}, "timeZone": "Europe/Berlin"}}}})).To(Succeed())
 	})
 
 	DescribeTable("accepts a rebootPolicy that agrees with the policy",

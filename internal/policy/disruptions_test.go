@@ -36,6 +36,44 @@ func TestInWindow(t *testing.T) {
 			t.Errorf("%s: InWindow = %v, %s, %v; want %v, %s", c.name, open, next, err, c.open, c.next)
 		}
 	}
+	berlin, err := time.LoadLocation("Europe/Berlin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 2026-12-01 is a Tuesday; Berlin is UTC+1 in December and UTC+2 in July.
+	weekdays := v1alpha1.DisruptionWindow{Start: "22:00", Duration: metav1.Duration{Duration: 4 * time.Hour},
+		Days: []v1alpha1.Weekday{"Sat", "Sun"}, TimeZone: "Europe/Berlin"}
+	for _, c := range []struct {
+		name string
+		now  time.Time
+		open bool
+		next time.Time
+	}{
+		{"a Tuesday: closed until Saturday 22:00 in Berlin", day(12, 0), false, time.Date(2026, 12, 5, 22, 0, 0, 0, berlin)},
+		{"Saturday 21:30 UTC is 22:30 in Berlin: open", time.Date(2026, 12, 5, 21, 30, 0, 0, time.UTC), true,
+			time.Date(2026, 12, 6, 22, 0, 0, 0, berlin)},
+		{"Sunday 01:00 in Berlin: Saturday's window, past midnight", time.Date(2026, 12, 6, 1, 0, 0, 0, berlin), true,
+			time.Date(2026, 12, 6, 22, 0, 0, 0, berlin)},
+		{"Monday 01:00 in Berlin: Sunday's window, past midnight", time.Date(2026, 12, 7, 1, 0, 0, 0, berlin), true,
+			time.Date(2026, 12, 12, 22, 0, 0, 0, berlin)},
+		{"Monday 02:00 in Berlin: closed for the week", time.Date(2026, 12, 7, 2, 0, 0, 0, berlin), false,
+			time.Date(2026, 12, 12, 22, 0, 0, 0, berlin)},
+		{"in summer the same 22:00 is 20:00 UTC", time.Date(2026, 7, 4, 20, 0, 0, 0, time.UTC), true,
+			time.Date(2026, 7, 5, 22, 0, 0, 0, berlin)},
+	} {
+		open, next, err := InWindow(weekdays, c.now)
+		if err != nil || open != c.open || !next.Equal(c.next) {
+			t.Errorf("%s: InWindow = %v, %s, %v; want %v, %s", c.name, open, next, err, c.open, c.next)
+		}
+	}
+	for _, bad := range []v1alpha1.DisruptionWindow{
+		{Start: "02:00", Duration: metav1.Duration{Duration: time.Hour}, TimeZone: "Mars/Olympus_Mons"},
+		{Start: "02:00", Duration: metav1.Duration{Duration: time.Hour}, Days: []v1alpha1.Weekday{"Someday"}},
+	} {
+		if _, _, err := InWindow(bad, day(1, 0)); err == nil {
+			t.Errorf("InWindow(%+v) must be an error", bad)
+		}
+	}
 	if _, _, err := InWindow(win("25:00", time.Hour), day(1, 0)); err == nil {
 		t.Error("a start that is no time of day must be an error")
 	}

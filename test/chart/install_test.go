@@ -57,7 +57,8 @@ func TestInstallAndRunAsServiceAccount(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	env, err := cluster.Start(cluster.Options{KubeVirt: &cluster.KubeVirtOptions{FeatureGates: []string{"Sidecar"}}})
+	// runpolicy's CRDs are left out of the test cluster: the chart's own are what gets installed.
+	env, err := cluster.Start(cluster.Options{KubeVirt: &cluster.KubeVirtOptions{FeatureGates: []string{"Sidecar"}}, ChartCRDs: true})
 	g.Expect(err).NotTo(HaveOccurred())
 	defer func() {
 		if t.Failed() {
@@ -73,13 +74,6 @@ func TestInstallAndRunAsServiceAccount(t *testing.T) {
 	g.Expect(err).NotTo(HaveOccurred())
 	defer func() { g.Expect(node.Stop()).To(Succeed()) }()
 
-	// The test cluster comes with runpolicy's CRDs; remove them so that the chart's own are what gets installed.
-	for _, name := range []string{"virtualmachines.runpolicy.io", "virtualmachineoperations.runpolicy.io"} {
-		crd := &apiextv1.CustomResourceDefinition{ObjectMeta: metav1.ObjectMeta{Name: name}}
-		g.Expect(admin.Delete(ctx, crd)).To(Succeed())
-		g.Eventually(func() bool { return apierrors.IsNotFound(admin.Get(ctx, client.ObjectKeyFromObject(crd), crd)) }).Should(BeTrue())
-	}
-
 	t.Log("helm install")
 	kubeconfig := []string{"--kubeconfig", env.Kubeconfig, "--namespace", namespace}
 	install := append([]string{"install", release, chartDir(), "--create-namespace"}, kubeconfig...)
@@ -91,7 +85,7 @@ func TestInstallAndRunAsServiceAccount(t *testing.T) {
 	var crds apiextv1.CustomResourceDefinitionList
 	g.Eventually(func(g Gomega) {
 		g.Expect(admin.List(ctx, &crds, client.MatchingLabels{"app.kubernetes.io/instance": release})).To(Succeed())
-		g.Expect(crds.Items).To(HaveLen(2))
+		g.Expect(crds.Items).To(HaveLen(3))
 		for _, crd := range crds.Items {
 			g.Expect(established(&crd)).To(BeTrue(), crd.Name)
 			g.Expect(crd.Annotations).To(HaveKeyWithValue("helm.sh/resource-policy", "keep"))

@@ -94,7 +94,7 @@ var powerMatrix = []powerCase{
 // reboots or powers itself off from its kernel arguments; a crash is QEMU killed on the node; a pod gone is the
 // launcher pod deleted. Each VM must reach its outcome, a restarted one from the changed template, and none may be
 // restarted twice. An AlwaysOff VM beside them never gets a VMI. The Manual VM its guest powered off then starts
-// again with virtctl start.
+// again with virtctl start, and a power schedule stops it at the next minute.
 func powerPolicies(t *testing.T, env *cluster.Env, admin client.Client) {
 	g := NewWithT(t)
 	g.SetDefaultEventuallyTimeout(6 * time.Minute)
@@ -204,6 +204,25 @@ func powerPolicies(t *testing.T, env *cluster.Env, admin client.Client) {
 		g.Expect(vm.Status.Phase).To(Equal(v1alpha1.VirtualMachineRunning))
 		g.Expect(created.count(stopped)).To(Equal(2))
 	}).Should(Succeed())
+
+	t.Log("a power schedule stops it at the next minute, through a Stop operation")
+	ps := &v1alpha1.VirtualMachinePowerSchedule{ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: "stop"},
+		Spec: v1alpha1.VirtualMachinePowerScheduleSpec{Schedule: "* * * * *", Action: v1alpha1.OperationStop, Force: true,
+			VirtualMachineNames: []string{stopped}}}
+	g.Expect(admin.Create(ctx, ps)).To(Succeed())
+	g.Eventually(func(g Gomega) {
+		var ops v1alpha1.VirtualMachineOperationList
+		g.Expect(admin.List(ctx, &ops, client.InNamespace(ns.Name), client.MatchingLabels{"runpolicy.io/schedule": ps.Name})).To(Succeed())
+		g.Expect(ops.Items).To(ContainElement(And(HaveField("Spec.VirtualMachineName", stopped),
+			HaveField("Spec.Type", v1alpha1.OperationStop), HaveField("Status.Phase", v1alpha1.OperationCompleted))))
+		vm := &v1alpha1.VirtualMachine{}
+		g.Expect(admin.Get(ctx, client.ObjectKey{Namespace: ns.Name, Name: stopped}, vm)).To(Succeed())
+		g.Expect(vm.Status.Phase).To(Equal(v1alpha1.VirtualMachineStopped))
+		g.Expect(admin.Get(ctx, client.ObjectKeyFromObject(ps), ps)).To(Succeed())
+		g.Expect(ps.Status.LastRun).NotTo(BeNil())
+		g.Expect(ps.Status.LastRun.VMs).To(BeEquivalentTo(1))
+	}, 3*time.Minute).Should(Succeed())
+	g.Expect(admin.Delete(ctx, ps)).To(Succeed())
 }
 
 // virtctl runs KubeVirt's virtctl as the cluster's admin.
