@@ -4,18 +4,22 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// VirtualMachineOperationType is the power action an operation performs.
-// +kubebuilder:validation:Enum=Start;Stop;Restart
+// VirtualMachineOperationType is the action an operation performs.
+// +kubebuilder:validation:Enum=Start;Stop;Restart;Migrate
 type VirtualMachineOperationType string
 
 const (
 	OperationStart   VirtualMachineOperationType = "Start"
 	OperationStop    VirtualMachineOperationType = "Stop"
 	OperationRestart VirtualMachineOperationType = "Restart"
+	// OperationMigrate live-migrates the running VMI to another node, through a KubeVirt
+	// VirtualMachineInstanceMigration.
+	OperationMigrate VirtualMachineOperationType = "Migrate"
 )
 
 // VirtualMachineOperationSpec names the VM and the action. It is immutable.
-// +kubebuilder:validation:XValidation:rule="!(self.type == 'Start' && has(self.force) && self.force)",message="spec.force is not allowed with type Start: force means grace period 0 and applies to Stop and Restart only"
+// +kubebuilder:validation:XValidation:rule="!(self.type in ['Start', 'Migrate'] && has(self.force) && self.force)",message="spec.force is not allowed with type Start or Migrate: force means grace period 0 and applies to Stop and Restart only"
+// +kubebuilder:validation:XValidation:rule="!has(self.migration) || self.type == 'Migrate'",message="spec.migration is allowed with type Migrate only"
 type VirtualMachineOperationSpec struct {
 	// virtualMachineName is the runpolicy.io VirtualMachine, in the operation's namespace, to act on.
 	// +required
@@ -24,13 +28,47 @@ type VirtualMachineOperationSpec struct {
 	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",message="spec.virtualMachineName must be the name of a VirtualMachine in this namespace: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit (a DNS-1123 subdomain)"
 	VirtualMachineName string `json:"virtualMachineName,omitempty"`
 
-	// type is the action: Start, Stop or Restart.
+	// type is the action: Start, Stop, Restart or Migrate (a live migration of the running VMI).
 	// +required
 	Type VirtualMachineOperationType `json:"type,omitempty"`
 
-	// force stops the guest at once (grace period 0) for Stop and Restart. Not allowed with Start.
+	// force stops the guest at once (grace period 0) for Stop and Restart. Not allowed with Start or Migrate.
 	// +optional
 	Force bool `json:"force,omitempty"`
+
+	// migration tunes a Migrate operation.
+	// +optional
+	Migration *MigrationOptions `json:"migration,omitempty"`
+}
+
+// MigrationOptions tune a Migrate operation.
+type MigrationOptions struct {
+	// nodeSelector restricts the target nodes further: KubeVirt's addedNodeSelector of the migration (the VM's own
+	// node selector and affinity still apply).
+	// +optional
+	// +kubebuilder:validation:MaxProperties=16
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+}
+
+// OperationMigration is where the KubeVirt migration of a Migrate operation stands.
+type OperationMigration struct {
+	// name is the VirtualMachineInstanceMigration's (the operation's name).
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name,omitempty"`
+	// phase is the migration's phase, as KubeVirt reports it (Pending, Scheduling, Scheduled, PreparingTarget,
+	// TargetReady, Running, Succeeded, Failed).
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	Phase string `json:"phase,omitempty"`
+	// sourceNode is the node the VMI ran on when the migration was created.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	SourceNode string `json:"sourceNode,omitempty"`
+	// targetNode is the node KubeVirt migrates the VMI to, once known.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	TargetNode string `json:"targetNode,omitempty"`
 }
 
 // VirtualMachineOperationPhase is where an operation stands.
@@ -76,6 +114,11 @@ const (
 	OperationReasonSignalSentSuccess = "SignalSentSuccess"
 	// OperationReasonSignalSentError: KubeVirt refused the request or could not be reached.
 	OperationReasonSignalSentError = "SignalSentError"
+	// OperationReasonNotMigratable: KubeVirt's LiveMigratable condition of the VMI is not True; the message gives
+	// KubeVirt's reason.
+	OperationReasonNotMigratable = "NotMigratable"
+	// OperationReasonMigrationFailed: KubeVirt's migration ended Failed (or was deleted); the message gives why.
+	OperationReasonMigrationFailed = "MigrationFailed"
 )
 
 // VirtualMachineOperationStatus is the observed state of a VirtualMachineOperation.
@@ -109,15 +152,21 @@ type VirtualMachineOperationStatus struct {
 	// completionTime is when the operation reached Completed or Failed.
 	// +optional
 	CompletionTime *metav1.Time `json:"completionTime,omitempty"`
+
+	// migration is where a Migrate operation's KubeVirt migration stands.
+	// +optional
+	Migration *OperationMigration `json:"migration,omitempty"`
 }
 
-// VirtualMachineOperation is a declarative, auditable Start, Stop or Restart of a VirtualMachine.
+// VirtualMachineOperation is a declarative, auditable Start, Stop, Restart or Migrate of a VirtualMachine.
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=vmop,categories=runpolicy
 // +kubebuilder:printcolumn:name="Type",type=string,JSONPath=`.spec.type`
 // +kubebuilder:printcolumn:name="VM",type=string,JSONPath=`.spec.virtualMachineName`
 // +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Progress",type=string,JSONPath=`.status.migration.phase`
+// +kubebuilder:printcolumn:name="Target",type=string,JSONPath=`.status.migration.targetNode`,priority=1
 // +kubebuilder:printcolumn:name="Force",type=boolean,JSONPath=`.spec.force`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type VirtualMachineOperation struct {

@@ -6,7 +6,7 @@ import (
 
 // VirtualMachinePowerScheduleSpec says when to act on which VMs of the schedule's namespace.
 // +kubebuilder:validation:XValidation:rule="has(self.vmSelector) != has(self.virtualMachineNames)",message="exactly one of spec.vmSelector and spec.virtualMachineNames names the VMs"
-// +kubebuilder:validation:XValidation:rule="!(self.action == 'Start' && has(self.force) && self.force)",message="spec.force is not allowed with action Start: force means grace period 0 and applies to Stop and Restart only"
+// +kubebuilder:validation:XValidation:rule="!(self.action in ['Start', 'Migrate'] && has(self.force) && self.force)",message="spec.force is not allowed with action Start or Migrate: force means grace period 0 and applies to Stop and Restart only"
 type VirtualMachinePowerScheduleSpec struct {
 	// schedule is a cron expression of five fields, minute hour day-of-month month day-of-week (e.g. "0 8 * * 1-5":
 	// 08:00 Monday to Friday), in spec.timeZone; or @hourly, @daily (@midnight), @weekly, @monthly, @yearly

@@ -236,7 +236,7 @@ func (r *Reconciler) targets(ctx context.Context, ps *v1alpha1.VirtualMachinePow
 // operation, so that it outlives the schedule as the record of what was done.
 func operation(ps *v1alpha1.VirtualMachinePowerSchedule, target *v1alpha1.VirtualMachine, t time.Time) *v1alpha1.VirtualMachineOperation {
 	sum := sha256.Sum256([]byte(string(ps.UID) + "/" + t.UTC().Format(time.RFC3339)))
-	force := ps.Spec.Force && ps.Spec.Action != v1alpha1.OperationStart
+	force := ps.Spec.Force && (ps.Spec.Action == v1alpha1.OperationStop || ps.Spec.Action == v1alpha1.OperationRestart)
 	return &v1alpha1.VirtualMachineOperation{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:      fmt.Sprintf("%s-%s-%s", target.Name, strings.ToLower(string(ps.Spec.Action)), hex.EncodeToString(sum[:])[:10]),

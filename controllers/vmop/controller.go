@@ -218,8 +218,15 @@ func (r *Reconciler) step(ctx context.Context, op *v1alpha1.VirtualMachineOperat
 		fail(op, now, v1alpha1.OperationReasonVirtualMachineNotManaged, msg)
 		return ctrl.Result{}, nil
 	}
-	view := ViewOf(in.kv, in.vmi)
 	turn := turnOf(op, in)
+	if t == v1alpha1.OperationMigrate {
+		if ok, msg := PolicyAllows(vmName, in.vm.Spec.RunPolicy, t); !ok && op.Status.Phase != v1alpha1.OperationInProgress {
+			fail(op, now, v1alpha1.OperationReasonNotApplicableForRunPolicy, msg)
+			return ctrl.Result{}, nil
+		}
+		return r.stepMigration(ctx, op, in, turn, now)
+	}
+	view := ViewOf(in.kv, in.vmi)
 	target := types.UID(op.Status.TargetVMIUID)
 
 	if op.Status.Phase == v1alpha1.OperationInProgress {
@@ -426,6 +433,7 @@ func (r *Reconciler) doneFresh(ctx context.Context, op *v1alpha1.VirtualMachineO
 func verb(op *v1alpha1.VirtualMachineOperation) string {
 	v := map[v1alpha1.VirtualMachineOperationType]string{
 		v1alpha1.OperationStart: "start", v1alpha1.OperationStop: "stop", v1alpha1.OperationRestart: "restart",
+		v1alpha1.OperationMigrate: "migrate",
 	}[op.Spec.Type]
 	if op.Spec.Force {
 		v = "force-" + v
@@ -512,6 +520,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&v1alpha1.VirtualMachineOperation{}, handler.EnqueueRequestsFromMapFunc(r.siblingsOf)).
 		Watches(&v1alpha1.VirtualMachine{}, handler.EnqueueRequestsFromMapFunc(r.opsOfVM)).
 		Watches(&kvv1.VirtualMachineInstance{}, handler.EnqueueRequestsFromMapFunc(r.opsOfVM)).
+		Owns(&kvv1.VirtualMachineInstanceMigration{}).
 		Named("virtualmachineoperation").
 		Complete(r)
 }

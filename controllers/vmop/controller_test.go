@@ -222,6 +222,43 @@ var _ = Describe("VirtualMachineOperation", func() {
 		Expect(node.CallsFor(ns, "nope")).To(BeEmpty())
 	})
 
+	It("refuses a Migrate of a stopped VM, of an AlwaysOff VM, and of a VMI KubeVirt does not call live-migratable", func(ctx SpecContext) {
+		createVM(ctx, ns, "stopped", v1alpha1.RunPolicyManual)
+		stoppedVM(ctx, ns, "stopped")
+		createVM(ctx, ns, "off", v1alpha1.RunPolicyAlwaysOff)
+		createVM(ctx, ns, "running", v1alpha1.RunPolicyManual)
+		Eventually(vmPhase(ctx, ns, "running")).Should(Equal(v1alpha1.VirtualMachineStopped))
+		Expect(lc.Start(ctx, ns, "running")).To(Succeed())
+		vmi := runningVMI(ctx, ns, "running")
+		Expect(vmi.Status.Conditions).NotTo(ContainElement(HaveField("Type", kvv1.VirtualMachineInstanceIsMigratable)),
+			"the simulated virt-handler reports no LiveMigratable condition")
+		createOp(ctx, ns, "migrate-stopped", "stopped", v1alpha1.OperationMigrate, false)
+		createOp(ctx, ns, "migrate-off", "off", v1alpha1.OperationMigrate, false)
+		createOp(ctx, ns, "migrate-running", "running", v1alpha1.OperationMigrate, false)
+
+		c := expectFailed(finished(ctx, ns, "migrate-stopped"), v1alpha1.OperationReasonNotApplicableForVMPhase)
+		Expect(c.Message).To(And(ContainSubstring("stopped"), ContainSubstring("only a running VM can be migrated")))
+		c = expectFailed(finished(ctx, ns, "migrate-off"), v1alpha1.OperationReasonNotApplicableForRunPolicy)
+		Expect(c.Message).To(ContainSubstring("cannot be migrated"))
+		c = expectFailed(finished(ctx, ns, "migrate-running"), v1alpha1.OperationReasonNotMigratable)
+		Expect(c.Message).To(ContainSubstring("no LiveMigratable condition"))
+		var migrations kvv1.VirtualMachineInstanceMigrationList
+		Expect(k8s.List(ctx, &migrations, client.InNamespace(ns))).To(Succeed())
+		Expect(migrations.Items).To(BeEmpty())
+		Expect(getVMI(ctx, ns, "running").UID).To(Equal(vmi.UID))
+	})
+
+	It("rejects force with Migrate, and migration options with another type, at admission", func(ctx SpecContext) {
+		op := &v1alpha1.VirtualMachineOperation{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "op"},
+			Spec:       v1alpha1.VirtualMachineOperationSpec{VirtualMachineName: "vm1", Type: v1alpha1.OperationMigrate, Force: true},
+		}
+		Expect(k8s.Create(ctx, op)).To(MatchError(ContainSubstring("spec.force is not allowed with type Start or Migrate")))
+		op.Spec = v1alpha1.VirtualMachineOperationSpec{VirtualMachineName: "vm1", Type: stop,
+			Migration: &v1alpha1.MigrationOptions{NodeSelector: map[string]string{"zone": "b"}}}
+		Expect(k8s.Create(ctx, op)).To(MatchError(ContainSubstring("spec.migration is allowed with type Migrate only")))
+	})
+
 	It("rejects force with Start at admission", func(ctx SpecContext) {
 		op := &v1alpha1.VirtualMachineOperation{
 			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "op"},

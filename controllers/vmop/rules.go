@@ -55,7 +55,7 @@ func PolicyAllows(vm string, p v1alpha1.RunPolicy, t v1alpha1.VirtualMachineOper
 			vm, pastTense(t))
 	case v1alpha1.RunPolicyAlwaysOn:
 		switch t {
-		case v1alpha1.OperationRestart:
+		case v1alpha1.OperationRestart, v1alpha1.OperationMigrate:
 			return true, ""
 		case v1alpha1.OperationStart:
 			return false, fmt.Sprintf("VirtualMachine %s has runPolicy AlwaysOn: KubeVirt keeps it running, there is nothing to start; "+
@@ -76,6 +76,8 @@ func pastTense(t v1alpha1.VirtualMachineOperationType) string {
 		return "started"
 	case v1alpha1.OperationStop:
 		return "stopped"
+	case v1alpha1.OperationMigrate:
+		return "migrated"
 	default:
 		return "restarted"
 	}

@@ -294,8 +294,6 @@ func vmPhase(ctx context.Context, ns, name string) func(Gomega) v1alpha1.Virtual
 }
 
 // runningVMI waits until the VM reads Running and its VMI runs, and returns the VMI.
-//
-//nolint:unparam // name says at each call which VM the spec waits for.
 func runningVMI(ctx context.Context, ns, name string) *kvv1.VirtualMachineInstance {
 	var vmi *kvv1.VirtualMachineInstance
 	EventuallyWithOffset(1, func(g Gomega) {

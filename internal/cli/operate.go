@@ -18,7 +18,7 @@ import (
 // defaultTimeout is --timeout's default: the operator's own --vmop-timeout, which it counts from the signal.
 const defaultTimeout = 10 * time.Minute
 
-// operationOptions are the flags of start, stop and restart.
+// operationOptions are the flags of start, stop, restart and migrate.
 type operationOptions struct {
 	*options
 	typ      v1alpha1.VirtualMachineOperationType
@@ -46,7 +46,7 @@ func newOperationCommand(o *options, typ v1alpha1.VirtualMachineOperationType) *
 		},
 	}
 	f := cmd.Flags()
-	if typ != v1alpha1.OperationStart {
+	if typ == v1alpha1.OperationStop || typ == v1alpha1.OperationRestart {
 		f.BoolVar(&oo.force, "force", false, "Stop the guest at once (grace period 0)")
 	}
 	f.BoolVar(&oo.wait, "wait", false, "Wait until every operation is Completed; non-zero exit status if one fails or times out")
@@ -65,6 +65,9 @@ func operationExample(typ v1alpha1.VirtualMachineOperationType) string {
 	case v1alpha1.OperationStop:
 		return "  # Stop web and db, waiting up to 2 minutes\n  kubectl runpolicy stop web db --wait --timeout 2m\n\n" +
 			"  # Stop every VirtualMachine of the namespace at once (grace period 0)\n  kubectl runpolicy stop --all --force"
+	case v1alpha1.OperationMigrate:
+		return "  # Live-migrate web to another node (a KubeVirt VirtualMachineInstanceMigration) and wait until it is done\n" +
+			"  kubectl runpolicy migrate web --wait"
 	default:
 		return "  # Restart web (a new VMI with the current spec) and wait until it runs again\n" +
 			"  kubectl runpolicy restart web --wait\n\n" +

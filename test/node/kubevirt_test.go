@@ -72,11 +72,16 @@ func TestKubeVirtOnARealNode(t *testing.T) {
 		g.Expect(node.Labels).To(HaveKeyWithValue("kubevirt.io/schedulable", "true"))
 	}).Should(Succeed())
 
-	t.Log("helm install: the operator as pods")
+	t.Log("helm install: the operator as pods; the kubectl plugin")
 	helmInstall(t, g, env)
+	build := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(dir, "kubectl-runpolicy"), "./cmd/kubectl-runpolicy")
+	build.Dir = cluster.RepoRoot()
+	out, err := build.CombinedOutput()
+	g.Expect(err).NotTo(HaveOccurred(), "%s", out)
 
 	t.Run("full chain", func(t *testing.T) { fullChain(t, env, admin, dir) })
 	t.Run("power policies", func(t *testing.T) { powerPolicies(t, env, admin) })
+	t.Run("migrate", func(t *testing.T) { migrate(t, env, admin, dir) })
 }
 
 // fullChain follows one AlwaysOnUntilStoppedManually VM:
@@ -122,11 +127,7 @@ func fullChain(t *testing.T, env *cluster.Env, admin client.Client, dir string) 
 
 	t.Log("kubectl runpolicy restart --wait: a Restart operation, a new VMI")
 	plugin := filepath.Join(dir, "kubectl-runpolicy")
-	build := exec.CommandContext(ctx, "go", "build", "-o", plugin, "./cmd/kubectl-runpolicy")
-	build.Dir = cluster.RepoRoot()
-	out, err := build.CombinedOutput()
-	g.Expect(err).NotTo(HaveOccurred(), "%s", out)
-	out, err = exec.CommandContext(ctx, plugin, "restart", "vm", "-n", ns.Name, "--kubeconfig", env.Kubeconfig,
+	out, err := exec.CommandContext(ctx, plugin, "restart", "vm", "-n", ns.Name, "--kubeconfig", env.Kubeconfig,
 		"--wait", "--timeout", "3m").CombinedOutput()
 	g.Expect(err).NotTo(HaveOccurred(), "%s", out)
 	t.Logf("kubectl runpolicy restart: %s", out)

@@ -1,0 +1,192 @@
+package vmop
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/klog/v2"
+	kvv1 "kubevirt.io/api/core/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/runpolicy/runpolicy/api/v1alpha1"
+	"github.com/runpolicy/runpolicy/internal/refusal"
+)
+
+// +kubebuilder:rbac:groups=kubevirt.io,resources=virtualmachineinstancemigrations,verbs=get;list;watch;create
+
+// LabelOperation names, on a VirtualMachineInstanceMigration, the operation that created it.
+const LabelOperation = "runpolicy.io/operation"
+
+// stepMigration moves a Migrate operation on by one pass. Its signal is a VirtualMachineInstanceMigration named
+// after the operation and controlled by it: however often a pass creates it (a crash before the status write),
+// there is one, and a pass that finds it records it as sent. The operation follows KubeVirt's migration to
+// Succeeded (Completed) or Failed (Failed, MigrationFailed, with KubeVirt's reason).
+func (r *Reconciler) stepMigration(ctx context.Context, op *v1alpha1.VirtualMachineOperation, in inputs, turn Turn, now metav1.Time) (ctrl.Result, error) {
+	vmName := op.Spec.VirtualMachineName
+	if op.Status.Phase == v1alpha1.OperationInProgress {
+		if turn.SupersededBy != "" {
+			fail(op, now, v1alpha1.OperationReasonSuperseded, supersededMessage(op, in.vm, turn.SupersededBy))
+			return ctrl.Result{}, nil
+		}
+		return r.followMigration(ctx, op, now)
+	}
+	if turn.SupersededBy != "" {
+		fail(op, now, v1alpha1.OperationReasonSuperseded, supersededMessage(op, in.vm, turn.SupersededBy))
+		return ctrl.Result{}, nil
+	}
+	if turn.WaitFor != "" {
+		pending(op, v1alpha1.OperationReasonWaitingForOtherOperation, fmt.Sprintf(
+			"Waiting for VirtualMachineOperation %s on VirtualMachine %s to finish: one operation runs at a time", turn.WaitFor, vmName))
+		return ctrl.Result{}, nil
+	}
+	// A pass that created the migration may have ended before it recorded it.
+	if existing, err := r.migrationOf(ctx, op); err != nil {
+		return ctrl.Result{}, err
+	} else if existing != nil {
+		r.migrationSent(op, in.vm, existing, now)
+		return ctrl.Result{}, nil
+	}
+	vmi := in.vmi
+	if vmi == nil || vmi.DeletionTimestamp != nil || vmi.Status.Phase != kvv1.Running {
+		fail(op, now, v1alpha1.OperationReasonNotApplicableForVMPhase, fmt.Sprintf(
+			"VirtualMachine %s (runPolicy %s) is %s: only a running VM can be migrated; start it first",
+			vmName, in.vm.Spec.RunPolicy, phaseText(in.vm.Status.Phase, StateOf(vmi))))
+		return ctrl.Result{}, nil
+	}
+	if ok, why := liveMigratable(vmi); !ok {
+		fail(op, now, v1alpha1.OperationReasonNotMigratable, fmt.Sprintf(
+			"KubeVirt cannot live-migrate VirtualMachine %s: %s", vmName, why))
+		return ctrl.Result{}, nil
+	}
+	vmim := &kvv1.VirtualMachineInstanceMigration{
+		ObjectMeta: metav1.ObjectMeta{Namespace: op.Namespace, Name: op.Name,
+			Labels:          map[string]string{LabelOperation: op.Name},
+			OwnerReferences: []metav1.OwnerReference{*metav1.NewControllerRef(op, v1alpha1.GroupVersion.WithKind("VirtualMachineOperation"))}},
+		Spec: kvv1.VirtualMachineInstanceMigrationSpec{VMIName: vmi.Name},
+	}
+	if op.Spec.Migration != nil {
+		vmim.Spec.AddedNodeSelector = op.Spec.Migration.NodeSelector
+	}
+	op.Status.TargetVMIUID = string(vmi.UID)
+	op.Status.Migration = &v1alpha1.OperationMigration{Name: vmim.Name, SourceNode: vmi.Status.NodeName}
+	ctrl.LoggerFrom(ctx).Info("Creating a VirtualMachineInstanceMigration", "VirtualMachineInstance", klog.KObj(vmi),
+		"sourceNode", vmi.Status.NodeName)
+	err := r.Create(ctx, vmim)
+	switch {
+	case err == nil, apierrors.IsAlreadyExists(err):
+		r.migrationSent(op, in.vm, vmim, now)
+		return ctrl.Result{}, nil
+	case refusal.Permanent(err):
+		msg := fmt.Sprintf("KubeVirt did not accept the migration of VirtualMachine %s: %v", vmName, err)
+		setCondition(op, v1alpha1.OperationConditionSignalSent, metav1.ConditionFalse, v1alpha1.OperationReasonSignalSentError, msg)
+		fail(op, now, v1alpha1.OperationReasonFailed, msg)
+		return ctrl.Result{}, nil
+	default:
+		msg := fmt.Sprintf("Could not create the migration of VirtualMachine %s: %v; retrying", vmName, err)
+		setCondition(op, v1alpha1.OperationConditionSignalSent, metav1.ConditionFalse, v1alpha1.OperationReasonSignalSentError, msg)
+		pending(op, v1alpha1.OperationReasonSignalPending, msg)
+		return ctrl.Result{}, err
+	}
+}
+
+// migrationOf reads the operation's migration from the API server (nil when there is none).
+func (r *Reconciler) migrationOf(ctx context.Context, op *v1alpha1.VirtualMachineOperation) (*kvv1.VirtualMachineInstanceMigration, error) {
+	vmim := &kvv1.VirtualMachineInstanceMigration{}
+	err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: op.Namespace, Name: op.Name}, vmim)
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !metav1.IsControlledBy(vmim, op) {
+		return nil, fmt.Errorf("a VirtualMachineInstanceMigration %s/%s exists that VirtualMachineOperation %s does not control", op.Namespace, op.Name, op.Name)
+	}
+	return vmim, nil
+}
+
+func (r *Reconciler) migrationSent(op *v1alpha1.VirtualMachineOperation, vm *v1alpha1.VirtualMachine, vmim *kvv1.VirtualMachineInstanceMigration, now metav1.Time) {
+	if op.Status.Migration == nil {
+		op.Status.Migration = &v1alpha1.OperationMigration{Name: vmim.Name}
+	}
+	op.Status.Phase = v1alpha1.OperationInProgress
+	op.Status.SignalSentTime = &now
+	setCondition(op, v1alpha1.OperationConditionSignalSent, metav1.ConditionTrue, v1alpha1.OperationReasonSignalSentSuccess,
+		fmt.Sprintf("Created VirtualMachineInstanceMigration %s for VirtualMachine %s", vmim.Name, vm.Name))
+	setCondition(op, v1alpha1.OperationConditionCompleted, metav1.ConditionFalse, v1alpha1.OperationReasonInProgress,
+		fmt.Sprintf("Waiting for KubeVirt to migrate VirtualMachine %s", vm.Name))
+}
+
+// followMigration copies the migration's progress into the operation and ends it with the migration.
+func (r *Reconciler) followMigration(ctx context.Context, op *v1alpha1.VirtualMachineOperation, now metav1.Time) (ctrl.Result, error) {
+	vmim, err := r.migrationOf(ctx, op)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	vmName := op.Spec.VirtualMachineName
+	if vmim == nil {
+		fail(op, now, v1alpha1.OperationReasonMigrationFailed, fmt.Sprintf(
+			"The VirtualMachineInstanceMigration %s of VirtualMachine %s was deleted before it ended", op.Name, vmName))
+		return ctrl.Result{}, nil
+	}
+	m := op.Status.Migration
+	if m == nil {
+		m = &v1alpha1.OperationMigration{Name: vmim.Name}
+		op.Status.Migration = m
+	}
+	m.Phase = string(vmim.Status.Phase)
+	if st := vmim.Status.MigrationState; st != nil {
+		if st.SourceNode != "" {
+			m.SourceNode = st.SourceNode
+		}
+		if st.TargetNode != "" {
+			m.TargetNode = st.TargetNode
+		}
+	}
+	switch vmim.Status.Phase {
+	case kvv1.MigrationSucceeded:
+		complete(op, now, fmt.Sprintf("VirtualMachine %s migrated from %s to %s", vmName, m.SourceNode, m.TargetNode))
+	case kvv1.MigrationFailed:
+		fail(op, now, v1alpha1.OperationReasonMigrationFailed, fmt.Sprintf("KubeVirt's migration of VirtualMachine %s failed: %s",
+			vmName, migrationFailure(vmim)))
+	default:
+		return ctrl.Result{RequeueAfter: 2 * time.Second}, nil // the migration's own events also bring a pass
+	}
+	return ctrl.Result{}, nil
+}
+
+// liveMigratable reads KubeVirt's LiveMigratable condition of the VMI.
+func liveMigratable(vmi *kvv1.VirtualMachineInstance) (bool, string) {
+	for _, c := range vmi.Status.Conditions {
+		if c.Type == kvv1.VirtualMachineInstanceIsMigratable {
+			if c.Status == "True" {
+				return true, ""
+			}
+			return false, strings.TrimSpace(c.Reason + ": " + c.Message)
+		}
+	}
+	return false, "virt-handler has not reported whether the VMI is live-migratable (no LiveMigratable condition)"
+}
+
+// migrationFailure is KubeVirt's account of why a migration failed: the VMI's migration state's reason, or the
+// migration's conditions.
+func migrationFailure(vmim *kvv1.VirtualMachineInstanceMigration) string {
+	var parts []string
+	if st := vmim.Status.MigrationState; st != nil && st.FailureReason != "" {
+		parts = append(parts, st.FailureReason)
+	}
+	for _, c := range vmim.Status.Conditions {
+		if c.Message != "" || c.Reason != "" {
+			parts = append(parts, strings.TrimSpace(fmt.Sprintf("%s %s: %s", c.Type, c.Reason, c.Message)))
+		}
+	}
+	if len(parts) == 0 {
+		return "KubeVirt gave no reason (see the VirtualMachineInstanceMigration's events)"
+	}
+	return strings.Join(parts, "; ")
+}

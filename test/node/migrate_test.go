@@ -1,0 +1,100 @@
+//go:build !unit
+
+package node
+
+import (
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	kvv1 "kubevirt.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/runpolicy/runpolicy/api/v1alpha1"
+	"github.com/runpolicy/runpolicy/test/cluster"
+	"github.com/runpolicy/runpolicy/test/guest"
+)
+
+// migrate asks for a live migration with `kubectl runpolicy migrate --wait` on the one-node cluster: runpolicy
+// creates one VirtualMachineInstanceMigration, the real virt-controller creates its target pod, which no node can
+// take (KubeVirt keeps a VMI's migration target off its source node), and KubeVirt fails the migration once the
+// target pod has been unschedulable for the migration's timeout (its annotation, set here to 20 s: a user's
+// setting; KubeVirt's default is 5 min). The operation ends Failed with KubeVirt's reason, the plugin exits
+// non-zero, and the VM keeps running on its VMI.
+func migrate(t *testing.T, env *cluster.Env, admin client.Client, dir string) {
+	g := NewWithT(t)
+	g.SetDefaultEventuallyTimeout(4 * time.Minute)
+	g.SetDefaultEventuallyPollingInterval(time.Second)
+	ctx := t.Context()
+
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "migrate-"}}
+	g.Expect(admin.Create(ctx, ns)).To(Succeed())
+	vm := guest.VM(ns.Name, "vm", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, guestImage, "hang")
+	key := client.ObjectKeyFromObject(vm)
+	g.Expect(admin.Create(ctx, vm)).To(Succeed())
+
+	t.Log("the VMI runs, and virt-handler reports it live-migratable")
+	vmi := &kvv1.VirtualMachineInstance{}
+	g.Eventually(func(g Gomega) {
+		g.Expect(admin.Get(ctx, key, vmi)).To(Succeed())
+		g.Expect(vmi.Status.Phase).To(Equal(kvv1.Running))
+		g.Expect(vmi.Status.Conditions).To(ContainElement(And(HaveField("Type", kvv1.VirtualMachineInstanceIsMigratable),
+			HaveField("Status", corev1.ConditionTrue))))
+	}).Should(Succeed())
+
+	t.Log("kubectl runpolicy migrate vm --wait: one migration, its target pod unschedulable on the one node")
+	plugin := filepath.Join(dir, "kubectl-runpolicy")
+	done := make(chan []byte, 1)
+	var waitErr error
+	go func() {
+		out, err := exec.CommandContext(ctx, plugin, "migrate", "vm", "-n", ns.Name, "--kubeconfig", env.Kubeconfig,
+			"--wait", "--timeout", "4m").CombinedOutput()
+		waitErr = err
+		done <- out
+	}()
+	vmim := &kvv1.VirtualMachineInstanceMigration{}
+	g.Eventually(func(g Gomega) {
+		var list kvv1.VirtualMachineInstanceMigrationList
+		g.Expect(admin.List(ctx, &list, client.InNamespace(ns.Name))).To(Succeed())
+		g.Expect(list.Items).To(HaveLen(1))
+		*vmim = list.Items[0]
+	}).Should(Succeed())
+	g.Expect(vmim.Spec.VMIName).To(Equal("vm"))
+	g.Expect(vmim.OwnerReferences).To(ConsistOf(HaveField("Kind", "VirtualMachineOperation")))
+	patch := client.MergeFrom(vmim.DeepCopy())
+	if vmim.Annotations == nil {
+		vmim.Annotations = map[string]string{}
+	}
+	vmim.Annotations[kvv1.MigrationUnschedulablePodTimeoutSecondsAnnotation] = "20"
+	g.Expect(admin.Patch(ctx, vmim, patch)).To(Succeed())
+
+	var out []byte
+	g.Eventually(done).Should(Receive(&out))
+	t.Logf("kubectl runpolicy migrate: %s", out)
+	g.Expect(waitErr).To(HaveOccurred(), "the migration failed: the plugin exits non-zero")
+	g.Expect(string(out)).To(ContainSubstring(v1alpha1.OperationReasonMigrationFailed))
+
+	op := &v1alpha1.VirtualMachineOperation{}
+	g.Expect(admin.Get(ctx, client.ObjectKey{Namespace: ns.Name, Name: vmim.Name}, op)).To(Succeed())
+	g.Expect(op.Spec.Type).To(Equal(v1alpha1.OperationMigrate))
+	g.Expect(op.Status.Phase).To(Equal(v1alpha1.OperationFailed))
+	g.Expect(op.Status.Migration).To(HaveValue(And(HaveField("Name", vmim.Name), HaveField("Phase", string(kvv1.MigrationFailed)),
+		HaveField("SourceNode", cluster.NodeName))))
+
+	t.Log("the VM keeps running on its VMI, and no second migration was made")
+	g.Consistently(func(g Gomega) {
+		cur := &kvv1.VirtualMachineInstance{}
+		g.Expect(admin.Get(ctx, key, cur)).To(Succeed())
+		g.Expect(cur.UID).To(Equal(vmi.UID))
+		g.Expect(cur.Status.Phase).To(Equal(kvv1.Running))
+		var list kvv1.VirtualMachineInstanceMigrationList
+		g.Expect(admin.List(ctx, &list, client.InNamespace(ns.Name))).To(Succeed())
+		g.Expect(list.Items).To(HaveLen(1))
+	}, "3s").Should(Succeed())
+	g.Expect(admin.Get(ctx, key, vm)).To(Succeed())
+	g.Expect(vm.Status.Phase).To(Equal(v1alpha1.VirtualMachineRunning))
+}
