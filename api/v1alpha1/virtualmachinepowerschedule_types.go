@@ -27,7 +27,8 @@ type VirtualMachinePowerScheduleSpec struct {
 	// +kubebuilder:validation:XValidation:rule="self == 'UTC' || (self.matches('^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$') && timestamp('2000-01-01T00:00:00Z').getHours(self) >= 0)",message="spec.timeZone must be an IANA time zone name, such as UTC, Europe/Berlin or America/New_York"
 	TimeZone string `json:"timeZone,omitempty"`
 
-	// action is what each run does to every VM it names: Start, Stop or Restart, as a VirtualMachineOperation.
+	// action is what each run does to every VM it names: Start, Stop, Restart or Migrate, as a
+	// VirtualMachineOperation.
 	// +required
 	Action VirtualMachineOperationType `json:"action,omitempty"`
 

@@ -69,7 +69,7 @@ func TestAdmissionRefusesBadSchedulesNamingTheField(t *testing.T) {
 		{"no VMs named", v1alpha1.VirtualMachinePowerScheduleSpec{Schedule: "0 8 * * *", Action: v1alpha1.OperationStop}, "spec.vmSelector"},
 		{"both ways of naming VMs", v1alpha1.VirtualMachinePowerScheduleSpec{Schedule: "0 8 * * *", Action: v1alpha1.OperationStop, VMSelector: web, VirtualMachineNames: []string{"a"}}, "spec.vmSelector"},
 		{"a forced Start", v1alpha1.VirtualMachinePowerScheduleSpec{Schedule: "0 8 * * *", Action: v1alpha1.OperationStart, Force: true, VMSelector: web}, "spec.force"},
-		{"an unknown action", v1alpha1.VirtualMachinePowerScheduleSpec{Schedule: "0 8 * * *", Action: "Migrate", VMSelector: web}, "spec.action"},
+		{"an unknown action", v1alpha1.VirtualMachinePowerScheduleSpec{Schedule: "0 8 * * *", Action: "Hibernate", VMSelector: web}, "spec.action"},
 	} {
 		err := env.Client.Create(t.Context(), powerSchedule(ns, "bad", tc.spec))
 		g.Expect(err).To(HaveOccurred(), tc.name)
