@@ -3,11 +3,14 @@ package vmop
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/klog/v2"
 	kvv1 "kubevirt.io/api/core/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -18,6 +21,7 @@ import (
 )
 
 // +kubebuilder:rbac:groups=kubevirt.io,resources=virtualmachineinstancemigrations,verbs=get;list;watch;create
+// +kubebuilder:rbac:groups="",resources=events,verbs=list
 
 // LabelOperation names, on a VirtualMachineInstanceMigration, the operation that created it.
 const LabelOperation = "runpolicy.io/operation"
@@ -51,11 +55,18 @@ func (r *Reconciler) stepMigration(ctx context.Context, op *v1alpha1.VirtualMach
 		r.migrationSent(op, in.vm, existing, now)
 		return ctrl.Result{}, nil
 	}
-	vmi := in.vmi
+	// A refusal is final, and the cache may lag behind a VMI that just went Running or live-migratable: judge on
+	// the API server's VMI.
+	vmi := &kvv1.VirtualMachineInstance{}
+	if err := getOrNil(ctx, r.APIReader, client.ObjectKey{Namespace: op.Namespace, Name: vmName}, vmi); err != nil {
+		return ctrl.Result{}, err
+	} else if vmi.Name == "" {
+		vmi = nil
+	}
 	if vmi == nil || vmi.DeletionTimestamp != nil || vmi.Status.Phase != kvv1.Running {
 		fail(op, now, v1alpha1.OperationReasonNotApplicableForVMPhase, fmt.Sprintf(
 			"VirtualMachine %s (runPolicy %s) is %s: only a running VM can be migrated; start it first",
-			vmName, in.vm.Spec.RunPolicy, phaseText(in.vm.Status.Phase, StateOf(vmi))))
+			vmName, in.vm.Spec.RunPolicy, vmiText(vmi)))
 		return ctrl.Result{}, nil
 	}
 	if ok, why := liveMigratable(vmi); !ok {
@@ -91,6 +102,18 @@ func (r *Reconciler) stepMigration(ctx context.Context, op *v1alpha1.VirtualMach
 		setCondition(op, v1alpha1.OperationConditionSignalSent, metav1.ConditionFalse, v1alpha1.OperationReasonSignalSentError, msg)
 		pending(op, v1alpha1.OperationReasonSignalPending, msg)
 		return ctrl.Result{}, err
+	}
+}
+
+// vmiText says where the VMI stands, for a refusal.
+func vmiText(vmi *kvv1.VirtualMachineInstance) string {
+	switch {
+	case vmi == nil:
+		return "stopped (no VMI)"
+	case vmi.DeletionTimestamp != nil:
+		return "stopping (its VMI is being deleted)"
+	default:
+		return fmt.Sprintf("not running (its VMI is %s)", vmi.Status.Phase)
 	}
 }
 
@@ -152,8 +175,12 @@ func (r *Reconciler) followMigration(ctx context.Context, op *v1alpha1.VirtualMa
 	case kvv1.MigrationSucceeded:
 		complete(op, now, fmt.Sprintf("VirtualMachine %s migrated from %s to %s", vmName, m.SourceNode, m.TargetNode))
 	case kvv1.MigrationFailed:
+		why := migrationFailure(vmim)
+		if why == "" {
+			why = r.migrationEvents(ctx, vmim)
+		}
 		fail(op, now, v1alpha1.OperationReasonMigrationFailed, fmt.Sprintf("KubeVirt's migration of VirtualMachine %s failed: %s",
-			vmName, migrationFailure(vmim)))
+			vmName, why))
 	default:
 		return ctrl.Result{RequeueAfter: 2 * time.Second}, nil // the migration's own events also bring a pass
 	}
@@ -173,8 +200,8 @@ func liveMigratable(vmi *kvv1.VirtualMachineInstance) (bool, string) {
 	return false, "virt-handler has not reported whether the VMI is live-migratable (no LiveMigratable condition)"
 }
 
-// migrationFailure is KubeVirt's account of why a migration failed: the VMI's migration state's reason, or the
-// migration's conditions.
+// migrationFailure is KubeVirt's account of why a migration failed in its status: the migration state's reason,
+// or the migration's conditions; "" when the status gives none (a migration whose target pod never started).
 func migrationFailure(vmim *kvv1.VirtualMachineInstanceMigration) string {
 	var parts []string
 	if st := vmim.Status.MigrationState; st != nil && st.FailureReason != "" {
@@ -185,8 +212,28 @@ func migrationFailure(vmim *kvv1.VirtualMachineInstanceMigration) string {
 			parts = append(parts, strings.TrimSpace(fmt.Sprintf("%s %s: %s", c.Type, c.Reason, c.Message)))
 		}
 	}
-	if len(parts) == 0 {
-		return "KubeVirt gave no reason (see the VirtualMachineInstanceMigration's events)"
-	}
 	return strings.Join(parts, "; ")
+}
+
+// migrationEvents is what virt-controller's Events on the migration say, oldest first (a migration whose target pod
+// could not be scheduled carries its account only there).
+func (r *Reconciler) migrationEvents(ctx context.Context, vmim *kvv1.VirtualMachineInstanceMigration) string {
+	const none = "KubeVirt gave no reason (see the VirtualMachineInstanceMigration's events)"
+	var evs corev1.EventList
+	if err := r.APIReader.List(ctx, &evs, client.InNamespace(vmim.Namespace),
+		client.MatchingFieldsSelector{Selector: fields.OneTermEqualSelector("involvedObject.uid", string(vmim.UID))}); err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "Listing the migration's Events")
+		return none
+	}
+	slices.SortStableFunc(evs.Items, func(a, b corev1.Event) int { return a.LastTimestamp.Compare(b.LastTimestamp.Time) })
+	var msgs []string
+	for _, e := range evs.Items {
+		if e.Message != "" && !slices.Contains(msgs, e.Message) {
+			msgs = append(msgs, e.Message)
+		}
+	}
+	if len(msgs) == 0 {
+		return none
+	}
+	return strings.Join(msgs, "; ")
 }

@@ -76,7 +76,8 @@ func migrate(t *testing.T, env *cluster.Env, admin client.Client, dir string) {
 	g.Eventually(done).Should(Receive(&out))
 	t.Logf("kubectl runpolicy migrate: %s", out)
 	g.Expect(waitErr).To(HaveOccurred(), "the migration failed: the plugin exits non-zero")
-	g.Expect(string(out)).To(ContainSubstring(v1alpha1.OperationReasonMigrationFailed))
+	g.Expect(string(out)).To(And(ContainSubstring(v1alpha1.OperationReasonMigrationFailed), ContainSubstring("unschedulable")),
+		"KubeVirt's account, from its Events on the migration")
 
 	op := &v1alpha1.VirtualMachineOperation{}
 	g.Expect(admin.Get(ctx, client.ObjectKey{Namespace: ns.Name, Name: vmim.Name}, op)).To(Succeed())
