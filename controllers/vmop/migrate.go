@@ -55,14 +55,23 @@ func (r *Reconciler) stepMigration(ctx context.Context, op *v1alpha1.VirtualMach
 		r.migrationSent(op, in.vm, existing, now)
 		return ctrl.Result{}, nil
 	}
-	// A refusal is final, and the cache may lag behind a VMI that just went Running or live-migratable: judge on
-	// the API server's VMI.
-	vmi := &kvv1.VirtualMachineInstance{}
-	if err := getOrNil(ctx, r.APIReader, client.ObjectKey{Namespace: op.Namespace, Name: vmName}, vmi); err != nil {
-		return ctrl.Result{}, err
-	} else if vmi.Name == "" {
-		vmi = nil
+	// A refusal is final, and the cache may lag behind a VMI that just went Running or live-migratable, or behind
+	// another operation that just went in progress: judge on the API server's view, as send does.
+	fresh := &v1alpha1.VirtualMachineOperation{}
+	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(op), fresh); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
+	if fresh.ResourceVersion != op.ResourceVersion {
+		return ctrl.Result{RequeueAfter: retrySoon}, nil
+	}
+	seen, err := r.gather(ctx, r.APIReader, op, true)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if t := turnOf(op, seen); t.SupersededBy != "" || t.WaitFor != "" {
+		return ctrl.Result{RequeueAfter: retrySoon}, nil
+	}
+	vmi := seen.vmi
 	if vmi == nil || vmi.DeletionTimestamp != nil || vmi.Status.Phase != kvv1.Running {
 		fail(op, now, v1alpha1.OperationReasonNotApplicableForVMPhase, fmt.Sprintf(
 			"VirtualMachine %s (runPolicy %s) is %s: only a running VM can be migrated; start it first",
@@ -87,7 +96,7 @@ func (r *Reconciler) stepMigration(ctx context.Context, op *v1alpha1.VirtualMach
 	op.Status.Migration = &v1alpha1.OperationMigration{Name: vmim.Name, SourceNode: vmi.Status.NodeName}
 	ctrl.LoggerFrom(ctx).Info("Creating a VirtualMachineInstanceMigration", "VirtualMachineInstance", klog.KObj(vmi),
 		"sourceNode", vmi.Status.NodeName)
-	err := r.Create(ctx, vmim)
+	err = r.Create(ctx, vmim)
 	switch {
 	case err == nil, apierrors.IsAlreadyExists(err):
 		r.migrationSent(op, in.vm, vmim, now)
