@@ -268,6 +268,9 @@ func (e *Env) configureAPIServer(api *envtest.APIServer, opts *Options) error {
 	}
 	e.apiLog = log
 	api.Out, api.Err = log, log
+	// envtest's 20 s: a kube-apiserver of a real node's cluster overran it now and then in CI under load, after
+	// every other process had stopped (envtest then kills it, but reports the timeout as Stop's error).
+	api.StopTimeout = time.Minute
 	args := map[string][]string{}
 	if opts.Node != nil {
 		var err error
