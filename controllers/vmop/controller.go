@@ -270,8 +270,7 @@ func (r *Reconciler) step(ctx context.Context, op *v1alpha1.VirtualMachineOperat
 		return ctrl.Result{}, nil
 	}
 	if turn.WaitFor != "" {
-		pending(op, v1alpha1.OperationReasonWaitingForOtherOperation, fmt.Sprintf(
-			"Waiting for VirtualMachineOperation %s on VirtualMachine %s to finish: one operation runs at a time", turn.WaitFor, vmName))
+		waitForOther(op, turn.WaitFor)
 		return ctrl.Result{}, nil
 	}
 	verdict, msg := PhaseAllows(vmName, in.vm.Spec.RunPolicy, in.vm.Status.Phase, view.VMI, view.StartRequested, t, op.Spec.Force)
@@ -311,25 +310,14 @@ func notOurs(vm *v1alpha1.VirtualMachine, kv *kvv1.VirtualMachine) string {
 // send re-reads the operation and KubeVirt's state uncached, then calls the subresource.
 func (r *Reconciler) send(ctx context.Context, op *v1alpha1.VirtualMachineOperation, vm *v1alpha1.VirtualMachine) (ctrl.Result, error) {
 	log := ctrl.LoggerFrom(ctx)
-	fresh := &v1alpha1.VirtualMachineOperation{}
-	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(op), fresh); err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
-	}
-	if fresh.ResourceVersion != op.ResourceVersion {
-		return ctrl.Result{RequeueAfter: retrySoon}, nil // the cache is behind: decide again on the current object
-	}
-	in, err := r.gather(ctx, r.APIReader, op, true)
+	in, ok, err := r.freshInputs(ctx, op)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	now := r.now()
-	if in.vm == nil || notOurs(in.vm, in.kv) != "" {
-		return ctrl.Result{RequeueAfter: retrySoon}, nil // decide again from the cache's view (the VM went or is not ours)
-	}
-	if turn := turnOf(op, in); turn.SupersededBy != "" || turn.WaitFor != "" {
-		// A forced Stop was created, or another operation went in progress, since the cache was read.
+	if !ok {
 		return ctrl.Result{RequeueAfter: retrySoon}, nil
 	}
+	now := r.now()
 	switch SignalAction(op.Spec.Type, op.Spec.Force, types.UID(op.Status.TargetVMIUID), ViewOf(in.kv, in.vmi)) {
 	case Taken:
 		log.Info("KubeVirt already shows the signal; recording it")
@@ -364,6 +352,34 @@ func (r *Reconciler) send(ctx context.Context, op *v1alpha1.VirtualMachineOperat
 	setCondition(op, v1alpha1.OperationConditionSignalSent, metav1.ConditionFalse, v1alpha1.OperationReasonSignalSentError, msg+"; retrying")
 	pending(op, v1alpha1.OperationReasonSignalPending, msg+"; retrying")
 	return ctrl.Result{}, err
+}
+
+// freshInputs reads the operation and KubeVirt's state uncached, right before a signal: ok is false when the pass
+// must decide again instead (the cache was behind the operation, the VM went or is not ours, a forced Stop was
+// created or another operation went in progress since the cache was read).
+func (r *Reconciler) freshInputs(ctx context.Context, op *v1alpha1.VirtualMachineOperation) (inputs, bool, error) {
+	fresh := &v1alpha1.VirtualMachineOperation{}
+	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(op), fresh); err != nil || fresh.ResourceVersion != op.ResourceVersion {
+		return inputs{}, false, client.IgnoreNotFound(err)
+	}
+	in, err := r.gather(ctx, r.APIReader, op, true)
+	if err != nil {
+		return in, false, err
+	}
+	if in.vm == nil || notOurs(in.vm, in.kv) != "" {
+		return in, false, nil
+	}
+	if turn := turnOf(op, in); turn.SupersededBy != "" || turn.WaitFor != "" {
+		return in, false, nil
+	}
+	return in, true, nil
+}
+
+// waitForOther keeps op Pending behind the operation of its VM that runs.
+func waitForOther(op *v1alpha1.VirtualMachineOperation, other string) {
+	pending(op, v1alpha1.OperationReasonWaitingForOtherOperation, fmt.Sprintf(
+		"Waiting for VirtualMachineOperation %s on VirtualMachine %s to finish: one operation runs at a time", other,
+		op.Spec.VirtualMachineName))
 }
 
 func (r *Reconciler) signalSent(op *v1alpha1.VirtualMachineOperation, vm *v1alpha1.VirtualMachine, now metav1.Time) {

@@ -32,20 +32,15 @@ const LabelOperation = "runpolicy.io/operation"
 // Succeeded (Completed) or Failed (Failed, MigrationFailed, with KubeVirt's reason).
 func (r *Reconciler) stepMigration(ctx context.Context, op *v1alpha1.VirtualMachineOperation, in inputs, turn Turn, now metav1.Time) (ctrl.Result, error) {
 	vmName := op.Spec.VirtualMachineName
-	if op.Status.Phase == v1alpha1.OperationInProgress {
-		if turn.SupersededBy != "" {
-			fail(op, now, v1alpha1.OperationReasonSuperseded, supersededMessage(op, in.vm, turn.SupersededBy))
-			return ctrl.Result{}, nil
-		}
-		return r.followMigration(ctx, op, now)
-	}
 	if turn.SupersededBy != "" {
 		fail(op, now, v1alpha1.OperationReasonSuperseded, supersededMessage(op, in.vm, turn.SupersededBy))
 		return ctrl.Result{}, nil
 	}
+	if op.Status.Phase == v1alpha1.OperationInProgress {
+		return r.followMigration(ctx, op, now)
+	}
 	if turn.WaitFor != "" {
-		pending(op, v1alpha1.OperationReasonWaitingForOtherOperation, fmt.Sprintf(
-			"Waiting for VirtualMachineOperation %s on VirtualMachine %s to finish: one operation runs at a time", turn.WaitFor, vmName))
+		waitForOther(op, turn.WaitFor)
 		return ctrl.Result{}, nil
 	}
 	// A pass that created the migration may have ended before it recorded it.
@@ -57,18 +52,11 @@ func (r *Reconciler) stepMigration(ctx context.Context, op *v1alpha1.VirtualMach
 	}
 	// A refusal is final, and the cache may lag behind a VMI that just went Running or live-migratable, or behind
 	// another operation that just went in progress: judge on the API server's view, as send does.
-	fresh := &v1alpha1.VirtualMachineOperation{}
-	if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(op), fresh); err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
-	}
-	if fresh.ResourceVersion != op.ResourceVersion {
-		return ctrl.Result{RequeueAfter: retrySoon}, nil
-	}
-	seen, err := r.gather(ctx, r.APIReader, op, true)
+	seen, ok, err := r.freshInputs(ctx, op)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	if t := turnOf(op, seen); t.SupersededBy != "" || t.WaitFor != "" {
+	if !ok {
 		return ctrl.Result{RequeueAfter: retrySoon}, nil
 	}
 	vmi := seen.vmi
