@@ -46,17 +46,26 @@ type outcome struct {
 	vmis int
 	// restarts is status.restartCount: restarts made by runpolicy (not by KubeVirt's Always).
 	restarts int32
-	// source is status.lastShutdown.source; empty when KubeVirt replaces the VMI before runpolicy sees it end.
-	source v1alpha1.ShutdownSource
+	// sources are what status.lastShutdown.source may be (one of them); none when KubeVirt replaces the VMI before
+	// runpolicy sees it end.
+	sources []v1alpha1.ShutdownSource
 }
 
-func restartedByRunpolicy(s v1alpha1.ShutdownSource) outcome {
-	return outcome{phase: v1alpha1.VirtualMachineRunning, vmis: 2, restarts: 1, source: s}
+func restartedByRunpolicy(s ...v1alpha1.ShutdownSource) outcome {
+	return outcome{phase: v1alpha1.VirtualMachineRunning, vmis: 2, restarts: 1, sources: s}
 }
 
-func stoppedFor(s v1alpha1.ShutdownSource) outcome {
-	return outcome{phase: v1alpha1.VirtualMachineStopped, vmis: 1, source: s}
+func stoppedFor(s ...v1alpha1.ShutdownSource) outcome {
+	return outcome{phase: v1alpha1.VirtualMachineStopped, vmis: 1, sources: s}
 }
+
+// podGoneSources: a deleted launcher pod takes the sidecar's record with it. The guest (terminationGracePeriodSeconds
+// 0) is destroyed at once, QEMU's SHUTDOWN host-signal reaches the sidecar's termination message, and the kubelet
+// then removes the pod: runpolicy reads "crash" when its cache still holds the terminated pod as the VMI ends, and
+// "unknown" (no reason recorded; a clean end, as virt-handler calls a destroyed domain without ACPI grace) when the
+// pod is already gone. Both lead to the same action under every policy (policy.Decide); a fresh-clone CI run saw
+// the second.
+var podGoneSources = []v1alpha1.ShutdownSource{v1alpha1.ShutdownCrash, v1alpha1.ShutdownUnknown}
 
 var restartedByKubeVirt = outcome{phase: v1alpha1.VirtualMachineRunning, vmis: 2}
 
@@ -82,11 +91,11 @@ var powerMatrix = []powerCase{
 	{v1alpha1.RunPolicyManual, reboot, restartedByRunpolicy(v1alpha1.ShutdownGuestReset)},
 	{v1alpha1.RunPolicyManual, poweroff, stoppedFor(v1alpha1.ShutdownGuestShutdown)},
 	{v1alpha1.RunPolicyManual, crash, stoppedFor(v1alpha1.ShutdownCrash)},
-	{v1alpha1.RunPolicyManual, podGone, stoppedFor(v1alpha1.ShutdownCrash)},
+	{v1alpha1.RunPolicyManual, podGone, stoppedFor(podGoneSources...)},
 	{v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, reboot, restartedByRunpolicy(v1alpha1.ShutdownGuestReset)},
 	{v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, poweroff, stoppedFor(v1alpha1.ShutdownGuestShutdown)},
 	{v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, crash, restartedByRunpolicy(v1alpha1.ShutdownCrash)},
-	{v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, podGone, restartedByRunpolicy(v1alpha1.ShutdownCrash)},
+	{v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, podGone, restartedByRunpolicy(podGoneSources...)},
 }
 
 // powerPolicies runs the power matrix on the real node, all VMs at once: each boots the tiny guest, whose template
@@ -163,9 +172,9 @@ func powerPolicies(t *testing.T, env *cluster.Env, admin client.Client) {
 			g.Expect(vm.Status.Phase).To(Equal(c.want.phase))
 			g.Expect(created.count(c.name())).To(Equal(c.want.vmis))
 			g.Expect(vm.Status.RestartCount).To(Equal(c.want.restarts))
-			if c.want.source != "" {
+			if len(c.want.sources) > 0 {
 				g.Expect(vm.Status.LastShutdown).NotTo(BeNil())
-				g.Expect(vm.Status.LastShutdown.Source).To(Equal(c.want.source))
+				g.Expect(vm.Status.LastShutdown.Source).To(BeElementOf(c.want.sources))
 				g.Expect(vm.Status.LastShutdown.VMIUID).To(Equal(string(first[c.name()])))
 			}
 			vmi := &kvv1.VirtualMachineInstance{}
