@@ -5,7 +5,7 @@ import (
 )
 
 // VirtualMachineOperationType is the action an operation performs.
-// +kubebuilder:validation:Enum=Start;Stop;Restart;Migrate
+// +kubebuilder:validation:Enum=Start;Stop;Restart;Migrate;Evict
 type VirtualMachineOperationType string
 
 const (
@@ -15,11 +15,14 @@ const (
 	// OperationMigrate live-migrates the running VMI to another node, through a KubeVirt
 	// VirtualMachineInstanceMigration.
 	OperationMigrate VirtualMachineOperationType = "Migrate"
+	// OperationEvict moves the running VMI off its node: a live migration when KubeVirt can live-migrate it, else a
+	// restart (a stop and a start, placed by the scheduler) where the run policy starts the VM again.
+	OperationEvict VirtualMachineOperationType = "Evict"
 )
 
 // VirtualMachineOperationSpec names the VM and the action. It is immutable.
-// +kubebuilder:validation:XValidation:rule="!(self.type in ['Start', 'Migrate'] && has(self.force) && self.force)",message="spec.force is not allowed with type Start or Migrate: force means grace period 0 and applies to Stop and Restart only"
-// +kubebuilder:validation:XValidation:rule="!has(self.migration) || self.type == 'Migrate'",message="spec.migration is allowed with type Migrate only"
+// +kubebuilder:validation:XValidation:rule="!(self.type in ['Start', 'Migrate', 'Evict'] && has(self.force) && self.force)",message="spec.force is not allowed with type Start, Migrate or Evict: force means grace period 0 and applies to Stop and Restart only"
+// +kubebuilder:validation:XValidation:rule="!has(self.migration) || self.type in ['Migrate', 'Evict']",message="spec.migration is allowed with type Migrate or Evict only"
 type VirtualMachineOperationSpec struct {
 	// virtualMachineName is the runpolicy.io VirtualMachine, in the operation's namespace, to act on.
 	// +required
@@ -28,20 +31,21 @@ type VirtualMachineOperationSpec struct {
 	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",message="spec.virtualMachineName must be the name of a VirtualMachine in this namespace: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit (a DNS-1123 subdomain)"
 	VirtualMachineName string `json:"virtualMachineName,omitempty"`
 
-	// type is the action: Start, Stop, Restart or Migrate (a live migration of the running VMI).
+	// type is the action: Start, Stop, Restart, Migrate (a live migration of the running VMI) or Evict (off its
+	// node: a live migration, or a restart when the VMI is not live-migratable and the run policy starts it again).
 	// +required
 	Type VirtualMachineOperationType `json:"type,omitempty"`
 
-	// force stops the guest at once (grace period 0) for Stop and Restart. Not allowed with Start or Migrate.
+	// force stops the guest at once (grace period 0) for Stop and Restart. Not allowed with Start, Migrate or Evict.
 	// +optional
 	Force bool `json:"force,omitempty"`
 
-	// migration tunes a Migrate operation.
+	// migration tunes the live migration of a Migrate or Evict operation.
 	// +optional
 	Migration *MigrationOptions `json:"migration,omitempty"`
 }
 
-// MigrationOptions tune a Migrate operation.
+// MigrationOptions tune the live migration of a Migrate or Evict operation.
 type MigrationOptions struct {
 	// nodeSelector restricts the target nodes further: KubeVirt's addedNodeSelector of the migration (the VM's own
 	// node selector and affinity still apply).
@@ -66,6 +70,33 @@ type OperationMigration struct {
 	// +kubebuilder:validation:MaxLength=253
 	SourceNode string `json:"sourceNode,omitempty"`
 	// targetNode is the node KubeVirt migrates the VMI to, once known.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	TargetNode string `json:"targetNode,omitempty"`
+}
+
+// EvictionMethod is how an Evict operation moves the VM off its node.
+// +kubebuilder:validation:Enum=LiveMigration;Restart
+type EvictionMethod string
+
+const (
+	// EvictionLiveMigration: KubeVirt live-migrates the VMI (status.migration follows the migration).
+	EvictionLiveMigration EvictionMethod = "LiveMigration"
+	// EvictionRestart: the VMI is not live-migratable; it is restarted (a stop and a start), and the scheduler places
+	// the new VMI.
+	EvictionRestart EvictionMethod = "Restart"
+)
+
+// OperationEviction is how an Evict operation moves the VM off its node, chosen once, before anything is sent.
+type OperationEviction struct {
+	// method is LiveMigration or Restart.
+	// +optional
+	Method EvictionMethod `json:"method,omitempty"`
+	// sourceNode is the node the VMI ran on when the method was chosen.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	SourceNode string `json:"sourceNode,omitempty"`
+	// targetNode is the node the VM runs on once evicted.
 	// +optional
 	// +kubebuilder:validation:MaxLength=253
 	TargetNode string `json:"targetNode,omitempty"`
@@ -119,6 +150,9 @@ const (
 	OperationReasonNotMigratable = "NotMigratable"
 	// OperationReasonMigrationFailed: KubeVirt's migration ended Failed (or was deleted); the message gives why.
 	OperationReasonMigrationFailed = "MigrationFailed"
+	// OperationReasonEvictedToSameNode: an Evict by restart completed, but the scheduler placed the new VMI on the
+	// node it ran on (cordon the node to keep VMs off it).
+	OperationReasonEvictedToSameNode = "EvictedToSameNode"
 )
 
 // VirtualMachineOperationStatus is the observed state of a VirtualMachineOperation.
@@ -153,12 +187,16 @@ type VirtualMachineOperationStatus struct {
 	// +optional
 	CompletionTime *metav1.Time `json:"completionTime,omitempty"`
 
-	// migration is where a Migrate operation's KubeVirt migration stands.
+	// migration is where a Migrate or Evict operation's KubeVirt migration stands.
 	// +optional
 	Migration *OperationMigration `json:"migration,omitempty"`
+
+	// eviction is how an Evict operation moves the VM off its node.
+	// +optional
+	Eviction *OperationEviction `json:"eviction,omitempty"`
 }
 
-// VirtualMachineOperation is a declarative, auditable Start, Stop, Restart or Migrate of a VirtualMachine.
+// VirtualMachineOperation is a declarative, auditable Start, Stop, Restart, Migrate or Evict of a VirtualMachine.
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=vmop,categories=runpolicy
@@ -166,6 +204,7 @@ type VirtualMachineOperationStatus struct {
 // +kubebuilder:printcolumn:name="VM",type=string,JSONPath=`.spec.virtualMachineName`
 // +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
 // +kubebuilder:printcolumn:name="Progress",type=string,JSONPath=`.status.migration.phase`
+// +kubebuilder:printcolumn:name="Method",type=string,JSONPath=`.status.eviction.method`,priority=1
 // +kubebuilder:printcolumn:name="Target",type=string,JSONPath=`.status.migration.targetNode`,priority=1
 // +kubebuilder:printcolumn:name="Force",type=boolean,JSONPath=`.spec.force`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`

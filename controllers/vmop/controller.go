@@ -219,41 +219,19 @@ func (r *Reconciler) step(ctx context.Context, op *v1alpha1.VirtualMachineOperat
 		return ctrl.Result{}, nil
 	}
 	turn := turnOf(op, in)
-	if t == v1alpha1.OperationMigrate {
+	if ActionOf(op) == v1alpha1.OperationMigrate {
 		if ok, msg := PolicyAllows(vmName, in.vm.Spec.RunPolicy, t); !ok && op.Status.Phase != v1alpha1.OperationInProgress {
 			fail(op, now, v1alpha1.OperationReasonNotApplicableForRunPolicy, msg)
 			return ctrl.Result{}, nil
 		}
 		return r.stepMigration(ctx, op, in, turn, now)
 	}
+	t = ActionOf(op) // an Evict that restarts the VM is a Restart from here on
 	view := ViewOf(in.kv, in.vmi)
 	target := types.UID(op.Status.TargetVMIUID)
 
 	if op.Status.Phase == v1alpha1.OperationInProgress {
-		switch {
-		case Done(t, target, view):
-			// The cache may lag behind KubeVirt (a VMI created a moment ago, a Start request written): complete
-			// only on what the API server shows.
-			if done, err := r.doneFresh(ctx, op); err != nil || !done {
-				return ctrl.Result{RequeueAfter: retrySoon}, err
-			}
-			complete(op, now, doneMessage(op, in.vm))
-		case turn.SupersededBy != "":
-			fail(op, now, v1alpha1.OperationReasonSuperseded, supersededMessage(op, in.vm, turn.SupersededBy))
-		case t == v1alpha1.OperationStop && view.StartRequested && !r.expired(op, now):
-			// A Start written after this Stop's signal (a superseded Restart's or Start's that was already on its
-			// way): KubeVirt would serve it once the VMI is gone.
-			return r.dropStarts(ctx, op, in.kv)
-		case r.timeout() > 0 && op.Status.SignalSentTime != nil:
-			// Without a limit, an operation whose target state never comes (a VMI that cannot be scheduled, a
-			// Start whose VMI keeps failing) would hold the VM's queue for good.
-			left := op.Status.SignalSentTime.Add(r.timeout()).Sub(now.Time)
-			if left > 0 {
-				return ctrl.Result{RequeueAfter: left}, nil
-			}
-			fail(op, now, v1alpha1.OperationReasonTimedOut, timeoutMessage(op, in.vm, r.timeout()))
-		}
-		return ctrl.Result{}, nil
+		return r.followSignal(ctx, op, in, turn, view, now)
 	}
 
 	if turn.SupersededBy != "" {
@@ -296,6 +274,41 @@ func (r *Reconciler) step(ctx context.Context, op *v1alpha1.VirtualMachineOperat
 	return r.send(ctx, op, in.vm)
 }
 
+// followSignal waits, for an operation whose signal KubeVirt accepted, until KubeVirt reports its target state; it
+// fails the operation when a forced Stop supersedes it or its timeout passes.
+func (r *Reconciler) followSignal(ctx context.Context, op *v1alpha1.VirtualMachineOperation, in inputs, turn Turn,
+	view KubeVirtView, now metav1.Time) (ctrl.Result, error) {
+	t, target := ActionOf(op), types.UID(op.Status.TargetVMIUID)
+	switch {
+	case Done(t, target, view):
+		// The cache may lag behind KubeVirt (a VMI created a moment ago, a Start request written): complete
+		// only on what the API server shows.
+		if done, err := r.doneFresh(ctx, op); err != nil || !done {
+			return ctrl.Result{RequeueAfter: retrySoon}, err
+		}
+		if op.Spec.Type == v1alpha1.OperationEvict {
+			evictedByRestart(op, in.vmi, now)
+		} else {
+			complete(op, now, doneMessage(op, in.vm))
+		}
+	case turn.SupersededBy != "":
+		fail(op, now, v1alpha1.OperationReasonSuperseded, supersededMessage(op, in.vm, turn.SupersededBy))
+	case t == v1alpha1.OperationStop && view.StartRequested && !r.expired(op, now):
+		// A Start written after this Stop's signal (a superseded Restart's or Start's that was already on its
+		// way): KubeVirt would serve it once the VMI is gone.
+		return r.dropStarts(ctx, op, in.kv)
+	case r.timeout() > 0 && op.Status.SignalSentTime != nil:
+		// Without a limit, an operation whose target state never comes (a VMI that cannot be scheduled, a
+		// Start whose VMI keeps failing) would hold the VM's queue for good.
+		left := op.Status.SignalSentTime.Add(r.timeout()).Sub(now.Time)
+		if left > 0 {
+			return ctrl.Result{RequeueAfter: left}, nil
+		}
+		fail(op, now, v1alpha1.OperationReasonTimedOut, timeoutMessage(op, in.vm, r.timeout()))
+	}
+	return ctrl.Result{}, nil
+}
+
 // notOurs explains why runpolicy must not act on the KubeVirt VM of vm's name: it exists and vm does not control
 // it (a name conflict, or an adoption not done yet). "" means it is vm's (or not created yet).
 func notOurs(vm *v1alpha1.VirtualMachine, kv *kvv1.VirtualMachine) string {
@@ -318,7 +331,7 @@ func (r *Reconciler) send(ctx context.Context, op *v1alpha1.VirtualMachineOperat
 		return ctrl.Result{RequeueAfter: retrySoon}, nil
 	}
 	now := r.now()
-	switch SignalAction(op.Spec.Type, op.Spec.Force, types.UID(op.Status.TargetVMIUID), ViewOf(in.kv, in.vmi)) {
+	switch SignalAction(ActionOf(op), op.Spec.Force, types.UID(op.Status.TargetVMIUID), ViewOf(in.kv, in.vmi)) {
 	case Taken:
 		log.Info("KubeVirt already shows the signal; recording it")
 		r.signalSent(op, vm, now)
@@ -330,7 +343,7 @@ func (r *Reconciler) send(ctx context.Context, op *v1alpha1.VirtualMachineOperat
 	ns, name, force := op.Namespace, op.Spec.VirtualMachineName, op.Spec.Force
 	log.Info("Sending signal to KubeVirt", "type", op.Spec.Type, "force", force,
 		"VirtualMachine", klog.KRef(ns, name), "targetVMI", op.Status.TargetVMIUID)
-	switch op.Spec.Type {
+	switch ActionOf(op) {
 	case v1alpha1.OperationStart:
 		err = r.Lifecycle.Start(ctx, ns, name)
 	case v1alpha1.OperationStop:
@@ -388,7 +401,7 @@ func (r *Reconciler) signalSent(op *v1alpha1.VirtualMachineOperation, vm *v1alph
 	setCondition(op, v1alpha1.OperationConditionSignalSent, metav1.ConditionTrue, v1alpha1.OperationReasonSignalSentSuccess,
 		fmt.Sprintf("KubeVirt accepted the request to %s VirtualMachine %s", verb(op), vm.Name))
 	setCondition(op, v1alpha1.OperationConditionCompleted, metav1.ConditionFalse, v1alpha1.OperationReasonInProgress,
-		fmt.Sprintf("Waiting for KubeVirt to report that VirtualMachine %s %s", vm.Name, goal(op.Spec.Type)))
+		fmt.Sprintf("Waiting for KubeVirt to report that VirtualMachine %s %s", vm.Name, goal(ActionOf(op))))
 }
 
 // dropStarts removes the Start requests KubeVirt holds for the VM of a Stop, tested on the requests as read (kv), and
@@ -443,13 +456,13 @@ func (r *Reconciler) doneFresh(ctx context.Context, op *v1alpha1.VirtualMachineO
 	if vmi.Name == "" {
 		vmi = nil
 	}
-	return Done(op.Spec.Type, types.UID(op.Status.TargetVMIUID), ViewOf(kv, vmi)), nil
+	return Done(ActionOf(op), types.UID(op.Status.TargetVMIUID), ViewOf(kv, vmi)), nil
 }
 
 func verb(op *v1alpha1.VirtualMachineOperation) string {
 	v := map[v1alpha1.VirtualMachineOperationType]string{
 		v1alpha1.OperationStart: "start", v1alpha1.OperationStop: "stop", v1alpha1.OperationRestart: "restart",
-		v1alpha1.OperationMigrate: "migrate",
+		v1alpha1.OperationMigrate: "migrate", v1alpha1.OperationEvict: "evict",
 	}[op.Spec.Type]
 	if op.Spec.Force {
 		v = "force-" + v
@@ -482,7 +495,7 @@ func doneMessage(op *v1alpha1.VirtualMachineOperation, vm *v1alpha1.VirtualMachi
 func timeoutMessage(op *v1alpha1.VirtualMachineOperation, vm *v1alpha1.VirtualMachine, limit time.Duration) string {
 	return fmt.Sprintf("KubeVirt accepted the %s request, but VirtualMachine %s still reports phase %s %s later "+
 		"(the operation waits until it %s); the request may still take effect: see the VM's status and events, "+
-		"then create a new operation if needed", verb(op), vm.Name, vm.Status.Phase, limit, goal(op.Spec.Type))
+		"then create a new operation if needed", verb(op), vm.Name, vm.Status.Phase, limit, goal(ActionOf(op)))
 }
 
 func supersededMessage(op *v1alpha1.VirtualMachineOperation, vm *v1alpha1.VirtualMachine, by string) string {

@@ -44,11 +44,16 @@ func finished(ctx context.Context, ns, name string) *v1alpha1.VirtualMachineOper
 }
 
 func expectCompleted(op *v1alpha1.VirtualMachineOperation) {
+	expectCompletedWith(op, v1alpha1.OperationReasonCompleted)
+}
+
+// expectCompletedWith checks that op completed, its Completed condition with reason.
+func expectCompletedWith(op *v1alpha1.VirtualMachineOperation, reason string) {
 	ExpectWithOffset(1, op.Status.Phase).To(Equal(v1alpha1.OperationCompleted), "conditions: %+v", op.Status.Conditions)
 	c := completed(op)
 	ExpectWithOffset(1, c).NotTo(BeNil())
 	ExpectWithOffset(1, c.Status).To(Equal(metav1.ConditionTrue))
-	ExpectWithOffset(1, c.Reason).To(Equal(v1alpha1.OperationReasonCompleted))
+	ExpectWithOffset(1, c.Reason).To(Equal(reason))
 	ExpectWithOffset(1, op.Status.SignalSentTime).NotTo(BeNil())
 	ExpectWithOffset(1, op.Status.CompletionTime).NotTo(BeNil())
 	ExpectWithOffset(1, meta.IsStatusConditionTrue(op.Status.Conditions, v1alpha1.OperationConditionSignalSent)).To(BeTrue())
@@ -248,15 +253,71 @@ var _ = Describe("VirtualMachineOperation", func() {
 		Expect(getVMI(ctx, ns, "running").UID).To(Equal(vmi.UID))
 	})
 
-	It("rejects force with Migrate, and migration options with another type, at admission", func(ctx SpecContext) {
+	It("evicts a VM KubeVirt cannot live-migrate by restarting it where its policy starts it again, and refuses under Manual and AlwaysOff", func(ctx SpecContext) {
+		vmis := map[string]*kvv1.VirtualMachineInstance{}
+		for name, p := range map[string]v1alpha1.RunPolicy{"on": v1alpha1.RunPolicyAlwaysOn,
+			"until-stopped": v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, "manual": v1alpha1.RunPolicyManual} {
+			createVM(ctx, ns, name, p)
+			if p == v1alpha1.RunPolicyManual {
+				Eventually(vmPhase(ctx, ns, name)).Should(Equal(v1alpha1.VirtualMachineStopped))
+				Expect(lc.Start(ctx, ns, name)).To(Succeed())
+			}
+			vmis[name] = runningVMI(ctx, ns, name)
+			Expect(vmis[name].Status.Conditions).NotTo(ContainElement(HaveField("Type", kvv1.VirtualMachineInstanceIsMigratable)),
+				"the simulated virt-handler reports no LiveMigratable condition: KubeVirt cannot live-migrate the VMI")
+		}
+		createVM(ctx, ns, "off", v1alpha1.RunPolicyAlwaysOff)
+		stoppedVM(ctx, ns, "off")
+		for _, name := range []string{"on", "until-stopped", "manual", "off"} {
+			createOp(ctx, ns, "evict-"+name, name, v1alpha1.OperationEvict, false)
+		}
+
+		By("AlwaysOn and AlwaysOnUntilStoppedManually: one restart each, the choice and both nodes recorded")
+		for _, name := range []string{"on", "until-stopped"} {
+			op := finished(ctx, ns, "evict-"+name)
+			// One node: the scheduler had no other.
+			expectCompletedWith(op, v1alpha1.OperationReasonEvictedToSameNode)
+			Expect(completed(op).Message).To(And(ContainSubstring(name), ContainSubstring("cordon")))
+			Expect(op.Status.Eviction).To(HaveValue(And(HaveField("Method", v1alpha1.EvictionRestart),
+				HaveField("SourceNode", vmis[name].Status.NodeName), HaveField("TargetNode", vmis[name].Status.NodeName))))
+			Expect(op.Status.Migration).To(BeNil())
+			Expect(op.Status.TargetVMIUID).To(Equal(string(vmis[name].UID)))
+			vmi := runningVMI(ctx, ns, name)
+			Expect(vmi.UID).NotTo(Equal(vmis[name].UID))
+			Expect(restartCalls(ns, name)).To(ConsistOf(HaveField("Code", http.StatusAccepted)))
+			Consistently(vmPhase(ctx, ns, name), "2s").Should(Equal(v1alpha1.VirtualMachineRunning),
+				"the restart is not a user's stop: AlwaysOnUntilStoppedManually keeps the VM running")
+		}
+
+		By("Manual: refused, since the VM would stay stopped; AlwaysOff: refused by the policy")
+		c := expectFailed(finished(ctx, ns, "evict-manual"), v1alpha1.OperationReasonNotApplicableForRunPolicy)
+		Expect(c.Message).To(And(ContainSubstring("manual"), ContainSubstring("Manual"), ContainSubstring("no LiveMigratable condition"),
+			ContainSubstring("use a Restart operation")))
+		Expect(node.CallsFor(ns, "manual")).To(HaveEach(HaveField("Action", Not(Equal("restart")))))
+		Expect(getVMI(ctx, ns, "manual").UID).To(Equal(vmis["manual"].UID))
+		c = expectFailed(finished(ctx, ns, "evict-off"), v1alpha1.OperationReasonNotApplicableForRunPolicy)
+		Expect(c.Message).To(ContainSubstring("cannot be evicted"))
+		var migrations kvv1.VirtualMachineInstanceMigrationList
+		Expect(k8s.List(ctx, &migrations, client.InNamespace(ns))).To(Succeed())
+		Expect(migrations.Items).To(BeEmpty())
+	})
+
+	It("rejects force with Migrate and Evict, and migration options with another type, at admission", func(ctx SpecContext) {
+		for _, t := range []v1alpha1.VirtualMachineOperationType{v1alpha1.OperationMigrate, v1alpha1.OperationEvict} {
+			op := &v1alpha1.VirtualMachineOperation{
+				ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "op"},
+				Spec:       v1alpha1.VirtualMachineOperationSpec{VirtualMachineName: "vm1", Type: t, Force: true},
+			}
+			Expect(k8s.Create(ctx, op)).To(MatchError(ContainSubstring("spec.force is not allowed with type Start, Migrate or Evict")), string(t))
+		}
 		op := &v1alpha1.VirtualMachineOperation{
 			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "op"},
-			Spec:       v1alpha1.VirtualMachineOperationSpec{VirtualMachineName: "vm1", Type: v1alpha1.OperationMigrate, Force: true},
+			Spec: v1alpha1.VirtualMachineOperationSpec{VirtualMachineName: "vm1", Type: stop,
+				Migration: &v1alpha1.MigrationOptions{NodeSelector: map[string]string{"zone": "b"}}},
 		}
-		Expect(k8s.Create(ctx, op)).To(MatchError(ContainSubstring("spec.force is not allowed with type Start or Migrate")))
-		op.Spec = v1alpha1.VirtualMachineOperationSpec{VirtualMachineName: "vm1", Type: stop,
-			Migration: &v1alpha1.MigrationOptions{NodeSelector: map[string]string{"zone": "b"}}}
-		Expect(k8s.Create(ctx, op)).To(MatchError(ContainSubstring("spec.migration is allowed with type Migrate only")))
+		Expect(k8s.Create(ctx, op)).To(MatchError(ContainSubstring("spec.migration is allowed with type Migrate or Evict only")))
+		op.Spec.Type = v1alpha1.OperationEvict
+		Expect(k8s.Create(ctx, op)).To(Succeed(), "an Evict's live migration may be given a node selector")
 	})
 
 	It("rejects force with Start at admission", func(ctx SpecContext) {
@@ -413,22 +474,27 @@ var _ = Describe("VirtualMachineOperation", func() {
 		var before *kvv1.VirtualMachineInstance
 		var vmis int
 		BeforeEach(func(ctx SpecContext) {
-			createVM(ctx, ns, "vm1", v1alpha1.RunPolicyManual)
-			Eventually(vmPhase(ctx, ns, "vm1")).Should(Equal(v1alpha1.VirtualMachineStopped))
-			Expect(lc.Start(ctx, ns, "vm1")).To(Succeed())
+			// AlwaysOnUntilStoppedManually: an Evict of a VMI KubeVirt cannot live-migrate restarts it.
+			createVM(ctx, ns, "vm1", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)
 			before = runningVMI(ctx, ns, "vm1")
 			vmis = node.VMIsCreated(ns, "vm1")
 		})
 
-		// finishAfterRestart restarts the operator normally and checks the Restart finished with one signal.
-		finishAfterRestart := func(ctx context.Context) {
+		// finishAfterRestart restarts the operator normally and checks the operation (a Restart, or an Evict that
+		// restarts the VM) finished with one signal.
+		finishAfterRestart := func(ctx context.Context, t v1alpha1.VirtualMachineOperationType) {
 			suiteOp = startOperator(lc, nil)
 			op := finished(ctx, ns, "op")
-			expectCompleted(op)
+			if t == v1alpha1.OperationEvict {
+				expectCompletedWith(op, v1alpha1.OperationReasonEvictedToSameNode)
+				Expect(op.Status.Eviction).To(HaveValue(HaveField("Method", v1alpha1.EvictionRestart)))
+			} else {
+				expectCompleted(op)
+			}
 			Expect(op.Status.TargetVMIUID).To(Equal(string(before.UID)))
-			Expect(callsFor(ns, "vm1", "restart")).To(HaveLen(1))
+			Expect(restartCalls(ns, "vm1")).To(HaveLen(1))
 			Consistently(func() int { return node.VMIsCreated(ns, "vm1") }, "2s").Should(Equal(vmis + 1))
-			Expect(callsFor(ns, "vm1", "restart")).To(HaveLen(1))
+			Expect(restartCalls(ns, "vm1")).To(HaveLen(1))
 			Expect(runningVMI(ctx, ns, "vm1").UID).NotTo(Equal(before.UID))
 		}
 
@@ -447,26 +513,30 @@ var _ = Describe("VirtualMachineOperation", func() {
 			runningVMI(ctx, ns, "vm1")
 			Expect(getOp(ctx, ns, "op")(Default).Status.Phase).To(Equal(v1alpha1.OperationInProgress))
 
-			finishAfterRestart(ctx)
+			finishAfterRestart(ctx, restart)
 		})
 
-		It("does not restart twice when the operator died between the signal and the status write", func(ctx SpecContext) {
-			suiteOp.stop()
-			cr := &crash{}
-			cr.op = startOperator(crashingLifecycle{Interface: lc, c: cr}, func(c client.Client) client.Client {
-				return crashingClient{Client: c, c: cr}
-			})
-			createOp(ctx, ns, "op", "vm1", restart, false)
-			Eventually(cr.op.done).Should(BeClosed())
+		DescribeTable("does not restart twice when the operator died between the signal and the status write",
+			func(ctx SpecContext, t v1alpha1.VirtualMachineOperationType) {
+				suiteOp.stop()
+				cr := &crash{}
+				cr.op = startOperator(crashingLifecycle{Interface: lc, c: cr}, func(c client.Client) client.Client {
+					return crashingClient{Client: c, c: cr}
+				})
+				createOp(ctx, ns, "op", "vm1", t, false)
+				Eventually(cr.op.done).Should(BeClosed())
 
-			By("leaving the operation Pending with its target recorded, though KubeVirt took the restart")
-			op := getOp(ctx, ns, "op")(Default)
-			Expect(op.Status.Phase).To(Equal(v1alpha1.OperationPending))
-			Expect(op.Status.TargetVMIUID).To(Equal(string(before.UID)))
-			Expect(callsFor(ns, "vm1", "restart")).To(HaveLen(1))
-			Eventually(func() int { return node.VMIsCreated(ns, "vm1") }).Should(Equal(vmis + 1))
+				By("leaving the operation Pending with its target recorded, though KubeVirt took the restart")
+				op := getOp(ctx, ns, "op")(Default)
+				Expect(op.Status.Phase).To(Equal(v1alpha1.OperationPending))
+				Expect(op.Status.TargetVMIUID).To(Equal(string(before.UID)))
+				Expect(restartCalls(ns, "vm1")).To(HaveLen(1))
+				Eventually(func() int { return node.VMIsCreated(ns, "vm1") }).Should(Equal(vmis + 1))
 
-			finishAfterRestart(ctx)
-		})
+				finishAfterRestart(ctx, t)
+			},
+			Entry("Restart", restart),
+			Entry("Evict of a VMI KubeVirt cannot live-migrate", v1alpha1.OperationEvict),
+		)
 	})
 })

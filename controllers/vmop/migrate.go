@@ -62,14 +62,29 @@ func (r *Reconciler) stepMigration(ctx context.Context, op *v1alpha1.VirtualMach
 	vmi := seen.vmi
 	if vmi == nil || vmi.DeletionTimestamp != nil || vmi.Status.Phase != kvv1.Running {
 		fail(op, now, v1alpha1.OperationReasonNotApplicableForVMPhase, fmt.Sprintf(
-			"VirtualMachine %s (runPolicy %s) is %s: only a running VM can be migrated; start it first",
-			vmName, in.vm.Spec.RunPolicy, vmiText(vmi)))
+			"VirtualMachine %s (runPolicy %s) is %s: only a running VM can be %s; start it first",
+			vmName, seen.vm.Spec.RunPolicy, vmiText(vmi), pastTense(op.Spec.Type)))
 		return ctrl.Result{}, nil
 	}
 	if ok, why := liveMigratable(vmi); !ok {
-		fail(op, now, v1alpha1.OperationReasonNotMigratable, fmt.Sprintf(
-			"KubeVirt cannot live-migrate VirtualMachine %s: %s", vmName, why))
-		return ctrl.Result{}, nil
+		if op.Spec.Type != v1alpha1.OperationEvict {
+			fail(op, now, v1alpha1.OperationReasonNotMigratable, fmt.Sprintf(
+				"KubeVirt cannot live-migrate VirtualMachine %s: %s", vmName, why))
+			return ctrl.Result{}, nil
+		}
+		if ok, msg := EvictByRestart(vmName, seen.vm.Spec.RunPolicy, why); !ok {
+			fail(op, now, v1alpha1.OperationReasonNotApplicableForRunPolicy, msg)
+			return ctrl.Result{}, nil
+		}
+		// The choice is written before anything is sent, as a Restart's target is: from the next pass on, the
+		// operation is a Restart of this VMI (ActionOf), whatever KubeVirt says about migrating it by then.
+		op.Status.Eviction = &v1alpha1.OperationEviction{Method: v1alpha1.EvictionRestart, SourceNode: vmi.Status.NodeName}
+		op.Status.TargetVMIUID = string(vmi.UID)
+		msg := fmt.Sprintf("KubeVirt cannot live-migrate VirtualMachine %s (%s): restarting it instead, on a node the "+
+			"scheduler picks", vmName, why)
+		setCondition(op, v1alpha1.OperationConditionSignalSent, metav1.ConditionFalse, v1alpha1.OperationReasonSignalPending, msg)
+		pending(op, v1alpha1.OperationReasonSignalPending, msg)
+		return ctrl.Result{}, nil // the status write brings the next pass
 	}
 	vmim := &kvv1.VirtualMachineInstanceMigration{
 		ObjectMeta: metav1.ObjectMeta{Namespace: op.Namespace, Name: op.Name,
@@ -82,6 +97,9 @@ func (r *Reconciler) stepMigration(ctx context.Context, op *v1alpha1.VirtualMach
 	}
 	op.Status.TargetVMIUID = string(vmi.UID)
 	op.Status.Migration = &v1alpha1.OperationMigration{Name: vmim.Name, SourceNode: vmi.Status.NodeName}
+	if op.Spec.Type == v1alpha1.OperationEvict {
+		op.Status.Eviction = &v1alpha1.OperationEviction{Method: v1alpha1.EvictionLiveMigration, SourceNode: vmi.Status.NodeName}
+	}
 	ctrl.LoggerFrom(ctx).Info("Creating a VirtualMachineInstanceMigration", "VirtualMachineInstance", klog.KObj(vmi),
 		"sourceNode", vmi.Status.NodeName)
 	err = r.Create(ctx, vmim)
@@ -99,6 +117,24 @@ func (r *Reconciler) stepMigration(ctx context.Context, op *v1alpha1.VirtualMach
 		setCondition(op, v1alpha1.OperationConditionSignalSent, metav1.ConditionFalse, v1alpha1.OperationReasonSignalSentError, msg)
 		pending(op, v1alpha1.OperationReasonSignalPending, msg)
 		return ctrl.Result{}, err
+	}
+}
+
+// evictedByRestart completes an Evict that restarted the VM, once its new VMI runs (vmi), saying where: the scheduler
+// may have placed it on the node it left, which is reported (EvictedToSameNode), not hidden.
+func evictedByRestart(op *v1alpha1.VirtualMachineOperation, vmi *kvv1.VirtualMachineInstance, now metav1.Time) {
+	e := op.Status.Eviction // set: ActionOf made the operation a Restart from it
+	if vmi != nil {
+		e.TargetNode = vmi.Status.NodeName
+	}
+	vmName := op.Spec.VirtualMachineName
+	complete(op, now, fmt.Sprintf("VirtualMachine %s was restarted (it is not live-migratable): it ran on %s and runs on %s now",
+		vmName, e.SourceNode, e.TargetNode))
+	if e.TargetNode != "" && e.TargetNode == e.SourceNode {
+		setCondition(op, v1alpha1.OperationConditionCompleted, metav1.ConditionTrue, v1alpha1.OperationReasonEvictedToSameNode,
+			fmt.Sprintf("VirtualMachine %s was restarted (it is not live-migratable), but the scheduler placed its new VMI "+
+				"on %s again, the node it ran on: cordon the node (kubectl cordon %s) to keep VMs off it, then evict again",
+				vmName, e.SourceNode, e.SourceNode))
 	}
 }
 
@@ -133,6 +169,9 @@ func (r *Reconciler) migrationOf(ctx context.Context, op *v1alpha1.VirtualMachin
 func (r *Reconciler) migrationSent(op *v1alpha1.VirtualMachineOperation, vm *v1alpha1.VirtualMachine, vmim *kvv1.VirtualMachineInstanceMigration, now metav1.Time) {
 	if op.Status.Migration == nil {
 		op.Status.Migration = &v1alpha1.OperationMigration{Name: vmim.Name}
+	}
+	if op.Spec.Type == v1alpha1.OperationEvict && op.Status.Eviction == nil {
+		op.Status.Eviction = &v1alpha1.OperationEviction{Method: v1alpha1.EvictionLiveMigration, SourceNode: op.Status.Migration.SourceNode}
 	}
 	op.Status.Phase = v1alpha1.OperationInProgress
 	op.Status.SignalSentTime = &now
@@ -170,6 +209,9 @@ func (r *Reconciler) followMigration(ctx context.Context, op *v1alpha1.VirtualMa
 	}
 	switch vmim.Status.Phase {
 	case kvv1.MigrationSucceeded:
+		if e := op.Status.Eviction; e != nil {
+			e.TargetNode = m.TargetNode
+		}
 		complete(op, now, fmt.Sprintf("VirtualMachine %s migrated from %s to %s", vmName, m.SourceNode, m.TargetNode))
 	case kvv1.MigrationFailed:
 		why := migrationFailure(vmim)

@@ -55,7 +55,7 @@ func PolicyAllows(vm string, p v1alpha1.RunPolicy, t v1alpha1.VirtualMachineOper
 			vm, pastTense(t))
 	case v1alpha1.RunPolicyAlwaysOn:
 		switch t {
-		case v1alpha1.OperationRestart, v1alpha1.OperationMigrate:
+		case v1alpha1.OperationRestart, v1alpha1.OperationMigrate, v1alpha1.OperationEvict:
 			return true, ""
 		case v1alpha1.OperationStart:
 			return false, fmt.Sprintf("VirtualMachine %s has runPolicy AlwaysOn: KubeVirt keeps it running, there is nothing to start; "+
@@ -78,8 +78,36 @@ func pastTense(t v1alpha1.VirtualMachineOperationType) string {
 		return "stopped"
 	case v1alpha1.OperationMigrate:
 		return "migrated"
+	case v1alpha1.OperationEvict:
+		return "evicted"
 	default:
 		return "restarted"
+	}
+}
+
+// ActionOf is what an operation does with KubeVirt: its type, except for an Evict, which live-migrates (Migrate)
+// until it chose to restart the VM instead (status.eviction.method Restart) and from then on is a Restart.
+func ActionOf(op *v1alpha1.VirtualMachineOperation) v1alpha1.VirtualMachineOperationType {
+	if op.Spec.Type != v1alpha1.OperationEvict {
+		return op.Spec.Type
+	}
+	if e := op.Status.Eviction; e != nil && e.Method == v1alpha1.EvictionRestart {
+		return v1alpha1.OperationRestart
+	}
+	return v1alpha1.OperationMigrate
+}
+
+// EvictByRestart tells whether an Evict of a VM that is not live-migratable may restart it: a restart is a stop and
+// a start, as an eviction of the launcher pod would be, and under Manual a VM stopped that way stays stopped (the
+// policy's answer to a failure), so the Evict is refused there rather than carried out differently from a drain.
+func EvictByRestart(vm string, p v1alpha1.RunPolicy, notMigratable string) (bool, string) {
+	switch p {
+	case v1alpha1.RunPolicyAlwaysOn, v1alpha1.RunPolicyAlwaysOnUntilStoppedManually:
+		return true, ""
+	default:
+		return false, fmt.Sprintf("VirtualMachine %s (runPolicy %s) cannot be live-migrated (%s), so evicting it means "+
+			"stopping it, and runPolicy %s keeps it stopped after that (as after a node drain); use a Restart operation "+
+			"to start it again where the scheduler places it, or a Stop operation", vm, p, notMigratable, p)
 	}
 }
 

@@ -19,14 +19,15 @@ const (
 )
 
 func TestPolicyAllows(t *testing.T) {
+	const migrate, evict = v1alpha1.OperationMigrate, v1alpha1.OperationEvict
 	allowed := map[v1alpha1.RunPolicy][]v1alpha1.VirtualMachineOperationType{
 		v1alpha1.RunPolicyAlwaysOff:                    nil,
-		v1alpha1.RunPolicyAlwaysOn:                     {restart},
-		v1alpha1.RunPolicyManual:                       {start, stop, restart},
-		v1alpha1.RunPolicyAlwaysOnUntilStoppedManually: {start, stop, restart},
+		v1alpha1.RunPolicyAlwaysOn:                     {restart, migrate, evict},
+		v1alpha1.RunPolicyManual:                       {start, stop, restart, migrate, evict},
+		v1alpha1.RunPolicyAlwaysOnUntilStoppedManually: {start, stop, restart, migrate, evict},
 	}
 	for p, ok := range allowed {
-		for _, op := range []v1alpha1.VirtualMachineOperationType{start, stop, restart} {
+		for _, op := range []v1alpha1.VirtualMachineOperationType{start, stop, restart, migrate, evict} {
 			got, msg := PolicyAllows("vm1", p, op)
 			if want := slices.Contains(ok, op); got != want {
 				t.Errorf("%s %s: allowed=%v, want %v", p, op, got, want)
@@ -34,6 +35,42 @@ func TestPolicyAllows(t *testing.T) {
 			if !got && (!strings.Contains(msg, "vm1") || !strings.Contains(msg, string(p)) || !strings.Contains(msg, "runPolicy")) {
 				t.Errorf("%s %s: message %q must name the VM, the policy and what to do instead", p, op, msg)
 			}
+		}
+	}
+}
+
+// TestEviction: an Evict restarts a VMI KubeVirt cannot live-migrate only where the policy starts the VM again
+// after such a stop, and is a Restart from the moment it chose to.
+func TestEviction(t *testing.T) {
+	for p, want := range map[v1alpha1.RunPolicy]bool{v1alpha1.RunPolicyAlwaysOn: true,
+		v1alpha1.RunPolicyAlwaysOnUntilStoppedManually: true, v1alpha1.RunPolicyManual: false, v1alpha1.RunPolicyAlwaysOff: false} {
+		got, msg := EvictByRestart("vm1", p, "InterfaceNotLiveMigratable: bridge")
+		if got != want {
+			t.Errorf("%s: restart allowed=%v, want %v", p, got, want)
+		}
+		if !got && (!strings.Contains(msg, "vm1") || !strings.Contains(msg, string(p)) || !strings.Contains(msg, "InterfaceNotLiveMigratable")) {
+			t.Errorf("%s: message %q must name the VM, the policy and KubeVirt's reason", p, msg)
+		}
+	}
+	op := &v1alpha1.VirtualMachineOperation{Spec: v1alpha1.VirtualMachineOperationSpec{Type: v1alpha1.OperationEvict}}
+	for _, tc := range []struct {
+		eviction *v1alpha1.OperationEviction
+		want     v1alpha1.VirtualMachineOperationType
+	}{
+		{nil, v1alpha1.OperationMigrate},
+		{&v1alpha1.OperationEviction{Method: v1alpha1.EvictionLiveMigration}, v1alpha1.OperationMigrate},
+		{&v1alpha1.OperationEviction{Method: v1alpha1.EvictionRestart}, restart},
+	} {
+		op.Status.Eviction = tc.eviction
+		if got := ActionOf(op); got != tc.want {
+			t.Errorf("Evict with eviction %+v: ActionOf = %s, want %s", tc.eviction, got, tc.want)
+		}
+	}
+	for _, typ := range []v1alpha1.VirtualMachineOperationType{start, stop, restart, v1alpha1.OperationMigrate} {
+		o := &v1alpha1.VirtualMachineOperation{Spec: v1alpha1.VirtualMachineOperationSpec{Type: typ},
+			Status: v1alpha1.VirtualMachineOperationStatus{Eviction: &v1alpha1.OperationEviction{Method: v1alpha1.EvictionRestart}}}
+		if got := ActionOf(o); got != typ {
+			t.Errorf("%s: ActionOf = %s, want its type", typ, got)
 		}
 	}
 }

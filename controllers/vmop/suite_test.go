@@ -315,11 +315,11 @@ func stoppedVM(ctx context.Context, ns, name string) {
 	}).Should(Succeed())
 }
 
-// callsFor lists the subresource calls kube-apiserver answered for a VM with the given action (its audit log).
-func callsFor(ns, name, action string) []kubevirt.Call {
+// restartCalls lists the restart subresource calls kube-apiserver answered for a VM (its audit log).
+func restartCalls(ns, name string) []kubevirt.Call {
 	var out []kubevirt.Call
 	for _, c := range node.CallsFor(ns, name) {
-		if c.Action == action {
+		if c.Action == "restart" {
 			out = append(out, c)
 		}
 	}

@@ -52,8 +52,8 @@ func NewCommand(streams genericiooptions.IOStreams) *cobra.Command {
 	}
 	cmd := &cobra.Command{
 		Use:   "kubectl-runpolicy",
-		Short: "Start, stop, restart, migrate and inspect runpolicy VirtualMachines",
-		Long: "Start, stop, restart and migrate runpolicy.io VirtualMachines through VirtualMachineOperations, and show a " +
+		Short: "Start, stop, restart, migrate, evict and inspect runpolicy VirtualMachines",
+		Long: "Start, stop, restart, migrate and evict runpolicy.io VirtualMachines through VirtualMachineOperations, and show a " +
 			"VirtualMachine's power state.",
 		Annotations:   map[string]string{cobra.CommandDisplayNameAnnotation: "kubectl runpolicy"},
 		SilenceUsage:  true,
@@ -69,7 +69,7 @@ func NewCommand(streams genericiooptions.IOStreams) *cobra.Command {
 	})
 	o.flags.AddFlags(cmd.PersistentFlags())
 	for _, t := range []v1alpha1.VirtualMachineOperationType{v1alpha1.OperationStart, v1alpha1.OperationStop, v1alpha1.OperationRestart,
-		v1alpha1.OperationMigrate} {
+		v1alpha1.OperationMigrate, v1alpha1.OperationEvict} {
 		cmd.AddCommand(newOperationCommand(o, t))
 	}
 	cmd.AddCommand(newStatusCommand(o))

@@ -18,7 +18,7 @@ import (
 // defaultTimeout is --timeout's default: the operator's own --vmop-timeout, which it counts from the signal.
 const defaultTimeout = 10 * time.Minute
 
-// operationOptions are the flags of start, stop, restart and migrate.
+// operationOptions are the flags of start, stop, restart, migrate and evict.
 type operationOptions struct {
 	*options
 	typ      v1alpha1.VirtualMachineOperationType
@@ -68,6 +68,11 @@ func operationExample(typ v1alpha1.VirtualMachineOperationType) string {
 	case v1alpha1.OperationMigrate:
 		return "  # Live-migrate web to another node (a KubeVirt VirtualMachineInstanceMigration) and wait until it is done\n" +
 			"  kubectl runpolicy migrate web --wait"
+	case v1alpha1.OperationEvict:
+		return "  # Move web off its node: live-migrated, or restarted where the scheduler places it when KubeVirt cannot\n" +
+			"  # live-migrate it (AlwaysOn and AlwaysOnUntilStoppedManually only)\n" +
+			"  kubectl runpolicy evict web --wait\n\n" +
+			"  # Evict every VirtualMachine labelled tier=web\n  kubectl runpolicy evict -l tier=web"
 	default:
 		return "  # Restart web (a new VMI with the current spec) and wait until it runs again\n" +
 			"  kubectl runpolicy restart web --wait\n\n" +
