@@ -6,7 +6,7 @@ import (
 
 // VirtualMachinePowerScheduleSpec says when to act on which VMs of the schedule's namespace.
 // +kubebuilder:validation:XValidation:rule="has(self.vmSelector) != has(self.virtualMachineNames)",message="exactly one of spec.vmSelector and spec.virtualMachineNames names the VMs"
-// +kubebuilder:validation:XValidation:rule="!(self.action in ['Start', 'Migrate'] && has(self.force) && self.force)",message="spec.force is not allowed with action Start or Migrate: force means grace period 0 and applies to Stop and Restart only"
+// +kubebuilder:validation:XValidation:rule="!(self.action in ['Start', 'Migrate', 'Evict'] && has(self.force) && self.force)",message="spec.force is not allowed with action Start, Migrate or Evict: force means grace period 0 and applies to Stop and Restart only"
 type VirtualMachinePowerScheduleSpec struct {
 	// schedule is a cron expression of five fields, minute hour day-of-month month day-of-week (e.g. "0 8 * * 1-5":
 	// 08:00 Monday to Friday), in spec.timeZone; or @hourly, @daily (@midnight), @weekly, @monthly, @yearly
@@ -27,12 +27,12 @@ type VirtualMachinePowerScheduleSpec struct {
 	// +kubebuilder:validation:XValidation:rule="self == 'UTC' || (self.matches('^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$') && timestamp('2000-01-01T00:00:00Z').getHours(self) >= 0)",message="spec.timeZone must be an IANA time zone name, such as UTC, Europe/Berlin or America/New_York"
 	TimeZone string `json:"timeZone,omitempty"`
 
-	// action is what each run does to every VM it names: Start, Stop, Restart or Migrate, as a
+	// action is what each run does to every VM it names: Start, Stop, Restart, Migrate or Evict, as a
 	// VirtualMachineOperation.
 	// +required
 	Action VirtualMachineOperationType `json:"action,omitempty"`
 
-	// force stops the guests at once (grace period 0) for Stop and Restart. Not allowed with Start.
+	// force stops the guests at once (grace period 0) for Stop and Restart. Not allowed with Start, Migrate or Evict.
 	// +optional
 	Force bool `json:"force,omitempty"`
 

@@ -18,18 +18,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
-	"github.com/runpolicy/runpolicy/internal/policy"
 	"github.com/runpolicy/runpolicy/internal/shutdown"
 	"github.com/runpolicy/runpolicy/test/fixture"
 )
 
 // What real KubeVirt (v1.8's virt-controller and virt-api, with their webhooks) shows, and runpolicy's answer to it.
-
-func rebootsCondition(g Gomega, ctx context.Context, key client.ObjectKey) *metav1.Condition {
-	c := meta.FindStatusCondition(getVM(ctx, g, key).Status.Conditions, v1alpha1.ConditionRebootsApplyChanges)
-	g.Expect(c).NotTo(BeNil())
-	return c
-}
 
 func vmEventReasons(ctx context.Context, g Gomega, ns, name string) []string {
 	list := &eventsv1.EventList{}
@@ -43,92 +36,8 @@ func vmEventReasons(ctx context.Context, g Gomega, ns, name string) []string {
 	return out
 }
 
-func hasHookSidecars(kvvm *kvv1.VirtualMachine) bool {
-	_, ok := kvvm.Spec.Template.ObjectMeta.Annotations["hooks.kubevirt.io/hookSidecars"]
-	return ok
-}
-
-var _ = Describe("KubeVirt's Sidecar feature gate", Ordered, func() {
-	var ns string
-	BeforeAll(func(ctx SpecContext) {
-		ns = newNamespace(ctx)
-		Expect(env.KubeVirt.SetFeatureGates(ctx, nil)).To(Succeed())
-		DeferCleanup(func(ctx SpecContext) { Expect(env.KubeVirt.SetFeatureGates(ctx, []string{"Sidecar"})).To(Succeed()) })
-	})
-
-	It("is off by default, and then KubeVirt refuses any VM whose template names a hook sidecar", func(ctx SpecContext) {
-		theirs := &kvv1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "with-sidecar"},
-			Spec: kvv1.VirtualMachineSpec{RunStrategy: ptr.To(kvv1.RunStrategyHalted),
-				Template: fixture.VM(ns, "with-sidecar", "").Spec.Template}}
-		theirs.Spec.Template.ObjectMeta.Annotations = map[string]string{"hooks.kubevirt.io/hookSidecars": `[{"image":"` + hookImage + `"}]`}
-		err := k8s.Create(ctx, theirs)
-		Expect(err).To(MatchError(ContainSubstring("sidecar feature gate is not enabled")))
-	})
-
-	It("runs runpolicy's VMs without the sidecar, in a degraded mode every VM shows", func(ctx SpecContext) {
-		obj := fixture.VM(ns, "degraded", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)
-		Expect(k8s.Create(ctx, obj)).To(Succeed())
-		startAndWait(ctx, obj)
-		key := client.ObjectKeyFromObject(obj)
-		kvvm := &kvv1.VirtualMachine{}
-		Expect(k8s.Get(ctx, key, kvvm)).To(Succeed())
-		Expect(hasHookSidecars(kvvm)).To(BeFalse())
-		Eventually(func(g Gomega) {
-			c := rebootsCondition(g, ctx, key)
-			g.Expect(c.Status).To(Equal(metav1.ConditionFalse))
-			g.Expect(c.Reason).To(Equal(policy.ReasonFeatureGateDisabled))
-			g.Expect(c.Message).To(ContainSubstring("KubeVirt CR kubevirt/kubevirt"))
-		}).Should(Succeed())
-	})
-
-	It("leaves a guest reboot inside the guest: the VMI keeps running", func(ctx SpecContext) {
-		key := client.ObjectKey{Namespace: ns, Name: "degraded"}
-		before, err := getVMI(ctx, key)
-		Expect(err).NotTo(HaveOccurred())
-		Expect(node.GuestReboot(ctx, ns, "degraded")).To(Succeed())
-		Consistently(func(g Gomega) {
-			vmi, err := getVMI(ctx, key)
-			g.Expect(err).NotTo(HaveOccurred())
-			g.Expect(vmi.UID).To(Equal(before.UID))
-			g.Expect(vmi.Status.Phase).To(Equal(kvv1.Running))
-		}, "2s").Should(Succeed())
-	})
-
-	It("keeps the VM stopped after a guest poweroff: without a sidecar a clean end is a poweroff", func(ctx SpecContext) {
-		key := client.ObjectKey{Namespace: ns, Name: "degraded"}
-		created := node.VMIsCreated(ns, "degraded")
-		Expect(node.GuestPoweroff(ctx, ns, "degraded")).To(Succeed())
-		Eventually(func(g Gomega) {
-			vm := getVM(ctx, g, key)
-			g.Expect(vm.Status.Phase).To(Equal(v1alpha1.VirtualMachineStopped))
-			g.Expect(vm.Status.LastShutdown).NotTo(BeNil())
-			g.Expect(vm.Status.LastShutdown.Source).To(Equal(v1alpha1.ShutdownGuestShutdown))
-		}).Should(Succeed())
-		Consistently(func() int { return node.VMIsCreated(ns, "degraded") }, "2s").Should(Equal(created))
-	})
-
-	It("adds the sidecar once the gate is on; the next start has it and its reboots restart the VM", func(ctx SpecContext) {
-		Expect(env.KubeVirt.SetFeatureGates(ctx, []string{"Sidecar"})).To(Succeed())
-		key := client.ObjectKey{Namespace: ns, Name: "degraded"}
-		Eventually(func(g Gomega) {
-			kvvm := &kvv1.VirtualMachine{}
-			g.Expect(k8s.Get(ctx, key, kvvm)).To(Succeed())
-			g.Expect(hasHookSidecars(kvvm)).To(BeTrue())
-			g.Expect(rebootsCondition(g, ctx, key).Status).To(Equal(metav1.ConditionTrue))
-		}).Should(Succeed())
-		Expect(lc.Client.Start(ctx, ns, "degraded")).To(Succeed())
-		Eventually(func(g Gomega) v1alpha1.VirtualMachinePhase { return getVM(ctx, g, key).Status.Phase }).
-			Should(Equal(v1alpha1.VirtualMachineRunning))
-		Expect(node.GuestReboot(ctx, ns, "degraded")).To(Succeed())
-		Eventually(func(g Gomega) {
-			vm := getVM(ctx, g, key)
-			g.Expect(vm.Status.LastShutdown).NotTo(BeNil())
-			g.Expect(vm.Status.LastShutdown.Source).To(Equal(v1alpha1.ShutdownGuestReset))
-			g.Expect(vm.Status.RestartCount).To(BeEquivalentTo(1))
-			g.Expect(vm.Status.Phase).To(Equal(v1alpha1.VirtualMachineRunning))
-		}).Should(Succeed())
-	})
-})
+// KubeVirt's Sidecar feature gate (runpolicy's degraded mode without it) is checked on the real node: test/node
+// "sidecar gate".
 
 var _ = Describe("Smaller differences real KubeVirt shows", func() {
 	var ns string

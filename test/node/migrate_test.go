@@ -73,6 +73,7 @@ func migrate(t *testing.T, env *cluster.Env, admin client.Client, dir string) {
 	}, "3s").Should(Succeed())
 	g.Expect(admin.Get(ctx, key, vm)).To(Succeed())
 	g.Expect(vm.Status.Phase).To(Equal(v1alpha1.VirtualMachineRunning))
+	g.Expect(admin.Delete(ctx, ns)).To(Succeed()) // its guest would slow the subtests that follow
 }
 
 // failedMigration runs `kubectl runpolicy VERB vm --wait` (migrate or evict), finds the one migration its operation

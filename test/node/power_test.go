@@ -232,6 +232,8 @@ func powerPolicies(t *testing.T, env *cluster.Env, admin client.Client) {
 		g.Expect(ps.Status.LastRun.VMs).To(BeEquivalentTo(1))
 	}, 3*time.Minute).Should(Succeed())
 	g.Expect(admin.Delete(ctx, ps)).To(Succeed())
+	// Its running guests (~375 MB and a share of a core each) would slow the subtests that follow.
+	g.Expect(admin.Delete(ctx, ns)).To(Succeed())
 }
 
 // virtctl runs KubeVirt's virtctl as the cluster's admin.
