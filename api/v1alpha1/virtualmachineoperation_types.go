@@ -150,6 +150,9 @@ const (
 	OperationReasonNotMigratable = "NotMigratable"
 	// OperationReasonMigrationFailed: KubeVirt's migration ended Failed (or was deleted); the message gives why.
 	OperationReasonMigrationFailed = "MigrationFailed"
+	// OperationReasonMigrationInProgress: a Migrate or Evict found the VMI migrating already, through a
+	// VirtualMachineInstanceMigration someone else created (KubeVirt runs one migration of a VMI at a time).
+	OperationReasonMigrationInProgress = "MigrationInProgress"
 	// OperationReasonEvictedToSameNode: an Evict by restart completed, but the scheduler placed the new VMI on the
 	// node it ran on (cordon the node to keep VMs off it).
 	OperationReasonEvictedToSameNode = "EvictedToSameNode"

@@ -66,6 +66,15 @@ func (r *Reconciler) stepMigration(ctx context.Context, op *v1alpha1.VirtualMach
 			vmName, seen.vm.Spec.RunPolicy, vmiText(vmi), pastTense(op.Spec.Type)))
 		return ctrl.Result{}, nil
 	}
+	if other, err := r.migrationInFlight(ctx, op, vmi); err != nil {
+		return ctrl.Result{}, err
+	} else if other != nil {
+		fail(op, now, v1alpha1.OperationReasonMigrationInProgress, fmt.Sprintf(
+			"VirtualMachine %s is being migrated already, by VirtualMachineInstanceMigration %s (phase %s), which "+
+				"runpolicy did not create for this operation: KubeVirt migrates a VMI once at a time; create a new "+
+				"%s operation once that migration ended", vmName, other.Name, migrationPhaseText(other.Status.Phase), op.Spec.Type))
+		return ctrl.Result{}, nil
+	}
 	if ok, why := liveMigratable(vmi); !ok {
 		if op.Spec.Type != v1alpha1.OperationEvict {
 			fail(op, now, v1alpha1.OperationReasonNotMigratable, fmt.Sprintf(
@@ -136,6 +145,31 @@ func evictedByRestart(op *v1alpha1.VirtualMachineOperation, vmi *kvv1.VirtualMac
 				"on %s again, the node it ran on: cordon the node (kubectl cordon %s) to keep VMs off it, then evict again",
 				vmName, e.SourceNode, e.SourceNode))
 	}
+}
+
+// migrationInFlight returns a migration of vmi that has not ended, other than op's own, read from the API server
+// (nil when there is none).
+func (r *Reconciler) migrationInFlight(ctx context.Context, op *v1alpha1.VirtualMachineOperation,
+	vmi *kvv1.VirtualMachineInstance) (*kvv1.VirtualMachineInstanceMigration, error) {
+	var list kvv1.VirtualMachineInstanceMigrationList
+	if err := r.APIReader.List(ctx, &list, client.InNamespace(vmi.Namespace)); err != nil {
+		return nil, err
+	}
+	for i := range list.Items {
+		m := &list.Items[i]
+		if m.Spec.VMIName == vmi.Name && m.Name != op.Name && !m.IsFinal() && m.DeletionTimestamp == nil {
+			return m, nil
+		}
+	}
+	return nil, nil
+}
+
+// migrationPhaseText is a migration's phase, or that it has none yet.
+func migrationPhaseText(p kvv1.VirtualMachineInstanceMigrationPhase) string {
+	if p == "" {
+		return "not started yet"
+	}
+	return string(p)
 }
 
 // vmiText says where the VMI stands, for a refusal.

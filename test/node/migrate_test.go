@@ -49,6 +49,21 @@ func migrate(t *testing.T, env *cluster.Env, admin client.Client, dir string) {
 			HaveField("Status", corev1.ConditionTrue))))
 	}).Should(Succeed())
 
+	t.Log("a migration someone else created: kubectl runpolicy migrate --wait is refused (MigrationInProgress)")
+	theirs := &kvv1.VirtualMachineInstanceMigration{ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: "theirs",
+		Annotations: map[string]string{kvv1.MigrationUnschedulablePodTimeoutSecondsAnnotation: "20"}},
+		Spec: kvv1.VirtualMachineInstanceMigrationSpec{VMIName: vm.Name}}
+	g.Expect(admin.Create(ctx, theirs)).To(Succeed())
+	out, err := exec.CommandContext(ctx, filepath.Join(dir, "kubectl-runpolicy"), "migrate", "vm", "-n", ns.Name,
+		"--kubeconfig", env.Kubeconfig, "--wait", "--timeout", "2m").CombinedOutput()
+	t.Logf("kubectl runpolicy migrate: %s", out)
+	g.Expect(err).To(HaveOccurred())
+	g.Expect(string(out)).To(And(ContainSubstring(v1alpha1.OperationReasonMigrationInProgress), ContainSubstring("theirs")))
+	g.Eventually(func(g Gomega) {
+		g.Expect(admin.Get(ctx, client.ObjectKeyFromObject(theirs), theirs)).To(Succeed())
+		g.Expect(theirs.Status.Phase).To(Equal(kvv1.MigrationFailed))
+	}).Should(Succeed(), "KubeVirt fails their migration: no node for its target pod")
+
 	t.Log("kubectl runpolicy migrate vm --wait: one migration, its target pod unschedulable on the one node")
 	op := failedMigration(ctx, t, g, env, admin, dir, ns.Name, "migrate")
 	g.Expect(op.Spec.Type).To(Equal(v1alpha1.OperationMigrate))
@@ -69,7 +84,7 @@ func migrate(t *testing.T, env *cluster.Env, admin client.Client, dir string) {
 		g.Expect(cur.Status.Phase).To(Equal(kvv1.Running))
 		var list kvv1.VirtualMachineInstanceMigrationList
 		g.Expect(admin.List(ctx, &list, client.InNamespace(ns.Name))).To(Succeed())
-		g.Expect(list.Items).To(HaveLen(2))
+		g.Expect(list.Items).To(HaveLen(3), "theirs, and one per operation that started one")
 	}, "3s").Should(Succeed())
 	g.Expect(admin.Get(ctx, key, vm)).To(Succeed())
 	g.Expect(vm.Status.Phase).To(Equal(v1alpha1.VirtualMachineRunning))
