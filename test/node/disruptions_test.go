@@ -8,7 +8,6 @@ import (
 	"time"
 
 	. "github.com/onsi/gomega"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -26,13 +25,8 @@ import (
 // restart window that is closed, the VM waits and says when; with Manual approval (the default) it waits for the
 // user. Each VM boots the tiny guest, which then idles.
 func restartWindows(t *testing.T, env *cluster.Env, admin client.Client) {
-	g := NewWithT(t)
-	g.SetDefaultEventuallyTimeout(4 * time.Minute)
-	g.SetDefaultEventuallyPollingInterval(time.Second)
+	g, ns := subtest(t, admin, "windows", 4*time.Minute)
 	ctx := t.Context()
-
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "windows-"}}
-	g.Expect(admin.Create(ctx, ns)).To(Succeed())
 	created := watchVMIs(ctx, t, env, ns.Name)
 	automatic := map[string]v1alpha1.RunPolicy{"on": v1alpha1.RunPolicyAlwaysOn, "manual": v1alpha1.RunPolicyManual,
 		"until-stopped": v1alpha1.RunPolicyAlwaysOnUntilStoppedManually}

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	. "github.com/onsi/gomega"
-	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -29,13 +28,8 @@ import (
 // lacked the verb the write-back needs. Deleting the runpolicy VM with --cascade=orphan then leaves the KubeVirt VM,
 // released. The VM is AlwaysOff: no guest boots.
 func foreignEdits(t *testing.T, admin client.Client) {
-	g := NewWithT(t)
-	g.SetDefaultEventuallyTimeout(time.Minute)
-	g.SetDefaultEventuallyPollingInterval(time.Second)
+	g, ns := subtest(t, admin, "foreign", time.Minute)
 	ctx := t.Context()
-
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "foreign-"}}
-	g.Expect(admin.Create(ctx, ns)).To(Succeed())
 	owned := guest.VM(ns.Name, "owned", v1alpha1.RunPolicyAlwaysOff, guestImage, "hang")
 	g.Expect(admin.Create(ctx, owned)).To(Succeed())
 	key := client.ObjectKeyFromObject(owned)
@@ -84,13 +78,8 @@ func foreignEdits(t *testing.T, admin client.Client) {
 // that VM: an operation on it fails (VirtualMachineNotManaged), and when their guest powers itself off, runpolicy
 // neither cleans their ended VMI up nor records its end.
 func notOurs(t *testing.T, env *cluster.Env, admin client.Client) {
-	g := NewWithT(t)
-	g.SetDefaultEventuallyTimeout(3 * time.Minute)
-	g.SetDefaultEventuallyPollingInterval(time.Second)
+	g, ns := subtest(t, admin, "theirs", 3*time.Minute)
 	ctx := t.Context()
-
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "theirs-"}}
-	g.Expect(admin.Create(ctx, ns)).To(Succeed())
 	t.Log("their KubeVirt VM, started with virtctl; its guest powers itself off once booted")
 	theirs := &kvv1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: "theirs"},
 		Spec: kvv1.VirtualMachineSpec{RunStrategy: ptr.To(kvv1.RunStrategyManual),

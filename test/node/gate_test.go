@@ -12,7 +12,6 @@ import (
 	"time"
 
 	. "github.com/onsi/gomega"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -40,9 +39,7 @@ const bootBanner = "RUNPOLICY-GUEST booted"
 // poweroff: that VM stays Stopped. Once the gate is on again, runpolicy adds the sidecar, the next start has it,
 // and the guest's reboot restarts the VM from outside. It runs last: it changes the KubeVirt CR every VM shares.
 func sidecarGate(t *testing.T, env *cluster.Env, admin client.Client) {
-	g := NewWithT(t)
-	g.SetDefaultEventuallyTimeout(4 * time.Minute)
-	g.SetDefaultEventuallyPollingInterval(time.Second)
+	g, ns := subtest(t, admin, "gate", 4*time.Minute)
 	ctx := t.Context()
 
 	t.Log("the Sidecar gate off: virt-api refuses a KubeVirt VM whose template names a hook sidecar")
@@ -54,8 +51,6 @@ func sidecarGate(t *testing.T, env *cluster.Env, admin client.Client) {
 			t.Errorf("turning the Sidecar gate back on: %v", err)
 		}
 	})
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "gate-"}}
-	g.Expect(admin.Create(ctx, ns)).To(Succeed())
 	theirs := &kvv1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: "with-sidecar"},
 		Spec: kvv1.VirtualMachineSpec{RunStrategy: ptr.To(kvv1.RunStrategyHalted),
 			Template: guest.VM(ns.Name, "with-sidecar", v1alpha1.RunPolicyManual, guestImage, "hang").Spec.Template}}

@@ -97,14 +97,10 @@ func TestKubeVirtOnARealNode(t *testing.T) {
 //     spec changed meanwhile;
 //   - that guest powers itself off, and the VM stays Stopped.
 func fullChain(t *testing.T, env *cluster.Env, admin client.Client, dir string) {
-	g := NewWithT(t)
-	g.SetDefaultEventuallyTimeout(3 * time.Minute)
-	g.SetDefaultEventuallyPollingInterval(time.Second)
+	g, ns := subtest(t, admin, "chain", 3*time.Minute)
 	ctx := t.Context()
 
 	t.Log("a runpolicy VM boots the tiny guest in a launcher pod on the node")
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "chain-"}}
-	g.Expect(admin.Create(ctx, ns)).To(Succeed())
 	vm := guest.VM(ns.Name, "vm", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, guestImage, "reboot")
 	key := client.ObjectKeyFromObject(vm)
 	g.Expect(admin.Create(ctx, vm)).To(Succeed())
@@ -174,6 +170,17 @@ func fullChain(t *testing.T, env *cluster.Env, admin client.Client, dir string) 
 	g.Expect(at(third.UID)).To(BeNumerically(">", 0), "the reset's record, after the poweroff's: %+v", hist)
 	g.Expect(at(first.UID)).To(BeNumerically(">", at(third.UID)), "the guest reboot's record, after the reset's: %+v", hist)
 	g.Expect(hist[at(first.UID)].Source).To(Equal(v1alpha1.ShutdownGuestReset))
+}
+
+// subtest is what a subtest starts from: a Gomega whose Eventually waits up to timeout, polling every second, and
+// a namespace of its own named from prefix.
+func subtest(t *testing.T, admin client.Client, prefix string, timeout time.Duration) (*WithT, *corev1.Namespace) {
+	g := NewWithT(t)
+	g.SetDefaultEventuallyTimeout(timeout)
+	g.SetDefaultEventuallyPollingInterval(time.Second)
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: prefix + "-"}}
+	g.Expect(admin.Create(t.Context(), ns)).To(Succeed())
+	return g, ns
 }
 
 // setAction changes what the guest does at its next boot (the VM's kernel arguments).

@@ -29,13 +29,8 @@ import (
 // non-zero, and the VM keeps running on its VMI. `kubectl runpolicy evict` then takes the same way: KubeVirt calls the
 // VMI live-migratable, so the Evict is a live migration, never a restart.
 func migrate(t *testing.T, env *cluster.Env, admin client.Client, dir string) {
-	g := NewWithT(t)
-	g.SetDefaultEventuallyTimeout(4 * time.Minute)
-	g.SetDefaultEventuallyPollingInterval(time.Second)
+	g, ns := subtest(t, admin, "migrate", 4*time.Minute)
 	ctx := t.Context()
-
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "migrate-"}}
-	g.Expect(admin.Create(ctx, ns)).To(Succeed())
 	vm := guest.VM(ns.Name, "vm", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, guestImage, "hang")
 	key := client.ObjectKeyFromObject(vm)
 	g.Expect(admin.Create(ctx, vm)).To(Succeed())

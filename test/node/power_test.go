@@ -105,13 +105,8 @@ var powerMatrix = []powerCase{
 // restarted twice. An AlwaysOff VM beside them never gets a VMI. The Manual VM its guest powered off then starts
 // again with virtctl start, and a power schedule stops it at the next minute.
 func powerPolicies(t *testing.T, env *cluster.Env, admin client.Client) {
-	g := NewWithT(t)
-	g.SetDefaultEventuallyTimeout(6 * time.Minute)
-	g.SetDefaultEventuallyPollingInterval(2 * time.Second)
+	g, ns := subtest(t, admin, "power", 6*time.Minute)
 	ctx := t.Context()
-
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "power-"}}
-	g.Expect(admin.Create(ctx, ns)).To(Succeed())
 	created := watchVMIs(ctx, t, env, ns.Name)
 
 	t.Log("one VM per policy and event (Manual's started with virtctl start); once its first VMI exists, its template " +
