@@ -79,23 +79,8 @@ var _ = Describe("Smaller differences real KubeVirt shows", func() {
 		Eventually(func(g Gomega) []string { return vmEventReasons(ctx, g, ns, "owned") }).Should(ContainElement("ForeignChangesReverted"))
 	})
 
-	// KubeVirt's vm.kubevirt.io/name label on launcher pods is the VMI's hostname, not its name.
-	It("maps launcher pods to their VM with spec.hostname set and a dotted name", func(ctx SpecContext) {
-		obj := fixture.VM(ns, "web.prod", v1alpha1.RunPolicyManual)
-		obj.Spec.Template.Spec.Hostname = "other"
-		Expect(k8s.Create(ctx, obj)).To(Succeed())
-		startAndWait(ctx, obj)
-		pods, err := node.LauncherPods(ctx, ns, "web.prod")
-		Expect(err).NotTo(HaveOccurred())
-		Expect(pods).NotTo(BeEmpty())
-		Expect(pods[0].Labels).To(HaveKeyWithValue("vm.kubevirt.io/name", "other"))
-		Expect(node.GuestReboot(ctx, ns, "web.prod")).To(Succeed())
-		Eventually(func(g Gomega) {
-			vm := getVM(ctx, g, client.ObjectKeyFromObject(obj))
-			g.Expect(vm.Status.RestartCount).To(BeEquivalentTo(1))
-			g.Expect(vm.Status.Phase).To(Equal(v1alpha1.VirtualMachineRunning))
-		}).Should(Succeed())
-	})
+	// A VM whose name has a dot and whose launcher pod KubeVirt labels with spec.hostname: checked on the real node
+	// (test/node "dotted name").
 
 	// virtctl reset: KubeVirt's reset subresource, QMP system_reset; with on_reboot=destroy QEMU exits with
 	// host-qmp-system-reset. A reset asked from outside is a reboot from outside.

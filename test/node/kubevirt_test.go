@@ -82,6 +82,7 @@ func TestKubeVirtOnARealNode(t *testing.T) {
 	t.Run("full chain", func(t *testing.T) { fullChain(t, env, admin, dir) })
 	t.Run("foreign edits", func(t *testing.T) { foreignEdits(t, admin) })
 	t.Run("not ours", func(t *testing.T) { notOurs(t, env, admin) })
+	t.Run("dotted name", func(t *testing.T) { dottedName(t, env, admin) })
 	t.Run("power policies", func(t *testing.T) { powerPolicies(t, env, admin) })
 	t.Run("restart windows", func(t *testing.T) { restartWindows(t, env, admin) })
 	t.Run("migrate", func(t *testing.T) { migrate(t, env, admin, dir) })
