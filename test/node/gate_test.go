@@ -126,15 +126,7 @@ func sidecarGate(t *testing.T, env *cluster.Env, admin client.Client) {
 	}).Should(Succeed())
 	setAction(ctx, g, admin, offKey, "hang") // its next boot, after runpolicy's restart, keeps running
 	g.Expect(rebooting.Annotations).To(HaveKey(hookSidecarsAnnotation))
-	g.Eventually(func(g Gomega) {
-		g.Expect(admin.Get(ctx, offKey, off)).To(Succeed())
-		g.Expect(off.Status.RestartCount).To(BeEquivalentTo(1))
-		g.Expect(off.Status.LastShutdown).NotTo(BeNil())
-		g.Expect(off.Status.LastShutdown.VMIUID).To(Equal(string(rebooting.UID)))
-		g.Expect(off.Status.LastShutdown.Source).To(Equal(v1alpha1.ShutdownGuestReset))
-		g.Expect(off.Status.Phase).To(Equal(v1alpha1.VirtualMachineRunning))
-	}).Should(Succeed())
-	runningVMI(ctx, g, admin, offKey, rebooting.UID)
+	restartedAfterReboot(ctx, g, admin, offKey, rebooting.UID, off.Status.RestartCount)
 }
 
 // consoleUntil reads the VMI's serial console with `virtctl console` until the guest printed its boot banner want

@@ -115,16 +115,7 @@ func fullChain(t *testing.T, env *cluster.Env, admin client.Client, dir string) 
 	setAction(ctx, g, admin, key, "hang")
 
 	t.Log("the guest reboots itself: a new VMI with the changed spec")
-	g.Eventually(func(g Gomega) {
-		g.Expect(admin.Get(ctx, key, vm)).To(Succeed())
-		g.Expect(vm.Status.RestartCount).To(BeEquivalentTo(1))
-		g.Expect(vm.Status.ShutdownHistory).To(ContainElement(And(
-			HaveField("VMIUID", string(first.UID)),
-			HaveField("Source", v1alpha1.ShutdownGuestReset),
-			HaveField("Action", v1alpha1.ShutdownRestarted))))
-	}).Should(Succeed())
-	second := runningVMI(ctx, g, admin, key, first.UID)
-	g.Expect(second.Spec.Domain.Firmware.KernelBoot.KernelArgs).To(Equal(guest.Args("hang")))
+	second := restartedAfterReboot(ctx, g, admin, key, first.UID, 0)
 
 	t.Log("kubectl runpolicy restart --wait: a Restart operation, a new VMI")
 	plugin := filepath.Join(dir, "kubectl-runpolicy")
@@ -191,6 +182,36 @@ func setAction(ctx context.Context, g Gomega, c client.Client, key client.Object
 	patch := client.MergeFrom(vm.DeepCopy())
 	vm.Spec.Template.Spec.Domain.Firmware.KernelBoot.KernelArgs = guest.Args(action)
 	g.Expect(c.Patch(ctx, vm, patch)).To(Succeed())
+}
+
+// restartedAfterReboot waits until runpolicy has restarted the VM after the guest's reboot ended the VMI with UID
+// ended, and the VM runs a VMI whose guest keeps running (action hang), which it returns; before is the VM's
+// restartCount before that VMI ended. The tests switch the template to hang once the rebooting VMI exists, and a
+// slow switch lets the next boot reboot too: each reboot until then is one more restart of its own. So every
+// shutdown record from the ended VMI on must be a guest reset that runpolicy restarted, and restartCount must
+// have grown by exactly their number (a second restart of one ended VMI would count once more).
+func restartedAfterReboot(ctx context.Context, g Gomega, c client.Client, key client.ObjectKey, ended types.UID,
+	before int32) *kvv1.VirtualMachineInstance {
+	vm := &v1alpha1.VirtualMachine{}
+	vmi := &kvv1.VirtualMachineInstance{}
+	g.Eventually(func(g Gomega) {
+		g.Expect(c.Get(ctx, key, vm)).To(Succeed())
+		g.Expect(vm.Status.Phase).To(Equal(v1alpha1.VirtualMachineRunning))
+		g.Expect(c.Get(ctx, key, vmi)).To(Succeed())
+		g.Expect(vmi.Status.Phase).To(Equal(kvv1.Running))
+		g.Expect(vmi.Spec.Domain.Firmware.KernelBoot.KernelArgs).To(Equal(guest.Args("hang")))
+		hist := vm.Status.ShutdownHistory
+		at := slices.IndexFunc(hist, func(r v1alpha1.Shutdown) bool { return r.VMIUID == string(ended) })
+		g.Expect(at).To(BeNumerically(">=", 0), "the ended VMI's record: %+v", hist)
+		g.Expect(vm.Status.LastShutdown).To(HaveValue(Equal(hist[0])))
+		for _, r := range hist[:at+1] {
+			g.Expect(r.Source).To(Equal(v1alpha1.ShutdownGuestReset), "%+v", hist)
+			g.Expect(r.Action).To(Equal(v1alpha1.ShutdownRestarted), "%+v", hist)
+			g.Expect(r.VMIUID).NotTo(Equal(string(vmi.UID)), "%+v", hist)
+		}
+		g.Expect(vm.Status.RestartCount).To(Equal(before+int32(at+1)), "one restart per ended VMI: %+v", hist)
+	}).Should(Succeed())
+	return vmi
 }
 
 // runningVMI waits for the VM's VMI to be another than the one with UID before, and Running.

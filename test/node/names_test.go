@@ -42,14 +42,6 @@ func dottedName(t *testing.T, env *cluster.Env, admin client.Client) {
 	}).Should(Succeed())
 
 	t.Log("the guest reboots itself: runpolicy reads the reason from that pod and restarts the VM")
-	g.Eventually(func(g Gomega) {
-		g.Expect(admin.Get(ctx, key, obj)).To(Succeed())
-		g.Expect(obj.Status.RestartCount).To(BeEquivalentTo(1))
-		g.Expect(obj.Status.LastShutdown).NotTo(BeNil())
-		g.Expect(obj.Status.LastShutdown.VMIUID).To(Equal(string(first.UID)))
-		g.Expect(obj.Status.LastShutdown.Source).To(Equal(v1alpha1.ShutdownGuestReset))
-		g.Expect(obj.Status.Phase).To(Equal(v1alpha1.VirtualMachineRunning))
-	}).Should(Succeed())
-	runningVMI(ctx, g, admin, key, first.UID)
+	restartedAfterReboot(ctx, g, admin, key, first.UID, 0)
 	g.Expect(admin.Delete(ctx, ns)).To(Succeed()) // its guest would slow the subtests that follow
 }
