@@ -20,6 +20,7 @@ import (
 	"github.com/runpolicy/runpolicy/controllers/vmop"
 	"github.com/runpolicy/runpolicy/internal/lifecycle"
 	"github.com/runpolicy/runpolicy/internal/policy"
+	"github.com/runpolicy/runpolicy/internal/startgate"
 )
 
 // Options configures the reconcilers.
@@ -44,6 +45,8 @@ type Options struct {
 	RestartRequest vm.RestartRequest
 	// Workers is how many VMs are reconciled at once; 0 means DefaultWorkers.
 	Workers int
+	// MaxConcurrentStarts caps how many VMs start at once (internal/startgate); 0 means no cap.
+	MaxConcurrentStarts int
 	// PodGuardInterval is how often the operator looks whether the launcher-pod admission policy is installed
 	// (podguard.go); zero means once a minute.
 	PodGuardInterval time.Duration
@@ -114,6 +117,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		RestartRequest:   opts.RestartRequest,
 		Backoff:          opts.Backoff,
 		Workers:          opts.Workers,
+		Starts:           startGate(opts.MaxConcurrentStarts),
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}
@@ -133,4 +137,12 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		MaxPerVM:  opts.OperationsPerVM,
 		Timeout:   opts.OperationTimeout,
 	}).SetupWithManager(mgr)
+}
+
+// startGate is the VM controller's start gate for a cap of max VMs starting at once; nil without a cap.
+func startGate(max int) *startgate.Gate {
+	if max <= 0 {
+		return nil
+	}
+	return &startgate.Gate{Max: max}
 }

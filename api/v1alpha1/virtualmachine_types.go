@@ -35,6 +35,14 @@ type VirtualMachineSpec struct {
 	// +optional
 	Disruptions *Disruptions `json:"disruptions,omitempty"`
 
+	// startOrder ranks the VM's starts while the operator caps how many VMs start at once (its
+	// --max-concurrent-starts, the chart's maxConcurrentStarts): lower starts first, then the VM that has waited
+	// longest. Without a cap it has no effect. Restarts after a guest reset or a failure go before every first start.
+	// +optional
+	// +kubebuilder:validation:Minimum=-1000000
+	// +kubebuilder:validation:Maximum=1000000
+	StartOrder int32 `json:"startOrder,omitempty"`
+
 	// The KubeVirt VirtualMachine spec (template, dataVolumeTemplates, instancetype, preference, ...).
 	// running and runStrategy are refused: runPolicy replaces them.
 	kvv1.VirtualMachineSpec `json:",inline"`
@@ -146,6 +154,9 @@ const (
 	// ReasonRestarting: runpolicy asked KubeVirt for a new VMI after the previous one ended, and KubeVirt does not
 	// report it running yet.
 	ReasonRestarting = "Restarting"
+	// ReasonWaitingForStartSlot: the VM is to start (a first start, or a restart after its VMI ended), and as many
+	// VMs as the operator's start cap allows are starting already; status.startQueuePosition is its place.
+	ReasonWaitingForStartSlot = "WaitingForStartSlot"
 )
 
 // ShutdownSource says what ended a VMI.
@@ -278,6 +289,11 @@ type VirtualMachineStatus struct {
 	// +optional
 	// +kubebuilder:validation:MaxLength=253
 	AutomaticRestartOperation string `json:"automaticRestartOperation,omitempty"`
+
+	// startQueuePosition is the VM's place among the VMs waiting for a start slot (1 starts next), while it waits
+	// (phase Pending, Ready reason WaitingForStartSlot); absent otherwise.
+	// +optional
+	StartQueuePosition int32 `json:"startQueuePosition,omitempty"`
 }
 
 // VirtualMachine is a KubeVirt virtual machine whose power state follows a runPolicy.
@@ -289,6 +305,7 @@ type VirtualMachineStatus struct {
 // +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
 // +kubebuilder:printcolumn:name="Need Restart",type=string,JSONPath=`.status.conditions[?(@.type=="AwaitingRestartToApplyConfiguration")].status`
 // +kubebuilder:printcolumn:name="Restarts",type=integer,JSONPath=`.status.restartCount`,priority=1
+// +kubebuilder:printcolumn:name="Queue",type=integer,JSONPath=`.status.startQueuePosition`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type VirtualMachine struct {
 	metav1.TypeMeta `json:",inline"`

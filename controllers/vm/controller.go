@@ -21,14 +21,17 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
 	"github.com/runpolicy/runpolicy/internal/lifecycle"
 	"github.com/runpolicy/runpolicy/internal/metrics"
 	"github.com/runpolicy/runpolicy/internal/policy"
 	"github.com/runpolicy/runpolicy/internal/refusal"
+	"github.com/runpolicy/runpolicy/internal/startgate"
 )
 
 // DefaultWorkers is the default number of VMs reconciled at once: reconciles mostly wait on the API server.
@@ -82,6 +85,8 @@ type Reconciler struct {
 	Clock func() time.Time
 	// Workers is how many VMs are reconciled at once (never the same VM twice at once); zero means DefaultWorkers.
 	Workers int
+	// Starts caps how many VMs start at once (starts.go); nil means no cap.
+	Starts *startgate.Gate
 
 	// mode is the hook-sidecar decision last reported (log line, metric); see noteSidecar.
 	mode struct {
@@ -169,6 +174,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 			r.ownVM.forget(req.NamespacedName)
 			r.ownKubeVirtVM.forget(req.NamespacedName)
 			r.sent.Delete(req.NamespacedName)
+			r.Starts.Forget(req.NamespacedName)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -196,8 +202,19 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	before := vm.Status.DeepCopy()
 	var syncErr, powerErr error
 	step := policy.PowerStep{Action: policy.PowerAction{Kind: policy.DoNothing}}
+	// A start, first or after a VMI ended, waits for a slot while the operator caps starts (starts.go): a first
+	// start by leaving the KubeVirt VM as it is, a restart by not sending its request (its intent is recorded).
+	turn, askedStart, firstWait := startgate.Verdict{Granted: true}, false, false
 	if vm.DeletionTimestamp == nil {
-		kv, syncErr = r.syncKubeVirtVM(ctx, vm, kv, vmi, kvcfg, sc)
+		if strategy, current := desiredStrategy(vm, kv, vmi); firstStart(vm, kv, vmi, strategy, current) {
+			if turn, err = r.askStart(ctx, vm, false); err != nil {
+				return ctrl.Result{}, err
+			}
+			askedStart, firstWait = true, !turn.Granted
+		}
+		if turn.Granted {
+			kv, syncErr = r.syncKubeVirtVM(ctx, vm, kv, vmi, kvcfg, sc)
+		}
 		// A failed read for the power step must not drop the status of an apply that succeeded: the step is not
 		// taken, status is written and the error retried after.
 		var in policy.PowerInput
@@ -207,6 +224,12 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 			if d := step.Decided; d != nil {
 				log.Info("VMI ended", "VirtualMachineInstance", klog.KObj(vmi), "source", d.Source, "action", d.Action)
 			}
+			if turn.Granted && r.sendsRestart(req.NamespacedName, kv, vmi, step.Action) {
+				if turn, err = r.askStart(ctx, vm, true); err != nil {
+					return ctrl.Result{}, err
+				}
+				askedStart = true
+			}
 		}
 	}
 	if kv != nil && !metav1.IsControlledBy(kv, vm) {
@@ -215,6 +238,14 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		kv, vmi = nil, nil
 	}
 	ending := r.mirrorKubeVirt(vm, kv, vmi, step, kvcfg, sc)
+	vm.Status.StartQueuePosition = 0
+	var startWait time.Duration
+	if !turn.Granted {
+		waitForStart(vm, turn, kv, firstWait)
+		step.Action = policy.PowerAction{Kind: policy.DoNothing} // the restart's request waits for the slot
+		startWait = startWaitRecheck
+	}
+	r.observeStart(vm, askedStart)
 	var autoOp *v1alpha1.VirtualMachineOperation
 	var autoWait time.Duration
 	if vm.DeletionTimestamp == nil && powerErr == nil && step.Action.Kind == policy.DoNothing {
@@ -272,7 +303,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if errors.As(syncErr, &transient) {
 		return ctrl.Result{}, syncErr
 	}
-	return ctrl.Result{RequeueAfter: soonest(step.Requeue, autoWait, ending)}, nil
+	return ctrl.Result{RequeueAfter: soonest(step.Requeue, autoWait, ending, startWait)}, nil
 }
 
 // mirrorKubeVirt fills the parts of status that follow from the KubeVirt VM and VMI, and returns how long a VMI's end
@@ -341,20 +372,7 @@ func (r *Reconciler) syncKubeVirtVM(ctx context.Context, vm *v1alpha1.VirtualMac
 		adopting = true
 	}
 
-	var current kvv1.VirtualMachineRunStrategy
-	entering := true
-	if kv != nil {
-		if kv.Spec.RunStrategy != nil {
-			current = *kv.Spec.RunStrategy
-		} else if kv.Spec.Running != nil {
-			current = kvv1.RunStrategyHalted
-			if *kv.Spec.Running {
-				current = kvv1.RunStrategyAlways
-			}
-		}
-		entering = kv.Annotations[AnnotationRunPolicy] != string(vm.Spec.RunPolicy)
-	}
-	strategy := policy.RunStrategy(vm.Spec.RunPolicy, policy.Bootstrapping(vm.Spec.RunPolicy, entering, current, policy.VMIActive(vmi)))
+	strategy, current := desiredStrategy(vm, kv, vmi)
 
 	hookImage := ""
 	if sc.Add {
@@ -441,6 +459,24 @@ func (r *Reconciler) syncKubeVirtVM(ctx context.Context, vm *v1alpha1.VirtualMac
 	return applied, nil
 }
 
+// desiredStrategy is the runStrategy runpolicy applies to the KubeVirt VM kv (nil: none yet), and the one kv has.
+func desiredStrategy(vm *v1alpha1.VirtualMachine, kv *kvv1.VirtualMachine,
+	vmi *kvv1.VirtualMachineInstance) (strategy, current kvv1.VirtualMachineRunStrategy) {
+	entering := true
+	if kv != nil {
+		if kv.Spec.RunStrategy != nil {
+			current = *kv.Spec.RunStrategy
+		} else if kv.Spec.Running != nil {
+			current = kvv1.RunStrategyHalted
+			if *kv.Spec.Running {
+				current = kvv1.RunStrategyAlways
+			}
+		}
+		entering = kv.Annotations[AnnotationRunPolicy] != string(vm.Spec.RunPolicy)
+	}
+	return policy.RunStrategy(vm.Spec.RunPolicy, policy.Bootstrapping(vm.Spec.RunPolicy, entering, current, policy.VMIActive(vmi))), current
+}
+
 // revertForeignChanges writes runpolicy's spec back over what others added to the KubeVirt VM obj (server-side
 // apply keeps their fields), so that its next boot is the runpolicy VM's spec and nothing else; obj is the server's
 // answer to the apply and becomes the server's answer to the revert. A revert that fails says so in the Synced
@@ -519,7 +555,17 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		}); err != nil {
 		return err
 	}
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr)
+	if r.Starts.Enabled() {
+		// The start gate wakes the waiting VMs whose turn came.
+		woken := make(chan event.TypedGenericEvent[*v1alpha1.VirtualMachine])
+		r.Starts.Enqueue = func(key types.NamespacedName) {
+			woken <- event.TypedGenericEvent[*v1alpha1.VirtualMachine]{
+				Object: &v1alpha1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}}}
+		}
+		b = b.WatchesRawSource(source.Channel(woken, &handler.TypedEnqueueRequestForObject[*v1alpha1.VirtualMachine]{}))
+	}
+	return b.
 		For(&v1alpha1.VirtualMachine{}).
 		// By name rather than by owner: a KubeVirt VM runpolicy does not own yet (a name conflict, an adoption)
 		// matters too.

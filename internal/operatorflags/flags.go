@@ -70,6 +70,9 @@ func (f *Flags) Bind(fs *flag.FlagSet) {
 		"How long a VirtualMachineOperation may wait for KubeVirt to reach its target state after accepting its signal "+
 			"before it fails with reason TimedOut; a negative value waits for ever.")
 	fs.IntVar(&o.Workers, "workers", controllers.DefaultWorkers, "How many VMs are reconciled at once.")
+	fs.IntVar(&o.MaxConcurrentStarts, "max-concurrent-starts", 0,
+		"How many VMs runpolicy lets start at once: the others wait their turn (phase Pending, Ready reason "+
+			"WaitingForStartSlot), restarts after a guest reset or a failure first, then by spec.startOrder; 0 means no cap.")
 	fs.StringVar(&f.RestartRequest, "restart-request", string(vm.RestartViaStateChangeRequest),
 		"How a restart asks KubeVirt for the new VMI: state-change-request (write KubeVirt's Start request into "+
 			"the KubeVirt VM's status once virt-controller saw the VMI end, and delete the ended VMI) or start-subresource (KubeVirt's start subresource, like virtctl start).")
@@ -110,6 +113,9 @@ func (f *Flags) Options() (controllers.Options, error) {
 		return opts, &Error{Flag: "hook-sidecar", Err: err}
 	}
 	opts.HookSidecarMode = mode
+	if opts.MaxConcurrentStarts < 0 {
+		return opts, &Error{Flag: "max-concurrent-starts", Err: fmt.Errorf("%d is negative (0 means no cap)", opts.MaxConcurrentStarts)}
+	}
 	switch rr := vm.RestartRequest(f.RestartRequest); rr {
 	case vm.RestartViaStateChangeRequest, vm.RestartViaStartSubresource:
 		opts.RestartRequest = rr

@@ -46,7 +46,7 @@ func TestParse(t *testing.T) {
 	f, err := Parse([]string{"--leader-elect=false", "--leader-election-namespace=ops", "--metrics-secure=false",
 		"--hook-sidecar=false", "--hook-sidecar-image=registry.example/s:1", "--restart-backoff-base=1s",
 		"--restart-backoff-max=4s", "--vmop-ttl=-1s", "--vmop-max-per-vm=3", "--vmop-timeout=1m", "--workers=2",
-		"--restart-request=start-subresource", "--zap-log-level=info", "--zap-encoder=json",
+		"--max-concurrent-starts=5", "--restart-request=start-subresource", "--zap-log-level=info", "--zap-encoder=json",
 		"--metrics-bind-address=:8080", "--metrics-bind-address=0"})
 	if err != nil {
 		t.Fatal(err)
@@ -56,14 +56,15 @@ func TestParse(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := controllers.Options{
-		HookSidecarImage: "registry.example/s:1",
-		HookSidecarMode:  policy.SidecarNever,
-		Backoff:          policy.Backoff{Base: time.Second, Max: 4 * time.Second},
-		OperationTTL:     -time.Second,
-		OperationsPerVM:  3,
-		OperationTimeout: time.Minute,
-		RestartRequest:   vm.RestartViaStartSubresource,
-		Workers:          2,
+		HookSidecarImage:    "registry.example/s:1",
+		HookSidecarMode:     policy.SidecarNever,
+		Backoff:             policy.Backoff{Base: time.Second, Max: 4 * time.Second},
+		OperationTTL:        -time.Second,
+		OperationsPerVM:     3,
+		OperationTimeout:    time.Minute,
+		RestartRequest:      vm.RestartViaStartSubresource,
+		Workers:             2,
+		MaxConcurrentStarts: 5,
 	}
 	if !reflect.DeepEqual(opts, want) {
 		t.Errorf("Options() = %+v, want %+v", opts, want)
@@ -86,8 +87,9 @@ func TestRefused(t *testing.T) {
 		}
 	}
 	for name, args := range map[string][]string{
-		"hook-sidecar":    {"--hook-sidecar=sometimes"},
-		"restart-request": {"--restart-request=reboot"},
+		"hook-sidecar":          {"--hook-sidecar=sometimes"},
+		"restart-request":       {"--restart-request=reboot"},
+		"max-concurrent-starts": {"--max-concurrent-starts=-1"},
 	} {
 		f, err := Parse(args)
 		if err != nil {

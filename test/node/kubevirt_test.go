@@ -73,7 +73,7 @@ func TestKubeVirtOnARealNode(t *testing.T) {
 	}).Should(Succeed())
 
 	t.Log("helm install: the operator as pods; the kubectl plugin")
-	helmInstall(t, g, env)
+	helmArgs := helmInstall(t, g, env)
 	build := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(dir, "kubectl-runpolicy"), "./cmd/kubectl-runpolicy")
 	build.Dir = cluster.RepoRoot()
 	out, err := build.CombinedOutput()
@@ -86,6 +86,7 @@ func TestKubeVirtOnARealNode(t *testing.T) {
 	t.Run("power policies", func(t *testing.T) { powerPolicies(t, env, admin) })
 	t.Run("restart windows", func(t *testing.T) { restartWindows(t, env, admin) })
 	t.Run("migrate", func(t *testing.T) { migrate(t, env, admin, dir) })
+	t.Run("start queue", func(t *testing.T) { startQueue(t, env, admin, helmArgs) })
 	t.Run("sidecar gate", func(t *testing.T) { sidecarGate(t, env, admin) }) // last: it changes the KubeVirt CR
 }
 

@@ -1,0 +1,111 @@
+package vm
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+	kvv1 "kubevirt.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/runpolicy/runpolicy/api/v1alpha1"
+	"github.com/runpolicy/runpolicy/internal/policy"
+	"github.com/runpolicy/runpolicy/internal/startgate"
+)
+
+// startWaitRecheck is how often a VM waiting for a start slot is looked at again without being woken: its place in
+// status is refreshed, and a slot held past its timeout is given back.
+const startWaitRecheck = 15 * time.Second
+
+// firstStart tells whether applying the KubeVirt VM with strategy would start the VM: it moves a KubeVirt VM of
+// runpolicy's (or a new one) onto runStrategy Always while no VMI runs. That is the start of a VM created with
+// AlwaysOn or AlwaysOnUntilStoppedManually, or moved to one of them while stopped.
+func firstStart(vm *v1alpha1.VirtualMachine, kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance,
+	strategy, current kvv1.VirtualMachineRunStrategy) bool {
+	if strategy != kvv1.RunStrategyAlways || policy.VMIActive(vmi) {
+		return false
+	}
+	return kv == nil || (metav1.IsControlledBy(kv, vm) && current != kvv1.RunStrategyAlways)
+}
+
+// sendsRestart tells whether the power step may send a restart's request in this pass: a restart just decided, or a
+// recorded one this process has not sent whose ended VMI KubeVirt still holds with no request.
+func (r *Reconciler) sendsRestart(key types.NamespacedName, kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance,
+	a policy.PowerAction) bool {
+	switch a.Kind {
+	case policy.DoRestart:
+		return true
+	case policy.DoVerify:
+		sent, _ := r.sent.Load(key)
+		return sent != a.VMIUID && policy.PendingRestart(kv, vmi, types.UID(a.VMIUID)) == policy.RestartSend
+	}
+	return false
+}
+
+// askStart asks the start gate for a slot for vm; restart says it is a restart after its VMI ended. The VMs wait in
+// the order the gate keeps; among those of the same kind and startOrder, a restart's ended VMI that ended first, a
+// first start's VM that was created first.
+func (r *Reconciler) askStart(ctx context.Context, vm *v1alpha1.VirtualMachine, restart bool) (startgate.Verdict, error) {
+	if !r.Starts.Enabled() {
+		return startgate.Verdict{Granted: true}, nil
+	}
+	if !r.Starts.Primed() {
+		var vms v1alpha1.VirtualMachineList
+		if err := r.List(ctx, &vms); err != nil {
+			return startgate.Verdict{}, err
+		}
+		keys := make([]types.NamespacedName, 0, len(vms.Items))
+		for i := range vms.Items {
+			keys = append(keys, client.ObjectKeyFromObject(&vms.Items[i]))
+		}
+		r.Starts.Prime(keys)
+	}
+	since := vm.CreationTimestamp.Time
+	if ls := vm.Status.LastShutdown; restart && ls != nil && ls.Time != nil {
+		since = ls.Time.Time
+	}
+	return r.Starts.Ask(client.ObjectKeyFromObject(vm), startgate.Ticket{Restart: restart, Order: vm.Spec.StartOrder, Since: since}), nil
+}
+
+// observeStart tells the start gate what the pass saw of vm.
+func (r *Reconciler) observeStart(vm *v1alpha1.VirtualMachine, asked bool) {
+	if !r.Starts.Enabled() {
+		return
+	}
+	p := startgate.Idle
+	switch {
+	case vm.DeletionTimestamp != nil:
+		p = startgate.Gone
+	case vm.Status.Phase == v1alpha1.VirtualMachineStarting:
+		p = startgate.Starting
+	case vm.Status.Phase == v1alpha1.VirtualMachineRunning:
+		p = startgate.Running
+	}
+	r.Starts.Observe(client.ObjectKeyFromObject(vm), p, asked)
+}
+
+// waitForStart shows in status that vm waits for a start slot, and its place. A first start waits with its KubeVirt
+// VM kv as it is (nil: not created yet), which Synced says.
+func waitForStart(vm *v1alpha1.VirtualMachine, v startgate.Verdict, kv *kvv1.VirtualMachine, first bool) {
+	vm.Status.Phase = v1alpha1.VirtualMachinePending
+	vm.Status.StartQueuePosition = int32(v.Place)
+	msg := fmt.Sprintf("Waiting for a start slot: %d VM(s) ahead in the queue; at most %d VMs start at once "+
+		"(the operator's --max-concurrent-starts). Restarts go first, then lower spec.startOrder", v.Place-1, v.Max)
+	if v.WarmingUp {
+		msg = fmt.Sprintf("Waiting for a start slot: the operator looks at every VM once before it grants the first "+
+			"(at most %d VMs start at once, --max-concurrent-starts)", v.Max)
+	}
+	setCondition(vm, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonWaitingForStartSlot, msg)
+	if !first {
+		return
+	}
+	sync := "The KubeVirt VirtualMachine is created when the VM's start slot comes"
+	if kv != nil {
+		sync = "The KubeVirt VirtualMachine is left as it is (runStrategy " + string(ptr.Deref(kv.Spec.RunStrategy, "")) +
+			") until the VM's start slot comes: applying the VM now would start it"
+	}
+	setCondition(vm, v1alpha1.ConditionSynced, metav1.ConditionFalse, v1alpha1.ReasonWaitingForStartSlot, sync)
+}

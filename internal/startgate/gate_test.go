@@ -1,0 +1,168 @@
+package startgate
+
+import (
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+)
+
+var t0 = time.Date(2026, 12, 7, 8, 0, 0, 0, time.UTC)
+
+func key(name string) types.NamespacedName { return types.NamespacedName{Namespace: "ns", Name: name} }
+
+// testGate is a primed, warm gate of max slots whose clock the test moves; woken receives what it enqueues.
+func testGate(t *testing.T, max int) (*Gate, *time.Time, chan types.NamespacedName) {
+	t.Helper()
+	now := t0
+	woken := make(chan types.NamespacedName, 100)
+	g := &Gate{Max: max, Clock: func() time.Time { return now }, Enqueue: func(k types.NamespacedName) { woken <- k }}
+	g.Prime(nil)
+	return g, &now, woken
+}
+
+func wantGranted(t *testing.T, g *Gate, name string, tk Ticket) {
+	t.Helper()
+	if v := g.Ask(key(name), tk); !v.Granted {
+		t.Fatalf("%s: not granted: %+v", name, v)
+	}
+}
+
+func wantPlace(t *testing.T, g *Gate, name string, tk Ticket, place int) {
+	t.Helper()
+	v := g.Ask(key(name), tk)
+	if v.Granted || v.Place != place {
+		t.Fatalf("%s: want place %d, got %+v", name, place, v)
+	}
+}
+
+// drain returns the keys enqueued until none came for a moment.
+func drain(woken chan types.NamespacedName) map[string]bool {
+	got := map[string]bool{}
+	for {
+		select {
+		case k := <-woken:
+			got[k.Name] = true
+		case <-time.After(100 * time.Millisecond):
+			return got
+		}
+	}
+}
+
+func TestNoCapGrantsEverything(t *testing.T) {
+	var nilGate *Gate
+	for _, g := range []*Gate{nilGate, {}} {
+		for i := range 3 {
+			if v := g.Ask(key("vm"), Ticket{Order: int32(i)}); !v.Granted {
+				t.Fatalf("gate %+v refused without a cap: %+v", g, v)
+			}
+		}
+		g.Observe(key("vm"), Starting, true) // no bookkeeping, no panic on a nil gate
+	}
+}
+
+func TestCapAndOrder(t *testing.T) {
+	g, _, woken := testGate(t, 2)
+	wantGranted(t, g, "a", Ticket{Order: 5, Since: t0})
+	wantGranted(t, g, "b", Ticket{Order: 5, Since: t0})
+	wantPlace(t, g, "late", Ticket{Order: 9, Since: t0}, 1)
+	wantPlace(t, g, "low", Ticket{Order: 1, Since: t0.Add(time.Hour)}, 1) // lower startOrder goes ahead
+	wantPlace(t, g, "late", Ticket{Order: 9, Since: t0}, 2)
+	wantPlace(t, g, "reboot", Ticket{Restart: true, Order: 100, Since: t0.Add(2 * time.Hour)}, 1) // restarts first
+	wantPlace(t, g, "late", Ticket{Order: 9, Since: t0}, 3)
+
+	// a runs: its slot goes to the first in the queue, which is woken; the others still wait.
+	g.Observe(key("a"), Running, false)
+	if got := drain(woken); len(got) != 1 || !got["reboot"] {
+		t.Fatalf("woken %v, want only reboot", got)
+	}
+	wantPlace(t, g, "low", Ticket{Order: 1, Since: t0.Add(time.Hour)}, 2) // not its turn: reboot is ahead
+	wantGranted(t, g, "reboot", Ticket{Restart: true, Order: 100, Since: t0.Add(2 * time.Hour)})
+	wantPlace(t, g, "low", Ticket{Order: 1, Since: t0.Add(time.Hour)}, 1)
+}
+
+func TestSinceAndNameBreakTies(t *testing.T) {
+	g, _, _ := testGate(t, 1)
+	wantGranted(t, g, "holder", Ticket{})
+	wantPlace(t, g, "newer", Ticket{Since: t0.Add(time.Minute)}, 1)
+	wantPlace(t, g, "older", Ticket{Since: t0}, 1)
+	wantPlace(t, g, "x2", Ticket{Since: t0.Add(time.Second)}, 2)
+	wantPlace(t, g, "x1", Ticket{Since: t0.Add(time.Second)}, 2) // the same Since: by name
+	wantPlace(t, g, "x2", Ticket{Since: t0.Add(time.Second)}, 3)
+	wantPlace(t, g, "newer", Ticket{Since: t0.Add(time.Minute)}, 4)
+}
+
+func TestSlotLifecycle(t *testing.T) {
+	g, now, _ := testGate(t, 1)
+	wantGranted(t, g, "a", Ticket{})
+	wantPlace(t, g, "b", Ticket{}, 1)
+
+	// The pass right after the grant still sees the VM stopped (the cache lags): the slot stays taken.
+	g.Observe(key("a"), Idle, false)
+	wantPlace(t, g, "b", Ticket{}, 1)
+	g.Observe(key("a"), Starting, false)
+	wantPlace(t, g, "b", Ticket{}, 1)
+	// Seen starting, then no longer (its VMI failed to start, say): the slot is given back.
+	g.Observe(key("a"), Idle, false)
+	wantGranted(t, g, "b", Ticket{})
+
+	// A VM never seen starting gives its slot back after Timeout.
+	wantPlace(t, g, "c", Ticket{}, 1)
+	*now = now.Add(DefaultTimeout - time.Second)
+	wantPlace(t, g, "c", Ticket{}, 1)
+	*now = now.Add(time.Second)
+	wantGranted(t, g, "c", Ticket{})
+
+	// A deleted VM gives its slot back.
+	wantPlace(t, g, "d", Ticket{}, 1)
+	g.Forget(key("c"))
+	wantGranted(t, g, "d", Ticket{})
+}
+
+func TestStartsOutsideTheGateTakeSlots(t *testing.T) {
+	g, _, woken := testGate(t, 1)
+	// KubeVirt restarts an AlwaysOn VM by itself: seen starting, it takes the slot.
+	g.Observe(key("kubevirt-restarted"), Starting, false)
+	wantPlace(t, g, "a", Ticket{}, 1)
+	g.Observe(key("kubevirt-restarted"), Running, false)
+	if got := drain(woken); !got["a"] {
+		t.Fatalf("woken %v, want a", got)
+	}
+	wantGranted(t, g, "a", Ticket{})
+}
+
+func TestAVMThatNoLongerAsksLeavesTheQueue(t *testing.T) {
+	g, _, _ := testGate(t, 1)
+	wantGranted(t, g, "a", Ticket{})
+	wantPlace(t, g, "b", Ticket{Order: 1}, 1)
+	wantPlace(t, g, "c", Ticket{Order: 2}, 2)
+	g.Observe(key("b"), Idle, false) // its policy changed to AlwaysOff
+	wantPlace(t, g, "c", Ticket{Order: 2}, 1)
+}
+
+func TestWarmUpWaitsForEveryPrimedVM(t *testing.T) {
+	now := t0
+	g := &Gate{Max: 1, Clock: func() time.Time { return now }}
+	g.Observe(key("looked-before"), Idle, false) // a pass before the first Ask
+	g.Prime([]types.NamespacedName{key("high"), key("low"), key("stopped"), key("looked-before")})
+	// The first VM reconciled after the start wants to start: it waits until every VM was looked at.
+	v := g.Ask(key("high"), Ticket{Order: 10})
+	if v.Granted || !v.WarmingUp {
+		t.Fatalf("granted during the warm-up: %+v", v)
+	}
+	wantPlace(t, g, "low", Ticket{Order: 1}, 1)
+	g.Observe(key("stopped"), Idle, false)
+	// Every VM was looked at: the lowest startOrder gets the slot, not the first that asked.
+	wantPlace(t, g, "high", Ticket{Order: 10}, 2)
+	wantGranted(t, g, "low", Ticket{Order: 1})
+
+	// A VM the reconciler never looks at ends the warm-up after WarmUp.
+	now = t0
+	g = &Gate{Max: 1, Clock: func() time.Time { return now }}
+	g.Prime([]types.NamespacedName{key("a"), key("never")})
+	if v := g.Ask(key("a"), Ticket{}); v.Granted {
+		t.Fatalf("granted during the warm-up: %+v", v)
+	}
+	now = now.Add(WarmUp)
+	wantGranted(t, g, "a", Ticket{})
+}
