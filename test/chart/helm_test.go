@@ -94,7 +94,7 @@ func TestTemplateGolden(t *testing.T) {
 			"image.digest=sha256:" + strings.Repeat("ab", 32), "serviceAccount.create=false", "serviceAccount.name=ops",
 			"rbac.aggregateToDefaultRoles=false", "metrics.serviceMonitor.enabled=true",
 			"metrics.serviceMonitor.labels.release=prometheus", "vmop.ttl=-1s", "vmop.maxPerVM=-1",
-			"restartBackoff.base=1s", "logging.level=debug", "nodeSelector.role=infra",
+			"restartBackoff.base=1s", "maxConcurrentStarts=20", "logging.level=debug", "nodeSelector.role=infra",
 			"prometheusRules.enabled=true", "prometheusRules.labels.release=prometheus",
 			"prometheusRules.alertLabels.team=vms", "prometheusRules.changePending.threshold=1h30m",
 		},
