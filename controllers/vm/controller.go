@@ -200,38 +200,11 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	}
 
 	before := vm.Status.DeepCopy()
-	var syncErr, powerErr error
-	step := policy.PowerStep{Action: policy.PowerAction{Kind: policy.DoNothing}}
-	// A start, first or after a VMI ended, waits for a slot while the operator caps starts (starts.go): a first
-	// start by leaving the KubeVirt VM as it is, a restart by not sending its request (its intent is recorded).
-	turn, askedStart, firstWait := startgate.Verdict{Granted: true}, false, false
-	if vm.DeletionTimestamp == nil {
-		if strategy, current := desiredStrategy(vm, kv, vmi); firstStart(vm, kv, vmi, strategy, current) {
-			if turn, err = r.askStart(ctx, vm, false); err != nil {
-				return ctrl.Result{}, err
-			}
-			askedStart, firstWait = true, !turn.Granted
-		}
-		if turn.Granted {
-			kv, syncErr = r.syncKubeVirtVM(ctx, vm, kv, vmi, kvcfg, sc)
-		}
-		// A failed read for the power step must not drop the status of an apply that succeeded: the step is not
-		// taken, status is written and the error retried after.
-		var in policy.PowerInput
-		if in, powerErr = r.powerInput(ctx, vm, kv, vmi); powerErr == nil {
-			step = policy.Step(in)
-			step.Status.Into(&vm.Status)
-			if d := step.Decided; d != nil {
-				log.Info("VMI ended", "VirtualMachineInstance", klog.KObj(vmi), "source", d.Source, "action", d.Action)
-			}
-			if turn.Granted && r.sendsRestart(req.NamespacedName, kv, vmi, step.Action) {
-				if turn, err = r.askStart(ctx, vm, true); err != nil {
-					return ctrl.Result{}, err
-				}
-				askedStart = true
-			}
-		}
+	p, err := r.decide(ctx, vm, kv, vmi, kvcfg, sc)
+	if err != nil {
+		return ctrl.Result{}, err
 	}
+	kv, step, turn, syncErr, powerErr := p.kv, p.step, p.turn, p.syncErr, p.powerErr
 	if kv != nil && !metav1.IsControlledBy(kv, vm) {
 		// A KubeVirt VM of the same name that is not ours (a name conflict): its state is its owner's business, and
 		// nothing of it shows in this VM's status.
@@ -241,11 +214,11 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	vm.Status.StartQueuePosition = 0
 	var startWait time.Duration
 	if !turn.Granted {
-		waitForStart(vm, turn, kv, firstWait)
+		waitForStart(vm, turn, kv, p.firstWait)
 		step.Action = policy.PowerAction{Kind: policy.DoNothing} // the restart's request waits for the slot
 		startWait = startWaitRecheck
 	}
-	r.observeStart(vm, askedStart)
+	r.observeStart(vm, p.askedStart)
 	var autoOp *v1alpha1.VirtualMachineOperation
 	var autoWait time.Duration
 	if vm.DeletionTimestamp == nil && powerErr == nil && step.Action.Kind == policy.DoNothing {
@@ -304,6 +277,56 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{}, syncErr
 	}
 	return ctrl.Result{RequeueAfter: soonest(step.Requeue, autoWait, ending, startWait)}, nil
+}
+
+// pass is what decide made of a VM: the KubeVirt VM after the apply, the power step, and the start gate's answer.
+type pass struct {
+	kv   *kvv1.VirtualMachine
+	step policy.PowerStep
+	// turn is the start gate's answer; askedStart whether the pass asked it, firstWait whether a first start waits.
+	turn                  startgate.Verdict
+	askedStart, firstWait bool
+	// syncErr is the apply's failure, powerErr the power step's (status is written before either is returned).
+	syncErr, powerErr error
+}
+
+// decide applies the desired KubeVirt VM and takes the power step, of a VM not being deleted. A start, first or
+// after a VMI ended, waits for a slot while the operator caps starts (starts.go): a first start by leaving the
+// KubeVirt VM as it is, a restart by not sending its request (its intent is recorded).
+func (r *Reconciler) decide(ctx context.Context, vm *v1alpha1.VirtualMachine, kv *kvv1.VirtualMachine,
+	vmi *kvv1.VirtualMachineInstance, kvcfg policy.KubeVirtConfig, sc policy.Sidecar) (pass, error) {
+	p := pass{kv: kv, step: policy.PowerStep{Action: policy.PowerAction{Kind: policy.DoNothing}}, turn: startgate.Verdict{Granted: true}}
+	if vm.DeletionTimestamp != nil {
+		return p, nil
+	}
+	var err error
+	if strategy, current := desiredStrategy(vm, kv, vmi); firstStart(vm, kv, vmi, strategy, current) {
+		if p.turn, err = r.askStart(ctx, vm, false); err != nil {
+			return p, err
+		}
+		p.askedStart, p.firstWait = true, !p.turn.Granted
+	}
+	if p.turn.Granted {
+		p.kv, p.syncErr = r.syncKubeVirtVM(ctx, vm, kv, vmi, kvcfg, sc)
+	}
+	// A failed read for the power step must not drop the status of an apply that succeeded: the step is not
+	// taken, status is written and the error retried after.
+	var in policy.PowerInput
+	if in, p.powerErr = r.powerInput(ctx, vm, p.kv, vmi); p.powerErr != nil {
+		return p, nil
+	}
+	p.step = policy.Step(in)
+	p.step.Status.Into(&vm.Status)
+	if d := p.step.Decided; d != nil {
+		ctrl.LoggerFrom(ctx).Info("VMI ended", "VirtualMachineInstance", klog.KObj(vmi), "source", d.Source, "action", d.Action)
+	}
+	if p.turn.Granted && r.sendsRestart(client.ObjectKeyFromObject(vm), p.kv, vmi, p.step.Action) {
+		if p.turn, err = r.askStart(ctx, vm, true); err != nil {
+			return p, err
+		}
+		p.askedStart = true
+	}
+	return p, nil
 }
 
 // mirrorKubeVirt fills the parts of status that follow from the KubeVirt VM and VMI, and returns how long a VMI's end
