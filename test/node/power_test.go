@@ -67,7 +67,12 @@ func stoppedFor(s ...v1alpha1.ShutdownSource) outcome {
 // the second.
 var podGoneSources = []v1alpha1.ShutdownSource{v1alpha1.ShutdownCrash, v1alpha1.ShutdownUnknown}
 
-var restartedByKubeVirt = outcome{phase: v1alpha1.VirtualMachineRunning, vmis: 2}
+// restartedByKubeVirt: runStrategy Always replaces the VMI by itself, and runpolicy records how it ended, from the
+// sidecar's record. virt-controller deletes an ended VMI within milliseconds, so runpolicy may see the deletion with
+// the end: that is KubeVirt replacing the VMI, never a user's stop.
+func restartedByKubeVirt(s ...v1alpha1.ShutdownSource) outcome {
+	return outcome{phase: v1alpha1.VirtualMachineRunning, vmis: 2, sources: s}
+}
 
 // powerCase is one VM of the power matrix.
 type powerCase struct {
@@ -84,10 +89,10 @@ func (c powerCase) name() string {
 
 // powerMatrix is every run policy's end state after each guest event: what runpolicy promises.
 var powerMatrix = []powerCase{
-	{v1alpha1.RunPolicyAlwaysOn, reboot, restartedByKubeVirt},
-	{v1alpha1.RunPolicyAlwaysOn, poweroff, restartedByKubeVirt},
-	{v1alpha1.RunPolicyAlwaysOn, crash, restartedByKubeVirt},
-	{v1alpha1.RunPolicyAlwaysOn, podGone, restartedByKubeVirt},
+	{v1alpha1.RunPolicyAlwaysOn, reboot, restartedByKubeVirt(v1alpha1.ShutdownGuestReset)},
+	{v1alpha1.RunPolicyAlwaysOn, poweroff, restartedByKubeVirt(v1alpha1.ShutdownGuestShutdown)},
+	{v1alpha1.RunPolicyAlwaysOn, crash, restartedByKubeVirt(v1alpha1.ShutdownCrash)},
+	{v1alpha1.RunPolicyAlwaysOn, podGone, restartedByKubeVirt(podGoneSources...)},
 	{v1alpha1.RunPolicyManual, reboot, restartedByRunpolicy(v1alpha1.ShutdownGuestReset)},
 	{v1alpha1.RunPolicyManual, poweroff, stoppedFor(v1alpha1.ShutdownGuestShutdown)},
 	{v1alpha1.RunPolicyManual, crash, stoppedFor(v1alpha1.ShutdownCrash)},
