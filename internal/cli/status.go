@@ -90,6 +90,9 @@ func printStatus(out io.Writer, vm *v1alpha1.VirtualMachine, ops []v1alpha1.Virt
 	if st.RestartNotBefore != nil {
 		fprintf(w, "Next restart:\t%s\n", timeAndAge(st.RestartNotBefore, now))
 	}
+	if st.StartQueuePosition > 0 {
+		fprintf(w, "Start queue:\tplace %d (waiting for a start slot; spec.startOrder %d)\n", st.StartQueuePosition, vm.Spec.StartOrder)
+	}
 	if vm.Generation != 0 && st.ObservedGeneration != vm.Generation {
 		fprintf(w, "Status:\tof generation %d; the spec is at generation %d\n", st.ObservedGeneration, vm.Generation)
 	}

@@ -91,3 +91,21 @@ func TestPrintStatusOperations(t *testing.T) {
 		t.Errorf("got\n%s\nwant it to end with\n%s", b.String(), want)
 	}
 }
+
+// A VM waiting for a start slot shows its place; one that does not wait shows no such line.
+func TestPrintStatusStartQueue(t *testing.T) {
+	vm := &v1alpha1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "ns"}}
+	vm.Spec.RunPolicy, vm.Spec.StartOrder = v1alpha1.RunPolicyAlwaysOn, 2
+	vm.Status.Phase, vm.Status.StartQueuePosition = v1alpha1.VirtualMachinePending, 3
+	var b bytes.Buffer
+	printStatus(&b, vm, nil, nil, time.Now())
+	if want := "Start queue:      place 3 (waiting for a start slot; spec.startOrder 2)\n"; !bytes.Contains(b.Bytes(), []byte(want)) {
+		t.Errorf("got\n%s\nwant a line %q", b.String(), want)
+	}
+	vm.Status.StartQueuePosition = 0
+	b.Reset()
+	printStatus(&b, vm, nil, nil, time.Now())
+	if bytes.Contains(b.Bytes(), []byte("Start queue")) {
+		t.Errorf("a VM that does not wait shows a start queue:\n%s", b.String())
+	}
+}
