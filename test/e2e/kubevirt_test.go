@@ -42,23 +42,6 @@ var _ = Describe("Smaller differences real KubeVirt shows", func() {
 	var ns string
 	BeforeEach(func(ctx SpecContext) { ns = newNamespace(ctx) })
 
-	// Under runStrategy Always virt-controller deletes an ended VMI within milliseconds, so the operator may see the
-	// deletion before (or with) the end: that is KubeVirt replacing it, not a user's stop.
-	It("records an AlwaysOn VM's guest poweroff as such, not as a user's stop", func(ctx SpecContext) {
-		obj := fixture.VM(ns, "on", v1alpha1.RunPolicyAlwaysOn)
-		Expect(k8s.Create(ctx, obj)).To(Succeed())
-		startAndWait(ctx, obj)
-		vmi, err := getVMI(ctx, client.ObjectKeyFromObject(obj))
-		Expect(err).NotTo(HaveOccurred())
-		Expect(node.GuestPoweroff(ctx, ns, "on")).To(Succeed())
-		Eventually(func(g Gomega) {
-			ls := getVM(ctx, g, client.ObjectKeyFromObject(obj)).Status.LastShutdown
-			g.Expect(ls).NotTo(BeNil())
-			g.Expect(ls.VMIUID).To(Equal(string(vmi.UID)))
-			g.Expect(ls.Source).To(Equal(v1alpha1.ShutdownGuestShutdown))
-		}).Should(Succeed())
-	})
-
 	// KubeVirt's VM mutator and virt-controller may add their defaults (machine type, architecture, from v1.9 the
 	// firmware UUID and serial) to the VM's spec: those are not foreign changes to revert.
 	It("keeps KubeVirt's own defaults on the KubeVirt VM and reverts a user's direct change", func(ctx SpecContext) {
