@@ -87,6 +87,7 @@ func startQueue(t *testing.T, env *cluster.Env, admin client.Client, helmArgs []
 
 	t.Log("the waiting VMs said so, a first in the queue, with their KubeVirt VMs Halted; none does now")
 	got, bad := seen.get()
+	t.Logf("waiting statuses seen (place, KubeVirt runStrategy): %v", got)
 	g.Expect(bad).To(BeEmpty())
 	g.Expect(got["first"]).To(BeEmpty(), "first never waited: %v", got)
 	g.Expect(got["a"]).To(ContainElement(waitingAt{place: 1, strategy: kvv1.RunStrategyHalted}), "%v", got)
