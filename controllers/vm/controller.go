@@ -300,14 +300,15 @@ func (r *Reconciler) decide(ctx context.Context, vm *v1alpha1.VirtualMachine, kv
 		return p, nil
 	}
 	var err error
-	if strategy, current := desiredStrategy(vm, kv, vmi); firstStart(vm, kv, vmi, strategy, current) {
+	strategy, current := desiredStrategy(vm, kv, vmi)
+	if r.Starts.Enabled() && firstStart(vm, kv, vmi, strategy, current) {
 		if p.turn, err = r.askStart(ctx, vm, false); err != nil {
 			return p, err
 		}
 		p.askedStart, p.firstWait = true, !p.turn.Granted
 	}
 	if p.turn.Granted {
-		p.kv, p.syncErr = r.syncKubeVirtVM(ctx, vm, kv, vmi, kvcfg, sc)
+		p.kv, p.syncErr = r.syncKubeVirtVM(ctx, vm, kv, strategy, current, kvcfg, sc)
 	}
 	// A failed read for the power step must not drop the status of an apply that succeeded: the step is not
 	// taken, status is written and the error retried after.
@@ -320,7 +321,7 @@ func (r *Reconciler) decide(ctx context.Context, vm *v1alpha1.VirtualMachine, kv
 	if d := p.step.Decided; d != nil {
 		ctrl.LoggerFrom(ctx).Info("VMI ended", "VirtualMachineInstance", klog.KObj(vmi), "source", d.Source, "action", d.Action)
 	}
-	if p.turn.Granted && r.sendsRestart(client.ObjectKeyFromObject(vm), p.kv, vmi, p.step.Action) {
+	if r.Starts.Enabled() && p.turn.Granted && r.sendsRestart(client.ObjectKeyFromObject(vm), p.kv, vmi, p.step.Action) {
 		if p.turn, err = r.askStart(ctx, vm, true); err != nil {
 			return p, err
 		}
@@ -378,10 +379,10 @@ type transientError struct{ error }
 
 func (e transientError) Unwrap() error { return e.error }
 
-// syncKubeVirtVM applies the desired KubeVirt VM and records the Synced condition. It returns the KubeVirt VM as
-// the server has it afterwards.
+// syncKubeVirtVM applies the desired KubeVirt VM, on runStrategy strategy (current is the one kv has:
+// desiredStrategy), and records the Synced condition. It returns the KubeVirt VM as the server has it afterwards.
 func (r *Reconciler) syncKubeVirtVM(ctx context.Context, vm *v1alpha1.VirtualMachine, kv *kvv1.VirtualMachine,
-	vmi *kvv1.VirtualMachineInstance, kvcfg policy.KubeVirtConfig, sc policy.Sidecar) (*kvv1.VirtualMachine, error) {
+	strategy, current kvv1.VirtualMachineRunStrategy, kvcfg policy.KubeVirtConfig, sc policy.Sidecar) (*kvv1.VirtualMachine, error) {
 	log := ctrl.LoggerFrom(ctx)
 
 	adopting := false
@@ -394,8 +395,6 @@ func (r *Reconciler) syncKubeVirtVM(ctx context.Context, vm *v1alpha1.VirtualMac
 		}
 		adopting = true
 	}
-
-	strategy, current := desiredStrategy(vm, kv, vmi)
 
 	hookImage := ""
 	if sc.Add {
