@@ -3,6 +3,7 @@ package vm
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -93,7 +94,8 @@ func waitForStart(vm *v1alpha1.VirtualMachine, v startgate.Verdict, kv *kvv1.Vir
 	vm.Status.Phase = v1alpha1.VirtualMachinePending
 	vm.Status.StartQueuePosition = int32(v.Place)
 	msg := fmt.Sprintf("Waiting for a start slot: %d VM(s) ahead in the queue; at most %d VMs start at once "+
-		"(the operator's --max-concurrent-starts). Restarts go first, then lower spec.startOrder", v.Place-1, v.Max)
+		"(the operator's --max-concurrent-starts)%s. Restarts go first, then lower spec.startOrder", v.Place-1, v.Max,
+		holders(v))
 	if v.WarmingUp {
 		msg = fmt.Sprintf("Waiting for a start slot: the operator looks at every VM once before it grants the first "+
 			"(at most %d VMs start at once, --max-concurrent-starts)", v.Max)
@@ -108,4 +110,20 @@ func waitForStart(vm *v1alpha1.VirtualMachine, v startgate.Verdict, kv *kvv1.Vir
 			") until the VM's start slot comes: applying the VM now would start it"
 	}
 	setCondition(vm, v1alpha1.ConditionSynced, metav1.ConditionFalse, v1alpha1.ReasonWaitingForStartSlot, sync)
+}
+
+// holders says which VMs hold the start slots a waiting VM waits for: ", starting now: ns/a, ns/b and 3 more".
+func holders(v startgate.Verdict) string {
+	if len(v.Holders) == 0 {
+		return ""
+	}
+	names := make([]string, len(v.Holders))
+	for i, h := range v.Holders {
+		names[i] = h.String()
+	}
+	s := ", starting now: " + strings.Join(names, ", ")
+	if more := v.InUse - len(v.Holders); more > 0 {
+		s += fmt.Sprintf(" and %d more", more)
+	}
+	return s
 }

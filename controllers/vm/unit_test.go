@@ -7,6 +7,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
 	"github.com/runpolicy/runpolicy/internal/shutdown"
+	"github.com/runpolicy/runpolicy/internal/startgate"
 )
 
 func TestWithHookSidecar(t *testing.T) {
@@ -342,6 +344,28 @@ func TestHookSidecarAnnotationChecked(t *testing.T) {
 	for _, hook := range []string{"", "example/hook:1"} {
 		if _, err := desiredKubeVirtVM(vm, kvv1.RunStrategyManual, hook, false); err == nil {
 			t.Errorf("hook image %q: a malformed user annotation was applied", hook)
+		}
+	}
+}
+
+// A VM waiting for a start slot says which VMs hold the slots, up to startgate.ShownHolders and how many more.
+func TestWaitForStartNamesHolders(t *testing.T) {
+	held := []types.NamespacedName{{Namespace: "a", Name: "x"}, {Namespace: "b", Name: "y"}, {Namespace: "c", Name: "z"}}
+	cases := []struct {
+		v    startgate.Verdict
+		want string
+	}{
+		{startgate.Verdict{Place: 2, InUse: 5, Max: 5, Holders: held},
+			"1 VM(s) ahead in the queue; at most 5 VMs start at once (the operator's --max-concurrent-starts), " +
+				"starting now: a/x, b/y, c/z and 2 more."},
+		{startgate.Verdict{Place: 1, InUse: 1, Max: 1, Holders: held[:1]}, "--max-concurrent-starts), starting now: a/x."},
+	}
+	for _, c := range cases {
+		vm := &v1alpha1.VirtualMachine{}
+		waitForStart(vm, c.v, nil, true)
+		ready := meta.FindStatusCondition(vm.Status.Conditions, v1alpha1.ConditionReady)
+		if ready == nil || !strings.Contains(ready.Message, c.want) || vm.Status.StartQueuePosition != int32(c.v.Place) {
+			t.Errorf("%+v: Ready %+v, place %d; want a message with %q", c.v, ready, vm.Status.StartQueuePosition, c.want)
 		}
 	}
 }

@@ -196,7 +196,9 @@ func Step(in PowerInput) PowerStep {
 			st.RestartCount++
 		}
 	}
-	if kv == nil || !in.Managed || vmi == nil || !vmi.IsFinal() {
+	// A KubeVirt VM being deleted (its namespace goes, or someone deletes it) serves no request: its VMI's end is
+	// neither restarted nor recorded. Once it is gone, the VM is as one whose KubeVirt VM was never created.
+	if kv == nil || kv.DeletionTimestamp != nil || !in.Managed || vmi == nil || !vmi.IsFinal() {
 		return s
 	}
 	uid := string(vmi.UID)

@@ -88,6 +88,19 @@ func TestStep(t *testing.T) {
 		{name: "a KubeVirt VM that is not ours is never acted on", policy: v1alpha1.RunPolicyManual, kv: manual, notOurs: true,
 			vmi: vmi(cur, kvv1.Succeeded), cause: shutdown.CauseGuestReset, want: want{action: DoNothing}},
 		{name: "no VMI", policy: v1alpha1.RunPolicyManual, kv: manual, want: want{action: DoNothing}},
+		{name: "a KubeVirt VM being deleted (its namespace goes): a failed VMI is neither restarted nor recorded",
+			policy: v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, kv: func() *kvv1.VirtualMachine {
+				k := kubeVirt(kvv1.RunStrategyManual)
+				k.DeletionTimestamp = &metav1.Time{Time: now}
+				return k
+			}(), vmi: vmi(cur, kvv1.Failed), want: want{action: DoNothing}},
+		{name: "a KubeVirt VM being deleted: a recorded restart is not sent", policy: v1alpha1.RunPolicyManual,
+			kv: func() *kvv1.VirtualMachine {
+				k := kubeVirt(kvv1.RunStrategyManual)
+				k.DeletionTimestamp = &metav1.Time{Time: now}
+				return k
+			}(), vmi: vmi(cur, kvv1.Succeeded), status: Bookkeeping{RestartingVMIUID: cur},
+			want: want{status: Bookkeeping{RestartingVMIUID: cur}, action: DoNothing}},
 		{name: "a running VMI", policy: v1alpha1.RunPolicyManual, kv: running, vmi: vmi(cur, kvv1.Running),
 			want: want{action: DoNothing}},
 

@@ -55,7 +55,12 @@ type Verdict struct {
 	Waiting, InUse, Max int
 	// WarmingUp: nothing is granted yet, the gate waits for every VM to have been looked at once.
 	WarmingUp bool
+	// Holders names the VMs that hold slots, when not granted: the first ShownHolders by namespace and name.
+	Holders []types.NamespacedName
 }
+
+// ShownHolders is how many of the VMs holding slots a Verdict names.
+const ShownHolders = 3
 
 // Phase is what the reconciler saw of a VM after its pass, for the gate's bookkeeping.
 type Phase int
@@ -158,7 +163,20 @@ func (g *Gate) Ask(key types.NamespacedName, t Ticket) Verdict {
 		return Verdict{Granted: true, InUse: len(g.slots), Max: g.Max}
 	}
 	g.wake() // the VMs ahead of it, should a slot be free for them
-	return Verdict{Place: place + 1, Waiting: len(queue), InUse: len(g.slots), Max: g.Max, WarmingUp: !g.warm}
+	return Verdict{Place: place + 1, Waiting: len(queue), InUse: len(g.slots), Max: g.Max, WarmingUp: !g.warm,
+		Holders: g.holders()}
+}
+
+// holders is the first ShownHolders of the VMs holding slots, by namespace and name.
+func (g *Gate) holders() []types.NamespacedName {
+	h := make([]types.NamespacedName, 0, len(g.slots))
+	for k := range g.slots {
+		h = append(h, k)
+	}
+	slices.SortFunc(h, func(a, b types.NamespacedName) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	return h[:min(len(h), ShownHolders)]
 }
 
 // Observe records what a pass saw of the VM key: asked tells whether it asked for a slot in that pass (a VM that no

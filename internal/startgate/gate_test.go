@@ -166,3 +166,28 @@ func TestWarmUpWaitsForEveryPrimedVM(t *testing.T) {
 	now = now.Add(WarmUp)
 	wantGranted(t, g, "a", Ticket{})
 }
+
+// A waiting VM is told which VMs hold the slots: the first ShownHolders by namespace and name.
+func TestHolders(t *testing.T) {
+	g, _, _ := testGate(t, 4)
+	for _, n := range []string{"d", "b", "c"} {
+		wantGranted(t, g, n, Ticket{})
+	}
+	g.Observe(types.NamespacedName{Namespace: "aa", Name: "z"}, Starting, false) // started without the gate
+	v := g.Ask(key("late"), Ticket{})
+	if v.Granted || v.InUse != 4 {
+		t.Fatalf("want waiting with 4 slots in use, got %+v", v)
+	}
+	want := []types.NamespacedName{{Namespace: "aa", Name: "z"}, key("b"), key("c")}
+	if len(v.Holders) != len(want) {
+		t.Fatalf("holders %v, want %v", v.Holders, want)
+	}
+	for i := range want {
+		if v.Holders[i] != want[i] {
+			t.Fatalf("holders %v, want %v", v.Holders, want)
+		}
+	}
+	if v := g.Ask(key("d"), Ticket{}); !v.Granted || v.Holders != nil {
+		t.Fatalf("a granted verdict names no holders: %+v", v)
+	}
+}

@@ -14,7 +14,11 @@ import (
 
 	. "github.com/onsi/gomega"
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/utils/ptr"
 	kvv1 "kubevirt.io/api/core/v1"
@@ -34,6 +38,12 @@ import (
 func startQueue(t *testing.T, env *cluster.Env, admin client.Client, helmArgs []string) {
 	g, ns := subtest(t, admin, "starts", 4*time.Minute)
 	ctx := t.Context()
+
+	// The cap is cluster-wide: a VM of an earlier subtest whose namespace is still being deleted may be starting
+	// (runpolicy restarts a VMI the namespace controller's pod deletion ended, until its KubeVirt VM is deleted too)
+	// and hold the one slot.
+	t.Log("the namespaces earlier subtests deleted are gone")
+	namespacesGone(ctx, g, admin)
 
 	t.Log("four AlwaysOff VMs: first, then a, b and c with startOrder 1, 2 and 3")
 	order := []string{"first", "a", "b", "c"}
@@ -90,7 +100,7 @@ func startQueue(t *testing.T, env *cluster.Env, admin client.Client, helmArgs []
 	t.Logf("waiting statuses seen (place, KubeVirt runStrategy): %v", got)
 	g.Expect(bad).To(BeEmpty())
 	for _, w := range got["first"] {
-		g.Expect(w.warmingUp).To(BeTrue(), "first waited for another VM: %v", got) // only for the operator's warm-up
+		g.Expect(w.warmingUp).To(BeTrue(), "first waited for another VM: %v", seen.messages("first")) // only for the operator's warm-up
 	}
 	g.Expect(got["a"]).To(ContainElement(waitingAt{place: 1, strategy: kvv1.RunStrategyHalted}), "%v", got)
 	for _, name := range []string{"b", "c"} {
@@ -106,6 +116,110 @@ func startQueue(t *testing.T, env *cluster.Env, admin client.Client, helmArgs []
 		g.Expect(meta.IsStatusConditionTrue(vm.Status.Conditions, v1alpha1.ConditionSynced)).To(BeTrue())
 	}
 	g.Expect(admin.Delete(ctx, ns)).To(Succeed()) // its guests would slow the subtests that follow
+
+	t.Run("a restart goes first", func(t *testing.T) { restartQueue(t, env, admin) })
+}
+
+// namespacesGone waits until no namespace is being deleted.
+func namespacesGone(ctx context.Context, g Gomega, admin client.Client) {
+	g.Eventually(func(g Gomega) {
+		var nss corev1.NamespaceList
+		g.Expect(admin.List(ctx, &nss)).To(Succeed())
+		for _, n := range nss.Items {
+			g.Expect(n.Status.Phase).NotTo(Equal(corev1.NamespaceTerminating), n.Name)
+		}
+	}).Should(Succeed())
+}
+
+// restartQueue runs, under a cap of one, a restart after a reset while the one slot is held: VM held starts and
+// stays starting (its PVC waits for a provisioner that never comes, so the scheduler holds its launcher pod), VM
+// queued waits for a first start, and VM rebooter, running since before, is reset from outside. Its restart waits
+// (phase Pending, WaitingForStartSlot, place 1, ahead of queued; its ended VMI kept, no Start sent to KubeVirt) and
+// is made once held is deleted, exactly once, before queued starts.
+func restartQueue(t *testing.T, env *cluster.Env, admin client.Client) {
+	g, ns := subtest(t, admin, "restarts", 4*time.Minute)
+	ctx := t.Context()
+	namespacesGone(ctx, g, admin)
+
+	t.Log("rebooter, AlwaysOnUntilStoppedManually, runs")
+	rebooter := guest.VM(ns.Name, "rebooter", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, guestImage, "hang")
+	g.Expect(admin.Create(ctx, rebooter)).To(Succeed())
+	rkey := client.ObjectKeyFromObject(rebooter)
+	ended := runningVMI(ctx, g, admin, rkey, "")
+
+	t.Log("held starts and stays starting: its PVC's StorageClass binds at first consumer, and no provisioner serves it")
+	sc := &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: ns.Name + "-never"}, Provisioner: "runpolicy.test/never",
+		VolumeBindingMode: ptr.To(storagev1.VolumeBindingWaitForFirstConsumer)}
+	g.Expect(admin.Create(ctx, sc)).To(Succeed())
+	t.Cleanup(func() { _ = admin.Delete(context.Background(), sc) })
+	pvc := &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: "held"},
+		Spec: corev1.PersistentVolumeClaimSpec{StorageClassName: ptr.To(sc.Name),
+			AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			Resources:   corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}}}}
+	g.Expect(admin.Create(ctx, pvc)).To(Succeed())
+	held := guest.VM(ns.Name, "held", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, guestImage, "hang")
+	spec := &held.Spec.Template.Spec
+	spec.Domain.Devices.Disks = append(spec.Domain.Devices.Disks, kvv1.Disk{Name: "held",
+		DiskDevice: kvv1.DiskDevice{Disk: &kvv1.DiskTarget{Bus: kvv1.DiskBusVirtio}}})
+	spec.Volumes = append(spec.Volumes, kvv1.Volume{Name: "held", VolumeSource: kvv1.VolumeSource{
+		PersistentVolumeClaim: &kvv1.PersistentVolumeClaimVolumeSource{
+			PersistentVolumeClaimVolumeSource: corev1.PersistentVolumeClaimVolumeSource{ClaimName: pvc.Name}}}})
+	g.Expect(admin.Create(ctx, held)).To(Succeed())
+	hkey := client.ObjectKeyFromObject(held)
+	g.Eventually(func(g Gomega) {
+		g.Expect(admin.Get(ctx, hkey, held)).To(Succeed())
+		g.Expect(held.Status.Phase).To(Equal(v1alpha1.VirtualMachineStarting))
+		g.Expect(held.Status.PrintableStatus).To(Equal(string(kvv1.VirtualMachineStatusWaitingForVolumeBinding)))
+	}).Should(Succeed())
+
+	t.Log("queued, a first start, waits for held's slot")
+	queued := guest.VM(ns.Name, "queued", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, guestImage, "hang")
+	g.Expect(admin.Create(ctx, queued)).To(Succeed())
+	qkey := client.ObjectKeyFromObject(queued)
+	waiting := func(key client.ObjectKey, place int32) func(g Gomega) {
+		return func(g Gomega) {
+			vm := &v1alpha1.VirtualMachine{}
+			g.Expect(admin.Get(ctx, key, vm)).To(Succeed())
+			g.Expect(vm.Status.Phase).To(Equal(v1alpha1.VirtualMachinePending))
+			g.Expect(vm.Status.StartQueuePosition).To(Equal(place))
+			ready := meta.FindStatusCondition(vm.Status.Conditions, v1alpha1.ConditionReady)
+			g.Expect(ready).NotTo(BeNil())
+			g.Expect(ready.Reason).To(Equal(v1alpha1.ReasonWaitingForStartSlot))
+			g.Expect(ready.Message).To(ContainSubstring("starting now: " + hkey.String()))
+		}
+	}
+	g.Eventually(waiting(qkey, 1)).Should(Succeed())
+
+	t.Log("virtctl reset rebooter: its restart waits, first in the queue, ahead of queued")
+	virtctl(ctx, g, env, "reset", rebooter.Name, "-n", ns.Name)
+	g.Eventually(waiting(rkey, 1)).Should(Succeed())
+	g.Eventually(waiting(qkey, 2), time.Minute).Should(Succeed()) // queued's place is rewritten at its recheck
+	g.Consistently(func(g Gomega) {
+		vm := &v1alpha1.VirtualMachine{}
+		g.Expect(admin.Get(ctx, rkey, vm)).To(Succeed())
+		g.Expect(vm.Status.LastShutdown).NotTo(BeNil())
+		g.Expect(vm.Status.LastShutdown.VMIUID).To(Equal(string(ended.UID)))
+		g.Expect(vm.Status.LastShutdown.Source).To(Equal(v1alpha1.ShutdownHostReset))
+		kv := &kvv1.VirtualMachine{}
+		g.Expect(admin.Get(ctx, rkey, kv)).To(Succeed())
+		g.Expect(kv.Status.StateChangeRequests).To(BeEmpty(), "no restart request sent while the slot is held")
+		vmi := &kvv1.VirtualMachineInstance{}
+		g.Expect(admin.Get(ctx, rkey, vmi)).To(Succeed())
+		g.Expect(vmi.UID).To(Equal(ended.UID))
+		g.Expect(vmi.IsFinal()).To(BeTrue())
+		g.Expect(admin.Get(ctx, qkey, &kvv1.VirtualMachine{})).NotTo(Succeed(), "queued's KubeVirt VM waits to be created")
+	}, 5*time.Second).Should(Succeed())
+
+	t.Log("held deleted: rebooter is restarted, once; then queued starts")
+	g.Expect(admin.Delete(ctx, held)).To(Succeed())
+	second := runningVMI(ctx, g, admin, rkey, ended.UID)
+	vm := &v1alpha1.VirtualMachine{}
+	g.Expect(admin.Get(ctx, rkey, vm)).To(Succeed())
+	g.Expect(vm.Status.RestartCount).To(Equal(int32(1)))
+	q := runningVMI(ctx, g, admin, qkey, "")
+	g.Expect(q.CreationTimestamp.Time).NotTo(BeTemporally("<", runningSince(second)),
+		"queued's VMI was created before rebooter's restart ran: two VMs started at once under a cap of one")
+	g.Expect(admin.Delete(ctx, ns)).To(Succeed())
 }
 
 // runningSince is when the VMI entered phase Running, as KubeVirt recorded it (zero: never).
@@ -149,6 +263,15 @@ type waitingSeen struct {
 	mu  sync.Mutex
 	got map[string][]waitingAt
 	bad []string
+	// msgs are the Ready messages of the waiting statuses, per VM.
+	msgs map[string][]string
+}
+
+// messages returns the Ready messages of the waiting statuses seen of the VM name.
+func (w *waitingSeen) messages(name string) []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.msgs[name])
 }
 
 // get returns the waiting statuses seen per VM, and those that said it badly.
@@ -174,7 +297,7 @@ func watchWaiting(ctx context.Context, t *testing.T, env *cluster.Env, ns string
 	if err != nil {
 		t.Fatal(err)
 	}
-	seen := &waitingSeen{got: map[string][]waitingAt{}}
+	seen := &waitingSeen{got: map[string][]waitingAt{}, msgs: map[string][]string{}}
 	go func() {
 		for ev := range w.ResultChan() {
 			vm, ok := ev.Object.(*v1alpha1.VirtualMachine)
@@ -198,6 +321,7 @@ func watchWaiting(ctx context.Context, t *testing.T, env *cluster.Env, ns string
 			seen.mu.Lock()
 			seen.got[vm.Name] = append(seen.got[vm.Name], waitingAt{place: vm.Status.StartQueuePosition,
 				strategy: ptr.Deref(kv.Spec.RunStrategy, ""), warmingUp: strings.Contains(ready.Message, "looks at every VM once")})
+			seen.msgs[vm.Name] = append(seen.msgs[vm.Name], ready.Message)
 			if bad != "" && ctx.Err() == nil {
 				seen.bad = append(seen.bad, bad)
 			}
