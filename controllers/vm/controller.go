@@ -321,7 +321,7 @@ func (r *Reconciler) decide(ctx context.Context, vm *v1alpha1.VirtualMachine, kv
 	if d := p.step.Decided; d != nil {
 		ctrl.LoggerFrom(ctx).Info("VMI ended", "VirtualMachineInstance", klog.KObj(vmi), "source", d.Source, "action", d.Action)
 	}
-	if r.Starts.Enabled() && p.turn.Granted && r.sendsRestart(client.ObjectKeyFromObject(vm), p.kv, vmi, p.step.Action) {
+	if r.Starts.Enabled() && p.turn.Granted && restartNeedsSlot(vm, vmi) {
 		if p.turn, err = r.askStart(ctx, vm, true); err != nil {
 			return p, err
 		}

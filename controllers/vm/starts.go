@@ -32,18 +32,14 @@ func firstStart(vm *v1alpha1.VirtualMachine, kv *kvv1.VirtualMachine, vmi *kvv1.
 	return kv == nil || (metav1.IsControlledBy(kv, vm) && current != kvv1.RunStrategyAlways)
 }
 
-// sendsRestart tells whether the power step may send a restart's request in this pass: a restart just decided, or a
-// recorded one this process has not sent whose ended VMI KubeVirt still holds with no request.
-func (r *Reconciler) sendsRestart(key types.NamespacedName, kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance,
-	a policy.PowerAction) bool {
-	switch a.Kind {
-	case policy.DoRestart:
-		return true
-	case policy.DoVerify:
-		sent, _ := r.sent.Load(key)
-		return sent != a.VMIUID && policy.PendingRestart(kv, vmi, types.UID(a.VMIUID)) == policy.RestartSend
-	}
-	return false
+// restartNeedsSlot tells whether vm waits on a restart runpolicy recorded and KubeVirt has not taken: the ended VMI it
+// restarts is still there. It is asked in every such pass, whether or not the pass sends the restart's request
+// (virt-controller may not have seen the VMI end yet): status reads such a VM Starting, and a VM seen Starting
+// without a slot would take one past the cap, as a start made without the gate. Ask keeps a holder's slot and a
+// waiting VM's place.
+func restartNeedsSlot(vm *v1alpha1.VirtualMachine, vmi *kvv1.VirtualMachineInstance) bool {
+	uid := vm.Status.RestartingVMIUID
+	return uid != "" && policy.StillEnded(vmi, types.UID(uid))
 }
 
 // askStart asks the start gate for a slot for vm; restart says it is a restart after its VMI ended. The VMs wait in

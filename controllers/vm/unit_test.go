@@ -369,3 +369,38 @@ func TestWaitForStartNamesHolders(t *testing.T) {
 		}
 	}
 }
+
+// A recorded restart needs a start slot while its ended VMI is there, also before virt-controller has seen the VMI
+// end (its finalizer still on it): status reads the VM Starting then, and without asking the VM would take a slot
+// past the cap as a start made without the gate.
+func TestRestartNeedsSlot(t *testing.T) {
+	const ended = "vmi-1"
+	vmi := func(uid string, phase kvv1.VirtualMachineInstancePhase, opts ...func(*kvv1.VirtualMachineInstance)) *kvv1.VirtualMachineInstance {
+		v := &kvv1.VirtualMachineInstance{ObjectMeta: metav1.ObjectMeta{UID: types.UID(uid)}, Status: kvv1.VirtualMachineInstanceStatus{Phase: phase}}
+		for _, o := range opts {
+			o(v)
+		}
+		return v
+	}
+	unseen := func(v *kvv1.VirtualMachineInstance) { v.Finalizers = []string{kvv1.VirtualMachineControllerFinalizer} }
+	deleting := func(v *kvv1.VirtualMachineInstance) { v.DeletionTimestamp = &metav1.Time{Time: time.Now()} }
+	cases := []struct {
+		name       string
+		restarting string
+		vmi        *kvv1.VirtualMachineInstance
+		want       bool
+	}{
+		{"no restart recorded", "", vmi(ended, kvv1.Succeeded), false},
+		{"recorded, the ended VMI there", ended, vmi(ended, kvv1.Succeeded), true},
+		{"recorded, virt-controller has not seen the end yet", ended, vmi(ended, kvv1.Failed, unseen), true},
+		{"recorded, KubeVirt deletes the ended VMI: it took the restart", ended, vmi(ended, kvv1.Succeeded, deleting), false},
+		{"recorded, KubeVirt runs the new VMI", ended, vmi("vmi-2", kvv1.Scheduling), false},
+		{"recorded, no VMI", ended, nil, false},
+	}
+	for _, c := range cases {
+		vm := &v1alpha1.VirtualMachine{Status: v1alpha1.VirtualMachineStatus{RestartingVMIUID: c.restarting}}
+		if got := restartNeedsSlot(vm, c.vmi); got != c.want {
+			t.Errorf("%s: got %v, want %v", c.name, got, c.want)
+		}
+	}
+}
