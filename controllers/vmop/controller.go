@@ -42,6 +42,8 @@ const (
 	EventSignalFailed = "SignalFailed"
 	EventCompleted    = "Completed"
 	EventFailed       = "Failed"
+	// EventStoppedAgain: a Stop in progress stopped a VMI that started after its signal.
+	EventStoppedAgain = "StoppedAgain"
 )
 
 // Reconciler drives VirtualMachineOperations.
@@ -297,6 +299,8 @@ func (r *Reconciler) followSignal(ctx context.Context, op *v1alpha1.VirtualMachi
 		// A Start written after this Stop's signal (a superseded Restart's or Start's that was already on its
 		// way): KubeVirt would serve it once the VMI is gone.
 		return r.dropStarts(ctx, op, in.kv)
+	case t == v1alpha1.OperationStop && Overtaken(target, view) && !r.expired(op, now):
+		return r.stopAgain(ctx, op)
 	case r.timeout() > 0 && op.Status.SignalSentTime != nil:
 		// Without a limit, an operation whose target state never comes (a VMI that cannot be scheduled, a
 		// Start whose VMI keeps failing) would hold the VM's queue for good.
@@ -402,6 +406,32 @@ func (r *Reconciler) signalSent(op *v1alpha1.VirtualMachineOperation, vm *v1alph
 		fmt.Sprintf("KubeVirt accepted the request to %s VirtualMachine %s", verb(op), vm.Name))
 	setCondition(op, v1alpha1.OperationConditionCompleted, metav1.ConditionFalse, v1alpha1.OperationReasonInProgress,
 		fmt.Sprintf("Waiting for KubeVirt to report that VirtualMachine %s %s", vm.Name, goal(ActionOf(op))))
+}
+
+// stopAgain sends an in-progress Stop's stop again, for a VMI that appeared after its signal (Overtaken), as read
+// uncached. Nothing is recorded: the stop shows in KubeVirt (a Stop request for that VMI, or its deletion), which
+// the next pass reads, so a crash after the call sends nothing twice.
+func (r *Reconciler) stopAgain(ctx context.Context, op *v1alpha1.VirtualMachineOperation) (ctrl.Result, error) {
+	in, ok, err := r.freshInputs(ctx, op)
+	if err != nil || !ok {
+		return ctrl.Result{RequeueAfter: retrySoon}, err
+	}
+	view := ViewOf(in.kv, in.vmi)
+	if !Overtaken(types.UID(op.Status.TargetVMIUID), view) {
+		return ctrl.Result{RequeueAfter: retrySoon}, nil // the cache was behind: decide again
+	}
+	ns, name := op.Namespace, op.Spec.VirtualMachineName
+	ctrl.LoggerFrom(ctx).Info("A VMI started after the stop was sent; stopping it too", "VirtualMachine", klog.KRef(ns, name),
+		"VirtualMachineInstance", view.VMIUID, "targetVMI", op.Status.TargetVMIUID, "force", op.Spec.Force)
+	if err := r.Lifecycle.Stop(ctx, ns, name, op.Spec.Force); err != nil {
+		return ctrl.Result{}, err // retried with backoff until the timeout
+	}
+	if r.Recorder != nil {
+		r.Recorder.Eventf(op, nil, corev1.EventTypeNormal, EventStoppedAgain, "Stop", "VMI %s started after the stop of "+
+			"VirtualMachine %s was sent (KubeVirt served a Start the stop had removed, or someone started it): stopped it too",
+			view.VMIUID, name)
+	}
+	return ctrl.Result{RequeueAfter: retrySoon}, nil
 }
 
 // dropStarts removes the Start requests KubeVirt holds for the VM of a Stop, tested on the requests as read (kv), and

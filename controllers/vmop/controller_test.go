@@ -470,6 +470,36 @@ var _ = Describe("VirtualMachineOperation", func() {
 		Eventually(count("vm2")).Should(BeZero())
 	})
 
+	It("stops a VMI that starts after its Stop was sent, and completes once the VM is stopped", func(ctx SpecContext) {
+		// virt-controller serves Start requests from its informer's copy of the VM: a Start a Stop removed through
+		// the API server may still be served after the Stop saw the VM stopped (test/e2e "A Stop operation during
+		// runpolicy's restart" met it in CI). A start that overtakes the Stop looks the same to the Stop.
+		createVM(ctx, ns, "vm1", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)
+		first := runningVMI(ctx, ns, "vm1")
+		vmis := node.VMIsCreated(ns, "vm1")
+		suiteOp.stop()
+		started := make(chan struct{})
+		op := startOperator(overtakingLifecycle{Interface: lc, started: started}, nil)
+		DeferCleanup(func() { op.stop(); suiteOp = startOperator(lc, nil) })
+		createOp(ctx, ns, "stop", "vm1", stop, false)
+		Eventually(started, time.Minute).Should(BeClosed())
+
+		By("stopping the VMI that started after the signal too")
+		done := finished(ctx, ns, "stop")
+		expectCompleted(done)
+		Expect(done.Status.TargetVMIUID).To(Equal(string(first.UID)))
+		stoppedVM(ctx, ns, "vm1")
+		Consistently(vmPhase(ctx, ns, "vm1"), "2s").Should(Equal(v1alpha1.VirtualMachineStopped))
+		Expect(node.VMIsCreated(ns, "vm1")).To(Equal(vmis+1), "the overtaking start's VMI only")
+		var stops []kubevirt.Call
+		for _, c := range node.CallsFor(ns, "vm1") {
+			if c.Action == "stop" && c.Code == http.StatusAccepted {
+				stops = append(stops, c)
+			}
+		}
+		Expect(stops).To(HaveLen(2), "one stop per VMI")
+	})
+
 	Context("exactly once across an operator restart", func() {
 		var before *kvv1.VirtualMachineInstance
 		var vmis int

@@ -366,6 +366,15 @@ func SignalAction(t v1alpha1.VirtualMachineOperationType, force bool, target typ
 	return Send
 }
 
+// Overtaken tells whether a VMI appeared after a Stop's signal that nothing stops: an active VMI other than target,
+// with no Stop request for it and no Start pending (a pending Start is removed first). virt-controller serves Start
+// requests from its informer's copy of the VM, so a Start that the Stop removed through the API server may still be
+// served after the Stop saw the VM stopped; a user's start while the Stop is in progress shows the same. The Stop
+// stops that VMI too: until it completes or times out, the user's stop wins.
+func Overtaken(target types.UID, v KubeVirtView) bool {
+	return v.VMI == VMIActive && v.VMIUID != target && !v.StartRequested && !slices.Contains(v.StopRequestedFor, v.VMIUID)
+}
+
 // Done tells whether KubeVirt reports the operation's target state: Start — a VMI other than target is Running;
 // Stop — no VMI is left running and no Start is pending (KubeVirt would serve it); Restart — a VMI other than the
 // one restarted is Running.

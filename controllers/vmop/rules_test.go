@@ -438,3 +438,27 @@ func TestOperationPairs(t *testing.T) {
 		}
 	}
 }
+
+// A Stop in progress stops a VMI that appeared after its signal and that nothing stops yet.
+func TestOvertaken(t *testing.T) {
+	const target, fresh = types.UID("old"), types.UID("new")
+	for _, tc := range []struct {
+		name string
+		view KubeVirtView
+		want bool
+	}{
+		{"a new VMI runs, nothing stops it", KubeVirtView{VMI: VMIActive, VMIUID: fresh, VMIRunning: true}, true},
+		{"a new VMI schedules, nothing stops it", KubeVirtView{VMI: VMIActive, VMIUID: fresh}, true},
+		{"the target still stopping", KubeVirtView{VMI: VMIActive, VMIUID: target, StopRequestedFor: []types.UID{target}}, false},
+		{"the target, no stop shows (the signal's own pass decides)", KubeVirtView{VMI: VMIActive, VMIUID: target}, false},
+		{"a new VMI with a Stop request for it", KubeVirtView{VMI: VMIActive, VMIUID: fresh, StopRequestedFor: []types.UID{fresh}}, false},
+		{"a new VMI being deleted", KubeVirtView{VMI: VMIDeleting, VMIUID: fresh}, false},
+		{"a new VMI ended", KubeVirtView{VMI: VMIFinal, VMIUID: fresh}, false},
+		{"a Start pending: removed first", KubeVirtView{VMI: VMIActive, VMIUID: fresh, StartRequested: true}, false},
+		{"no VMI", KubeVirtView{VMI: VMINone}, false},
+	} {
+		if got := Overtaken(target, tc.view); got != tc.want {
+			t.Errorf("%s: got %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

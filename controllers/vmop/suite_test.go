@@ -190,6 +190,37 @@ func (l crashingLifecycle) Restart(ctx context.Context, ns, name string, force b
 	return errCrashed
 }
 
+// overtakingLifecycle, after a Stop's stop went through, waits until the VM is stopped and starts it again (start
+// subresource) before the caller learns the stop went through: a start that overtakes the Stop, as when
+// virt-controller serves, from its informer's copy of the VM, a Start the Stop had removed through the API server.
+// It returns once KubeVirt created the new VMI.
+type overtakingLifecycle struct {
+	lifecycle.Interface
+	started chan struct{}
+}
+
+func (l overtakingLifecycle) Stop(ctx context.Context, ns, name string, force bool) error {
+	if err := l.Interface.Stop(ctx, ns, name, force); err != nil {
+		return err
+	}
+	select {
+	case <-l.started: // only the first stop is overtaken
+		return nil
+	default:
+	}
+	defer GinkgoRecover()
+	stoppedVM(ctx, ns, name)
+	Eventually(func() error { return l.Interface.Start(ctx, ns, name) }).Should(Succeed()) // "underway" until the stop is done
+	var vmi *kvv1.VirtualMachineInstance
+	Eventually(func(g Gomega) {
+		vmi = getVMI(ctx, ns, name)
+		g.Expect(vmi).NotTo(BeNil())
+		g.Expect(vmi.IsFinal()).To(BeFalse())
+	}).Should(Succeed())
+	close(l.started)
+	return nil
+}
+
 // crashingClient refuses writes once crashed; with crashAfterInProgress it crashes right after writing an
 // operation's InProgress status.
 type crashingClient struct {
