@@ -44,11 +44,8 @@ func restartNeedsSlot(vm *v1alpha1.VirtualMachine, vmi *kvv1.VirtualMachineInsta
 
 // askStart asks the start gate for a slot for vm; restart says it is a restart after its VMI ended. The VMs wait in
 // the order the gate keeps; among those of the same kind and startOrder, a restart's ended VMI that ended first, a
-// first start's VM that was created first.
+// first start's VM that was created first. Callers ask only while the operator caps starts (Starts.Enabled).
 func (r *Reconciler) askStart(ctx context.Context, vm *v1alpha1.VirtualMachine, restart bool) (startgate.Verdict, error) {
-	if !r.Starts.Enabled() {
-		return startgate.Verdict{Granted: true}, nil
-	}
 	if !r.Starts.Primed() {
 		var vms v1alpha1.VirtualMachineList
 		if err := r.List(ctx, &vms); err != nil {

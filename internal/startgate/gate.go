@@ -173,10 +173,13 @@ func (g *Gate) holders() []types.NamespacedName {
 	for k := range g.slots {
 		h = append(h, k)
 	}
-	slices.SortFunc(h, func(a, b types.NamespacedName) int {
-		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
-	})
+	slices.SortFunc(h, compareKeys)
 	return h[:min(len(h), ShownHolders)]
+}
+
+// compareKeys orders VMs by namespace, then name.
+func compareKeys(a, b types.NamespacedName) int {
+	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 }
 
 // Observe records what a pass saw of the VM key: asked tells whether it asked for a slot in that pass (a VM that no
@@ -272,8 +275,7 @@ func (g *Gate) queue() []types.NamespacedName {
 			}
 			return 1
 		}
-		return cmp.Or(cmp.Compare(ta.Order, tb.Order), ta.Since.Compare(tb.Since),
-			cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+		return cmp.Or(cmp.Compare(ta.Order, tb.Order), ta.Since.Compare(tb.Since), compareKeys(a, b))
 	})
 	return q
 }

@@ -40,8 +40,8 @@ func startQueue(t *testing.T, env *cluster.Env, admin client.Client, helmArgs []
 	ctx := t.Context()
 
 	// The cap is cluster-wide: a VM of an earlier subtest whose namespace is still being deleted may be starting
-	// (runpolicy restarts a VMI the namespace controller's pod deletion ended, until its KubeVirt VM is deleted too)
-	// and hold the one slot.
+	// (the namespace controller's pod deletion ended its VMI before its KubeVirt VM was marked for deletion, and
+	// runpolicy restarted it) and hold the one slot.
 	t.Log("the namespaces earlier subtests deleted are gone")
 	namespacesGone(ctx, g, admin)
 
