@@ -107,6 +107,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	if err := mgr.Add(&podGuardCheck{reader: mgr.GetAPIReader(), interval: opts.PodGuardInterval}); err != nil {
 		return err
 	}
+	starts := startGate(opts.MaxConcurrentStarts)
 	if err := (&vm.Reconciler{
 		Client:           mgr.GetClient(),
 		APIReader:        mgr.GetAPIReader(),
@@ -117,7 +118,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		RestartRequest:   opts.RestartRequest,
 		Backoff:          opts.Backoff,
 		Workers:          opts.Workers,
-		Starts:           startGate(opts.MaxConcurrentStarts),
+		Starts:           starts,
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}
@@ -136,10 +137,11 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		TTL:       opts.OperationTTL,
 		MaxPerVM:  opts.OperationsPerVM,
 		Timeout:   opts.OperationTimeout,
+		Starts:    starts,
 	}).SetupWithManager(mgr)
 }
 
-// startGate is the VM controller's start gate for a cap of max VMs starting at once; nil without a cap.
+// startGate is the start gate the VM and operation controllers share for a cap of max VMs starting at once; nil without a cap.
 func startGate(max int) *startgate.Gate {
 	if max <= 0 {
 		return nil

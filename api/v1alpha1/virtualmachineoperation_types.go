@@ -139,6 +139,9 @@ const (
 	// OperationReasonWaitingForVMPhase: the VM is in a passing phase (e.g. Stopping before a Start); the
 	// operation runs once it settles.
 	OperationReasonWaitingForVMPhase = "WaitingForVMPhase"
+	// OperationReasonWaitingForStartSlot: a Start or Restart waits for one of the start slots the operator's
+	// --max-concurrent-starts allows; the message gives its place and the VMs starting now.
+	OperationReasonWaitingForStartSlot = "WaitingForStartSlot"
 	// OperationReasonSignalPending: the operation is next and its signal is about to be sent (or being retried).
 	OperationReasonSignalPending = "SignalPending"
 	// OperationReasonSignalSentSuccess: KubeVirt accepted the start, stop or restart request.

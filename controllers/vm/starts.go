@@ -2,8 +2,6 @@ package vm
 
 import (
 	"context"
-	"fmt"
-	"strings"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -46,16 +44,8 @@ func restartNeedsSlot(vm *v1alpha1.VirtualMachine, vmi *kvv1.VirtualMachineInsta
 // the order the gate keeps; among those of the same kind and startOrder, a restart's ended VMI that ended first, a
 // first start's VM that was created first. Callers ask only while the operator caps starts (Starts.Enabled).
 func (r *Reconciler) askStart(ctx context.Context, vm *v1alpha1.VirtualMachine, restart bool) (startgate.Verdict, error) {
-	if !r.Starts.Primed() {
-		var vms v1alpha1.VirtualMachineList
-		if err := r.List(ctx, &vms); err != nil {
-			return startgate.Verdict{}, err
-		}
-		keys := make([]types.NamespacedName, 0, len(vms.Items))
-		for i := range vms.Items {
-			keys = append(keys, client.ObjectKeyFromObject(&vms.Items[i]))
-		}
-		r.Starts.Prime(keys)
+	if err := r.Starts.PrimeFrom(ctx, r.Client); err != nil {
+		return startgate.Verdict{}, err
 	}
 	since := vm.CreationTimestamp.Time
 	if ls := vm.Status.LastShutdown; restart && ls != nil && ls.Time != nil {
@@ -86,14 +76,7 @@ func (r *Reconciler) observeStart(vm *v1alpha1.VirtualMachine, asked bool) {
 func waitForStart(vm *v1alpha1.VirtualMachine, v startgate.Verdict, kv *kvv1.VirtualMachine, first bool) {
 	vm.Status.Phase = v1alpha1.VirtualMachinePending
 	vm.Status.StartQueuePosition = int32(v.Place)
-	msg := fmt.Sprintf("Waiting for a start slot: %d VM(s) ahead in the queue; at most %d VMs start at once "+
-		"(the operator's --max-concurrent-starts)%s. Restarts go first, then lower spec.startOrder", v.Place-1, v.Max,
-		holders(v))
-	if v.WarmingUp {
-		msg = fmt.Sprintf("Waiting for a start slot: the operator looks at every VM once before it grants the first "+
-			"(at most %d VMs start at once, --max-concurrent-starts)", v.Max)
-	}
-	setCondition(vm, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonWaitingForStartSlot, msg)
+	setCondition(vm, v1alpha1.ConditionReady, metav1.ConditionFalse, v1alpha1.ReasonWaitingForStartSlot, v.Explain())
 	if !first {
 		return
 	}
@@ -103,20 +86,4 @@ func waitForStart(vm *v1alpha1.VirtualMachine, v startgate.Verdict, kv *kvv1.Vir
 			") until the VM's start slot comes: applying the VM now would start it"
 	}
 	setCondition(vm, v1alpha1.ConditionSynced, metav1.ConditionFalse, v1alpha1.ReasonWaitingForStartSlot, sync)
-}
-
-// holders says which VMs hold the start slots a waiting VM waits for: ", starting now: ns/a, ns/b and 3 more".
-func holders(v startgate.Verdict) string {
-	if len(v.Holders) == 0 {
-		return ""
-	}
-	names := make([]string, len(v.Holders))
-	for i, h := range v.Holders {
-		names[i] = h.String()
-	}
-	s := ", starting now: " + strings.Join(names, ", ")
-	if more := v.InUse - len(v.Holders); more > 0 {
-		s += fmt.Sprintf(" and %d more", more)
-	}
-	return s
 }

@@ -17,13 +17,16 @@ import (
 	kvv1 "kubevirt.io/api/core/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
 	"github.com/runpolicy/runpolicy/internal/lifecycle"
 	"github.com/runpolicy/runpolicy/internal/metrics"
 	"github.com/runpolicy/runpolicy/internal/refusal"
+	"github.com/runpolicy/runpolicy/internal/startgate"
 )
 
 // IndexVMName is the field index of VirtualMachineOperations by spec.virtualMachineName.
@@ -65,6 +68,9 @@ type Reconciler struct {
 	Timeout time.Duration
 	// Clock returns the current time; nil means time.Now.
 	Clock func() time.Time
+	// Starts is the VM controller's start gate (--max-concurrent-starts): a Start or Restart waits for a slot
+	// before its signal. Nil: no cap.
+	Starts *startgate.Gate
 }
 
 // +kubebuilder:rbac:groups=runpolicy.io,resources=virtualmachineoperations,verbs=get;list;watch;delete
@@ -86,12 +92,15 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	log := ctrl.LoggerFrom(ctx)
 	op := &v1alpha1.VirtualMachineOperation{}
 	if err := r.Get(ctx, req.NamespacedName, op); err != nil {
+		r.Starts.Withdraw(req.NamespacedName)
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if op.DeletionTimestamp != nil {
+		r.Starts.Withdraw(req.NamespacedName)
 		return ctrl.Result{}, nil
 	}
 	if Finished(op) {
+		r.Starts.Withdraw(req.NamespacedName)
 		return r.collect(ctx, op)
 	}
 
@@ -102,6 +111,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	before := op.Status.DeepCopy()
 	res, stepErr := r.step(ctx, op, in)
 	op.Status.ObservedGeneration = op.Generation
+	if !keepsStartTicket(op) {
+		r.Starts.Withdraw(req.NamespacedName)
+	}
 
 	if !equality.Semantic.DeepEqual(before, &op.Status) {
 		if err := r.Status().Update(ctx, op); err != nil {
@@ -262,6 +274,17 @@ func (r *Reconciler) step(ctx context.Context, op *v1alpha1.VirtualMachineOperat
 		unprepare(op)
 		pending(op, v1alpha1.OperationReasonWaitingForVMPhase, msg)
 		return ctrl.Result{}, nil
+	}
+
+	if r.Starts.Enabled() && (t == v1alpha1.OperationStart || t == v1alpha1.OperationRestart) {
+		v, err := r.askStart(ctx, op, in.vm)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		if !v.Granted {
+			waitForStart(op, v)
+			return ctrl.Result{RequeueAfter: startWaitRecheck}, nil
+		}
 	}
 
 	// Its turn, and the VM is ready for it. First record which VMI the signal is about (one write), then send
@@ -574,7 +597,17 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.APIReader == nil {
 		r.APIReader = mgr.GetAPIReader()
 	}
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr)
+	if r.Starts.Enabled() {
+		// The start gate wakes the waiting operations whose turn came.
+		woken := make(chan event.TypedGenericEvent[*v1alpha1.VirtualMachineOperation])
+		r.Starts.EnqueueOp = func(key types.NamespacedName) {
+			woken <- event.TypedGenericEvent[*v1alpha1.VirtualMachineOperation]{Object: &v1alpha1.VirtualMachineOperation{
+				ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}}}
+		}
+		b = b.WatchesRawSource(source.Channel(woken, &handler.TypedEnqueueRequestForObject[*v1alpha1.VirtualMachineOperation]{}))
+	}
+	return b.
 		For(&v1alpha1.VirtualMachineOperation{}).
 		Watches(&v1alpha1.VirtualMachineOperation{}, handler.EnqueueRequestsFromMapFunc(r.siblingsOf)).
 		Watches(&v1alpha1.VirtualMachine{}, handler.EnqueueRequestsFromMapFunc(r.opsOfVM)).

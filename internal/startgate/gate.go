@@ -3,10 +3,17 @@
 // their VMIs failed — the VM controller asks the gate before each start it makes, and the VMs beyond the cap wait
 // their turn, in order.
 //
+// VirtualMachineOperations (Start, Restart, an Evict that restarts) ask too, for the VM they act on, with tickets of
+// their own (Ticket.Op): the VM controller's passes over that VM do not drop them, and the gate wakes the operation,
+// not the VM (EnqueueOp), when its turn comes. A power schedule that starts many VMs at once creates many Start
+// operations, and they wait their turn like any start.
+//
 // A slot is taken by a start the gate granted, and by a VM seen starting without the gate (KubeVirt's own restart
-// under runStrategy Always, a Start operation, a start in flight when the operator started): the cap counts what
-// loads the cluster, whoever started it. A slot is given back once the VM is seen Running, or no longer starting
-// after it was seen starting, or after Timeout.
+// under runStrategy Always, a start in flight when the operator started): the cap counts what loads the cluster,
+// whoever started it. A slot is given back once the VM is seen Running, or no longer starting after it was seen
+// starting, or after Timeout. An operation's slot is given back by Withdraw while its VM has not been seen starting
+// (the operation failed, or completed without a start seen), and its VM seen Running keeps it until the VM was seen
+// starting (a Restart is asked for while the VM still runs).
 //
 // The order: restarts after a VMI ended (a guest reset, a failure) before every first start, so that a reboot waits
 // for the cap only; then spec.startOrder, lower first; then Ticket.Since, earlier first; then the name. Until
@@ -20,11 +27,17 @@ package startgate
 
 import (
 	"cmp"
+	"context"
+	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/runpolicy/runpolicy/api/v1alpha1"
 )
 
 // DefaultTimeout is how long a start may hold its slot without being seen Running.
@@ -41,8 +54,10 @@ type Ticket struct {
 	// Order is the VM's spec.startOrder: lower first.
 	Order int32
 	// Since orders VMs of the same kind and Order: earlier first (a restart: when its VMI ended; a first start: when
-	// the VM was created). Zero means now.
+	// the VM was created; an operation: when it was created). Zero means now.
 	Since time.Time
+	// Op names the VirtualMachineOperation, in the VM's namespace, that asks: "" is the VM controller's own ticket.
+	Op string
 }
 
 // Verdict is the gate's answer to a VM that asked for a slot.
@@ -61,6 +76,33 @@ type Verdict struct {
 
 // ShownHolders is how many of the VMs holding slots a Verdict names.
 const ShownHolders = 3
+
+// Explain says why a VM, or an operation, waits, for its status: its place, the cap and the VMs holding the slots.
+func (v Verdict) Explain() string {
+	if v.WarmingUp {
+		return fmt.Sprintf("Waiting for a start slot: the operator looks at every VM once before it grants the first "+
+			"(at most %d VMs start at once, --max-concurrent-starts)", v.Max)
+	}
+	return fmt.Sprintf("Waiting for a start slot: %d VM(s) ahead in the queue; at most %d VMs start at once "+
+		"(the operator's --max-concurrent-starts)%s. Restarts go first, then lower spec.startOrder", v.Place-1, v.Max,
+		v.holders())
+}
+
+// holders says which VMs hold the start slots a waiting VM waits for: ", starting now: ns/a, ns/b and 3 more".
+func (v Verdict) holders() string {
+	if len(v.Holders) == 0 {
+		return ""
+	}
+	names := make([]string, len(v.Holders))
+	for i, h := range v.Holders {
+		names[i] = h.String()
+	}
+	s := ", starting now: " + strings.Join(names, ", ")
+	if more := v.InUse - len(v.Holders); more > 0 {
+		s += fmt.Sprintf(" and %d more", more)
+	}
+	return s
+}
 
 // Phase is what the reconciler saw of a VM after its pass, for the gate's bookkeeping.
 type Phase int
@@ -88,6 +130,8 @@ type Gate struct {
 	// Enqueue asks the reconciler to look at a VM again: a waiting VM whose turn has come. It is called without the
 	// gate's lock held, from a goroutine of its own.
 	Enqueue func(types.NamespacedName)
+	// EnqueueOp does the same for a waiting operation (its namespace and name).
+	EnqueueOp func(types.NamespacedName)
 
 	mu      sync.Mutex
 	slots   map[types.NamespacedName]*slot
@@ -103,6 +147,8 @@ type slot struct {
 	taken time.Time
 	// starting: the VM has been seen Starting since it took the slot.
 	starting bool
+	// op: the operation the slot was granted to ("" the VM controller, or a start seen without the gate).
+	op string
 }
 
 // Enabled tells whether the gate caps anything.
@@ -134,8 +180,28 @@ func (g *Gate) Prime(keys []types.NamespacedName) {
 	g.looked = nil
 }
 
+// PrimeFrom primes the gate, unless it was primed already, with the runpolicy VMs c lists: the first asker, the VM
+// controller's or an operation's, does it.
+func (g *Gate) PrimeFrom(ctx context.Context, c client.Reader) error {
+	if g.Primed() {
+		return nil
+	}
+	var vms v1alpha1.VirtualMachineList
+	if err := c.List(ctx, &vms); err != nil {
+		return err
+	}
+	keys := make([]types.NamespacedName, 0, len(vms.Items))
+	for i := range vms.Items {
+		keys = append(keys, client.ObjectKeyFromObject(&vms.Items[i]))
+	}
+	g.Prime(keys)
+	return nil
+}
+
 // Ask claims a slot for the VM key. A VM that holds one keeps it; otherwise it joins the queue, and gets a slot
-// when there is a free one and no VM ahead of it in the queue is waiting for it.
+// when there is a free one and no VM ahead of it in the queue is waiting for it. An operation's ticket does not
+// replace the VM controller's own for the same VM: the start the VM controller waits for comes first, and the
+// operation waits with its place.
 func (g *Gate) Ask(key types.NamespacedName, t Ticket) Verdict {
 	if !g.Enabled() {
 		return Verdict{Granted: true}
@@ -152,14 +218,16 @@ func (g *Gate) Ask(key types.NamespacedName, t Ticket) Verdict {
 	if t.Since.IsZero() {
 		t.Since = now
 	}
-	g.waiting[key] = t
+	if own, ok := g.waiting[key]; !ok || own.Op != "" || t.Op == "" {
+		g.waiting[key] = t
+	}
 	g.expire(now)
 	g.warmUp(now)
 	queue := g.queue()
 	place := slices.Index(queue, key)
 	if g.warm && place < g.Max-len(g.slots) {
 		delete(g.waiting, key)
-		g.slots[key] = &slot{taken: now}
+		g.slots[key] = &slot{taken: now, op: t.Op}
 		return Verdict{Granted: true, InUse: len(g.slots), Max: g.Max}
 	}
 	g.wake() // the VMs ahead of it, should a slot be free for them
@@ -182,10 +250,10 @@ func compareKeys(a, b types.NamespacedName) int {
 	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 }
 
-// Observe records what a pass saw of the VM key: asked tells whether it asked for a slot in that pass (a VM that no
-// longer asks leaves the queue). A slot is given back once its VM runs, stops starting after it was seen starting,
-// is gone, or after Timeout; a VM seen starting without a slot takes one. Given-back slots go to the next VMs in
-// the queue (Enqueue).
+// Observe records what a VM controller's pass saw of the VM key: asked tells whether it asked for a slot in that
+// pass (a VM that no longer asks leaves the queue; an operation's ticket stays). A slot is given back once its VM
+// runs, stops starting after it was seen starting, is gone, or after Timeout; a VM seen starting without a slot
+// takes one. Given-back slots go to the next VMs in the queue (Enqueue).
 func (g *Gate) Observe(key types.NamespacedName, p Phase, asked bool) {
 	if !g.Enabled() {
 		return
@@ -195,13 +263,15 @@ func (g *Gate) Observe(key types.NamespacedName, p Phase, asked bool) {
 	g.init()
 	now := g.now()
 	g.lookedAt(key)
-	if !asked || p == Gone {
+	if t, ok := g.waiting[key]; ok && (p == Gone || !asked && t.Op == "") {
 		delete(g.waiting, key)
 	}
 	s, held := g.slots[key]
 	switch {
 	case held && p == Starting:
 		s.starting = true
+	case held && p == Running && s.op != "" && !s.starting:
+		// An operation's Restart was granted while its VM still runs: the slot is for the start to come.
 	case held && (p == Running || p == Gone || s.starting):
 		delete(g.slots, key)
 	case !held && p == Starting:
@@ -215,6 +285,29 @@ func (g *Gate) Observe(key types.NamespacedName, p Phase, asked bool) {
 
 // Forget drops the VM key (deleted).
 func (g *Gate) Forget(key types.NamespacedName) { g.Observe(key, Gone, false) }
+
+// Withdraw drops what the operation op (its namespace and name) holds: its place in the queue, and a slot granted to
+// it whose VM has not been seen starting. An operation withdraws once it no longer heads for its signal: finished,
+// deleted, or waiting for something else first. A slot whose VM was seen starting stays until the VM runs.
+func (g *Gate) Withdraw(op types.NamespacedName) {
+	if !g.Enabled() {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.init()
+	for k, t := range g.waiting {
+		if k.Namespace == op.Namespace && t.Op == op.Name {
+			delete(g.waiting, k)
+		}
+	}
+	for k, s := range g.slots {
+		if k.Namespace == op.Namespace && s.op == op.Name && !s.starting {
+			delete(g.slots, k)
+		}
+	}
+	g.wake()
+}
 
 func (g *Gate) init() {
 	if g.slots == nil {
@@ -280,17 +373,31 @@ func (g *Gate) queue() []types.NamespacedName {
 	return q
 }
 
-// wake enqueues the waiting VMs that the free slots can take.
+// wake enqueues the waiting VMs, or operations, that the free slots can take.
 func (g *Gate) wake() {
 	free := g.Max - len(g.slots)
-	if !g.warm || free <= 0 || len(g.waiting) == 0 || g.Enqueue == nil {
+	if !g.warm || free <= 0 || len(g.waiting) == 0 {
 		return
 	}
 	q := g.queue()
-	next := slices.Clone(q[:min(free, len(q))])
+	vms, ops := []types.NamespacedName{}, []types.NamespacedName{}
+	for _, k := range q[:min(free, len(q))] {
+		if op := g.waiting[k].Op; op != "" {
+			ops = append(ops, types.NamespacedName{Namespace: k.Namespace, Name: op})
+		} else {
+			vms = append(vms, k)
+		}
+	}
 	go func() {
-		for _, k := range next {
-			g.Enqueue(k)
+		for _, k := range vms {
+			if g.Enqueue != nil {
+				g.Enqueue(k)
+			}
+		}
+		for _, k := range ops {
+			if g.EnqueueOp != nil {
+				g.EnqueueOp(k)
+			}
 		}
 	}()
 }

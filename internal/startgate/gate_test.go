@@ -36,6 +36,15 @@ func wantPlace(t *testing.T, g *Gate, name string, tk Ticket, place int) {
 	}
 }
 
+// testGateWithOps is testGate whose operations' wake-ups go to wokenOps.
+func testGateWithOps(t *testing.T, max int) (*Gate, chan types.NamespacedName, chan types.NamespacedName) {
+	t.Helper()
+	g, _, woken := testGate(t, max)
+	wokenOps := make(chan types.NamespacedName, 100)
+	g.EnqueueOp = func(k types.NamespacedName) { wokenOps <- k }
+	return g, woken, wokenOps
+}
+
 // drain returns the keys enqueued until none came for a moment.
 func drain(woken chan types.NamespacedName) map[string]bool {
 	got := map[string]bool{}
@@ -190,4 +199,75 @@ func TestHolders(t *testing.T) {
 	if v := g.Ask(key("d"), Ticket{}); !v.Granted || v.Holders != nil {
 		t.Fatalf("a granted verdict names no holders: %+v", v)
 	}
+}
+
+// An operation's ticket survives the VM controller's passes over its VM, and its turn wakes the operation.
+func TestOperationsWaitTheirTurn(t *testing.T) {
+	g, woken, wokenOps := testGateWithOps(t, 1)
+	wantGranted(t, g, "holder", Ticket{})
+	start := Ticket{Since: t0, Op: "start-1"}
+	wantPlace(t, g, "vm", start, 1)
+	wantPlace(t, g, "other", Ticket{Since: t0.Add(time.Minute)}, 2) // a first start created after the operation
+	g.Observe(key("vm"), Idle, false)                                // the VM controller's pass over the stopped VM
+	wantPlace(t, g, "other", Ticket{Since: t0.Add(time.Minute)}, 2)
+
+	g.Observe(key("holder"), Running, false)
+	if got := drain(wokenOps); len(got) != 1 || !got["start-1"] {
+		t.Fatalf("operations woken %v, want start-1", got)
+	}
+	if got := drain(woken); len(got) != 0 {
+		t.Fatalf("VMs woken %v, want none: the operation's turn came", got)
+	}
+	wantGranted(t, g, "vm", start)
+	wantPlace(t, g, "other", Ticket{Since: t0.Add(time.Minute)}, 1)
+	g.Observe(key("vm"), Starting, false)
+	g.Observe(key("vm"), Running, false)
+	wantGranted(t, g, "other", Ticket{Since: t0.Add(time.Minute)})
+}
+
+// A Restart operation is granted while its VM still runs: the slot waits for the start to come.
+func TestRestartOperationHoldsItsSlotUntilTheStart(t *testing.T) {
+	g, _, _ := testGateWithOps(t, 1)
+	wantGranted(t, g, "vm", Ticket{Op: "restart-1"})
+	g.Observe(key("vm"), Running, false) // the old VMI, before KubeVirt took the restart
+	wantPlace(t, g, "b", Ticket{}, 1)
+	g.Observe(key("vm"), Idle, false) // stopping
+	g.Observe(key("vm"), Starting, false)
+	wantPlace(t, g, "b", Ticket{}, 1)
+	g.Observe(key("vm"), Running, false)
+	wantGranted(t, g, "b", Ticket{})
+}
+
+// An operation that no longer heads for its signal gives back its place, and a slot its VM has not used; a slot
+// whose VM was seen starting stays until the VM runs.
+func TestWithdraw(t *testing.T) {
+	g, _, _ := testGateWithOps(t, 1)
+	op := func(name string) types.NamespacedName { return types.NamespacedName{Namespace: "ns", Name: name} }
+	wantGranted(t, g, "a", Ticket{Op: "start-a"})
+	wantPlace(t, g, "b", Ticket{Since: t0, Op: "start-b"}, 1)
+	wantPlace(t, g, "c", Ticket{Since: t0.Add(time.Minute)}, 2)
+	g.Withdraw(op("start-b")) // failed while waiting
+	wantPlace(t, g, "c", Ticket{Since: t0.Add(time.Minute)}, 1)
+	g.Withdraw(types.NamespacedName{Namespace: "elsewhere", Name: "start-a"}) // same name, another namespace
+	wantPlace(t, g, "c", Ticket{Since: t0.Add(time.Minute)}, 1)
+	g.Withdraw(op("start-a")) // failed after its grant, before any start
+	wantGranted(t, g, "c", Ticket{Since: t0.Add(time.Minute)})
+
+	g, _, _ = testGateWithOps(t, 1)
+	wantGranted(t, g, "a", Ticket{Op: "start-a"})
+	g.Observe(key("a"), Starting, false)
+	g.Withdraw(op("start-a")) // timed out while its VM starts
+	wantPlace(t, g, "c", Ticket{}, 1)
+}
+
+// The VM controller's own start comes first: an operation's ticket does not replace it, and the VM controller's
+// pass that no longer asks drops only its own.
+func TestTheVMControllersTicketComesFirst(t *testing.T) {
+	g, _, _ := testGateWithOps(t, 1)
+	wantGranted(t, g, "holder", Ticket{})
+	wantPlace(t, g, "vm", Ticket{Restart: true, Since: t0}, 1)
+	wantPlace(t, g, "first", Ticket{Since: t0}, 2)
+	wantPlace(t, g, "vm", Ticket{Since: t0.Add(time.Hour), Op: "start-1"}, 1) // still the restart's place
+	g.Observe(key("vm"), Idle, true)
+	wantPlace(t, g, "first", Ticket{Since: t0}, 2)
 }
