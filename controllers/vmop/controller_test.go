@@ -19,6 +19,7 @@ import (
 
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
 	"github.com/runpolicy/runpolicy/controllers/vmop"
+	"github.com/runpolicy/runpolicy/internal/startgate"
 	"github.com/runpolicy/runpolicy/test/kubevirt"
 )
 
@@ -498,6 +499,63 @@ var _ = Describe("VirtualMachineOperation", func() {
 			}
 		}
 		Expect(stops).To(HaveLen(2), "one stop per VMI")
+	})
+
+	It("has Start and Restart operations wait for a start slot under --max-concurrent-starts, in order", func(ctx SpecContext) {
+		// The VM controller of this suite runs without a cap: the test holds the one slot for another VM itself,
+		// as the VM controller does for a VM it sees starting.
+		gate := &startgate.Gate{Max: 1}
+		gate.Prime(nil)
+		holder := types.NamespacedName{Namespace: ns, Name: "holder"}
+		gate.Observe(holder, startgate.Starting, false)
+		suiteOp.stop()
+		op := startOperator(lc, nil, func(r *vmop.Reconciler) { r.Starts = gate })
+		DeferCleanup(func() { op.stop(); suiteOp = startOperator(lc, nil) })
+
+		createVM(ctx, ns, "stopped", v1alpha1.RunPolicyManual)
+		stoppedVM(ctx, ns, "stopped")
+		createVM(ctx, ns, "running", v1alpha1.RunPolicyAlwaysOnUntilStoppedManually)
+		before := runningVMI(ctx, ns, "running")
+		vmis := node.VMIsCreated(ns, "running")
+
+		waiting := func(name string, place int) func(Gomega) {
+			return func(g Gomega) {
+				c := completed(getOp(ctx, ns, name)(g))
+				g.Expect(c).NotTo(BeNil())
+				g.Expect(c.Reason).To(Equal(v1alpha1.OperationReasonWaitingForStartSlot))
+				g.Expect(c.Message).To(And(ContainSubstring(fmt.Sprintf("%d VM(s) ahead", place-1)),
+					ContainSubstring("at most 1 VMs start at once"), ContainSubstring("starting now: "+holder.String())))
+			}
+		}
+		By("a Start waits at place 1 while another VM holds the slot")
+		createOp(ctx, ns, "start", "stopped", start, false)
+		Eventually(waiting("start", 1)).Should(Succeed())
+		By("a Restart created after it waits at place 2, its VM running")
+		// Operations of the same startOrder go by creation time, which the API server keeps to the second.
+		created := getOp(ctx, ns, "start")(Default).CreationTimestamp.Time
+		Eventually(func() time.Time { return time.Now().Truncate(time.Second) }).Should(BeTemporally(">", created))
+		createOp(ctx, ns, "restart", "running", restart, false)
+		Eventually(waiting("restart", 2)).Should(Succeed())
+		Expect(completed(getOp(ctx, ns, "restart")(Default)).Message).To(ContainSubstring("keeps running until then"))
+		Consistently(func(g Gomega) {
+			g.Expect(node.CallsFor(ns, "stopped")).To(BeEmpty())
+			g.Expect(node.CallsFor(ns, "running")).To(BeEmpty())
+			g.Expect(getOp(ctx, ns, "start")(g).Status.Phase).To(Equal(v1alpha1.OperationPending))
+		}, "3s").Should(Succeed())
+		Expect(getVMI(ctx, ns, "running").UID).To(Equal(before.UID))
+
+		By("the holder runs: the Start goes, then the Restart")
+		gate.Observe(holder, startgate.Running, false)
+		expectCompleted(finished(ctx, ns, "start"))
+		runningVMI(ctx, ns, "stopped")
+		expectCompleted(finished(ctx, ns, "restart"))
+		Expect(runningVMI(ctx, ns, "running").UID).NotTo(Equal(before.UID))
+		Expect(node.VMIsCreated(ns, "running")).To(Equal(vmis + 1))
+		startSent := getOp(ctx, ns, "start")(Default).Status.SignalSentTime
+		restartSent := getOp(ctx, ns, "restart")(Default).Status.SignalSentTime
+		Expect(restartSent.Time).NotTo(BeTemporally("<", startSent.Time), "the Restart waited behind the Start")
+		Expect(node.CallsFor(ns, "stopped")).To(HaveLen(1))
+		Expect(node.CallsFor(ns, "running")).To(HaveLen(1))
 	})
 
 	Context("exactly once across an operator restart", func() {
