@@ -135,7 +135,9 @@ func namespacesGone(ctx context.Context, g Gomega, admin client.Client) {
 // stays starting (its PVC waits for a provisioner that never comes, so the scheduler holds its launcher pod), VM
 // queued waits for a first start, and VM rebooter, running since before, is reset from outside. Its restart waits
 // (phase Pending, WaitingForStartSlot, place 1, ahead of queued; its ended VMI kept, no Start sent to KubeVirt) and
-// is made once held is deleted, exactly once, before queued starts.
+// is made once held is deleted, exactly once, before queued starts. A Start operation of a Manual VM, created after
+// queued, waits its turn too (the Starts a power schedule creates are such operations): Pending, reason
+// WaitingForStartSlot, its place in its message, no Start sent to KubeVirt; it goes last.
 func restartQueue(t *testing.T, env *cluster.Env, admin client.Client) {
 	g, ns := subtest(t, admin, "restarts", 4*time.Minute)
 	ctx := t.Context()
@@ -190,10 +192,35 @@ func restartQueue(t *testing.T, env *cluster.Env, admin client.Client) {
 	}
 	g.Eventually(waiting(qkey, 1)).Should(Succeed())
 
-	t.Log("virtctl reset rebooter: its restart waits, first in the queue, ahead of queued")
+	t.Log("a Start operation of manual, a stopped Manual VM, waits behind queued")
+	manual := guest.VM(ns.Name, "manual", v1alpha1.RunPolicyManual, guestImage, "hang")
+	g.Expect(admin.Create(ctx, manual)).To(Succeed())
+	mkey := client.ObjectKeyFromObject(manual)
+	g.Eventually(func(g Gomega) {
+		g.Expect(admin.Get(ctx, mkey, manual)).To(Succeed())
+		g.Expect(manual.Status.Phase).To(Equal(v1alpha1.VirtualMachineStopped))
+	}).Should(Succeed())
+	op := &v1alpha1.VirtualMachineOperation{ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: "start-manual"},
+		Spec: v1alpha1.VirtualMachineOperationSpec{VirtualMachineName: manual.Name, Type: v1alpha1.OperationStart}}
+	g.Expect(admin.Create(ctx, op)).To(Succeed())
+	opWaiting := func(ahead int) func(g Gomega) {
+		return func(g Gomega) {
+			g.Expect(admin.Get(ctx, client.ObjectKeyFromObject(op), op)).To(Succeed())
+			g.Expect(op.Status.Phase).To(Equal(v1alpha1.OperationPending))
+			c := meta.FindStatusCondition(op.Status.Conditions, v1alpha1.OperationConditionCompleted)
+			g.Expect(c).NotTo(BeNil())
+			g.Expect(c.Reason).To(Equal(v1alpha1.OperationReasonWaitingForStartSlot))
+			g.Expect(c.Message).To(And(ContainSubstring(fmt.Sprintf("%d VM(s) ahead", ahead)),
+				ContainSubstring("starting now: "+hkey.String())))
+		}
+	}
+	g.Eventually(opWaiting(1)).Should(Succeed())
+
+	t.Log("virtctl reset rebooter: its restart waits, first in the queue, ahead of queued and the Start operation")
 	virtctl(ctx, g, env, "reset", rebooter.Name, "-n", ns.Name)
 	g.Eventually(waiting(rkey, 1)).Should(Succeed())
 	g.Eventually(waiting(qkey, 2), time.Minute).Should(Succeed()) // queued's place is rewritten at its recheck
+	g.Eventually(opWaiting(2), time.Minute).Should(Succeed())
 	g.Consistently(func(g Gomega) {
 		vm := &v1alpha1.VirtualMachine{}
 		g.Expect(admin.Get(ctx, rkey, vm)).To(Succeed())
@@ -208,6 +235,9 @@ func restartQueue(t *testing.T, env *cluster.Env, admin client.Client) {
 		g.Expect(vmi.UID).To(Equal(ended.UID))
 		g.Expect(vmi.IsFinal()).To(BeTrue())
 		g.Expect(admin.Get(ctx, qkey, &kvv1.VirtualMachine{})).NotTo(Succeed(), "queued's KubeVirt VM waits to be created")
+		g.Expect(admin.Get(ctx, mkey, kv)).To(Succeed())
+		g.Expect(kv.Status.StateChangeRequests).To(BeEmpty(), "no Start sent for the operation while the slot is held")
+		g.Expect(admin.Get(ctx, mkey, vmi)).NotTo(Succeed(), "manual has no VMI")
 	}, 5*time.Second).Should(Succeed())
 
 	t.Log("held deleted: rebooter is restarted, once; then queued starts")
@@ -219,6 +249,13 @@ func restartQueue(t *testing.T, env *cluster.Env, admin client.Client) {
 	q := runningVMI(ctx, g, admin, qkey, "")
 	g.Expect(q.CreationTimestamp.Time).NotTo(BeTemporally("<", runningSince(second)),
 		"queued's VMI was created before rebooter's restart ran: two VMs started at once under a cap of one")
+	m := runningVMI(ctx, g, admin, mkey, "")
+	g.Expect(m.CreationTimestamp.Time).NotTo(BeTemporally("<", runningSince(q)),
+		"manual's VMI was created before queued's ran: two VMs started at once under a cap of one")
+	g.Eventually(func(g Gomega) {
+		g.Expect(admin.Get(ctx, client.ObjectKeyFromObject(op), op)).To(Succeed())
+		g.Expect(op.Status.Phase).To(Equal(v1alpha1.OperationCompleted))
+	}).Should(Succeed())
 	g.Expect(admin.Delete(ctx, ns)).To(Succeed())
 }
 
