@@ -300,7 +300,7 @@ func (r *Reconciler) decide(ctx context.Context, vm *v1alpha1.VirtualMachine, kv
 		return p, nil
 	}
 	var err error
-	strategy, current := desiredStrategy(vm, kv, vmi)
+	strategy, current := desiredStrategy(vm, kv, vmi, r.Starts.Enabled())
 	if r.Starts.Enabled() && firstStart(vm, kv, vmi, strategy, current) {
 		if p.turn, err = r.askStart(ctx, vm, false); err != nil {
 			return p, err
@@ -481,9 +481,10 @@ func (r *Reconciler) syncKubeVirtVM(ctx context.Context, vm *v1alpha1.VirtualMac
 	return applied, nil
 }
 
-// desiredStrategy is the runStrategy runpolicy applies to the KubeVirt VM kv (nil: none yet), and the one kv has.
+// desiredStrategy is the runStrategy runpolicy applies to the KubeVirt VM kv (nil: none yet), and the one kv has;
+// capped tells whether the operator caps starts (policy.Rendered).
 func desiredStrategy(vm *v1alpha1.VirtualMachine, kv *kvv1.VirtualMachine,
-	vmi *kvv1.VirtualMachineInstance) (strategy, current kvv1.VirtualMachineRunStrategy) {
+	vmi *kvv1.VirtualMachineInstance, capped bool) (strategy, current kvv1.VirtualMachineRunStrategy) {
 	entering := true
 	if kv != nil {
 		if kv.Spec.RunStrategy != nil {
@@ -496,7 +497,8 @@ func desiredStrategy(vm *v1alpha1.VirtualMachine, kv *kvv1.VirtualMachine,
 		}
 		entering = kv.Annotations[AnnotationRunPolicy] != string(vm.Spec.RunPolicy)
 	}
-	return policy.RunStrategy(vm.Spec.RunPolicy, policy.Bootstrapping(vm.Spec.RunPolicy, entering, current, policy.VMIActive(vmi))), current
+	p := policy.Rendered(vm.Spec.RunPolicy, capped)
+	return policy.RunStrategy(p, policy.Bootstrapping(p, entering, current, policy.VMIActive(vmi))), current
 }
 
 // revertForeignChanges writes runpolicy's spec back over what others added to the KubeVirt VM obj (server-side

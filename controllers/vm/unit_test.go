@@ -404,3 +404,34 @@ func TestRestartNeedsSlot(t *testing.T) {
 		}
 	}
 }
+
+// Under a cap on starts an AlwaysOn VM is rendered as AlwaysOnUntilStoppedManually is: runStrategy Always for its
+// first start (which the start gate holds), then Manual, so that runpolicy makes, through the gate, every start
+// after it. Without a cap it stays on Always.
+func TestDesiredStrategyOfAlwaysOn(t *testing.T) {
+	vm := &v1alpha1.VirtualMachine{Spec: v1alpha1.VirtualMachineSpec{RunPolicy: v1alpha1.RunPolicyAlwaysOn}}
+	onStrategy := func(rs kvv1.VirtualMachineRunStrategy) *kvv1.VirtualMachine {
+		return &kvv1.VirtualMachine{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{AnnotationRunPolicy: "AlwaysOn"}},
+			Spec: kvv1.VirtualMachineSpec{RunStrategy: ptr.To(rs)}}
+	}
+	running := &kvv1.VirtualMachineInstance{Status: kvv1.VirtualMachineInstanceStatus{Phase: kvv1.Running}}
+	failed := &kvv1.VirtualMachineInstance{Status: kvv1.VirtualMachineInstanceStatus{Phase: kvv1.Failed}}
+	for _, c := range []struct {
+		name   string
+		kv     *kvv1.VirtualMachine
+		vmi    *kvv1.VirtualMachineInstance
+		capped bool
+		want   kvv1.VirtualMachineRunStrategy
+	}{
+		{"new, no cap", nil, nil, false, kvv1.RunStrategyAlways},
+		{"new, capped: its first start", nil, nil, true, kvv1.RunStrategyAlways},
+		{"running on Always, no cap", onStrategy(kvv1.RunStrategyAlways), running, false, kvv1.RunStrategyAlways},
+		{"running on Always, capped: moved to Manual", onStrategy(kvv1.RunStrategyAlways), running, true, kvv1.RunStrategyManual},
+		{"failed on Manual, capped: runpolicy restarts it", onStrategy(kvv1.RunStrategyManual), failed, true, kvv1.RunStrategyManual},
+		{"failed on Manual, cap removed: back to Always", onStrategy(kvv1.RunStrategyManual), failed, false, kvv1.RunStrategyAlways},
+	} {
+		if got, _ := desiredStrategy(vm, c.kv, c.vmi, c.capped); got != c.want {
+			t.Errorf("%s: runStrategy %s, want %s", c.name, got, c.want)
+		}
+	}
+}

@@ -11,7 +11,7 @@ import (
 var (
 	fuzzPolicies = []v1alpha1.RunPolicy{
 		v1alpha1.RunPolicyAlwaysOff, v1alpha1.RunPolicyAlwaysOn, v1alpha1.RunPolicyManual,
-		v1alpha1.RunPolicyAlwaysOnUntilStoppedManually,
+		v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, KubeVirtAlways,
 	}
 	fuzzCauses = []shutdown.Cause{
 		shutdown.CauseGuestReset, shutdown.CauseGuestShutdown, shutdown.CauseGuestPanic, shutdown.CauseHost,
@@ -19,10 +19,11 @@ var (
 	}
 )
 
-// FuzzDecide checks the behaviour table of docs/behaviour.md on arbitrary inputs (seeds in testdata/fuzz/FuzzDecide): AlwaysOn
-// and AlwaysOff never act (KubeVirt does); a reboot is never guessed — Restart only for a guest reset or a reset
-// through KubeVirt; a user's
-// stop never restarts; a guest poweroff never restarts; Backoff.Delay is monotonic in n and never exceeds Max.
+// FuzzDecide checks the behaviour table of docs/behaviour.md on arbitrary inputs (seeds in testdata/fuzz/FuzzDecide):
+// AlwaysOff and KubeVirt's Always never act (KubeVirt does); AlwaysOn on Manual (under a cap on starts) always
+// restarts, at once unless the VMI failed with a crash or unexplained; under Manual and AlwaysOnUntilStoppedManually a
+// reboot is never guessed — Restart only for a guest reset or a reset through KubeVirt; a user's stop never restarts;
+// a guest poweroff never restarts; Backoff.Delay is monotonic in n and never exceeds Max.
 //
 // policyIdx/causeIdx beyond the known values pick arbitrary strings (policy) or the raw cause text, so
 // unknown enum values are exercised too.
@@ -63,10 +64,15 @@ func FuzzDecide(f *testing.F) {
 			known = known || kp == p
 		}
 		restarts := d.Action == ActionRestart || d.Action == ActionRestartAfterBackoff
+		crashed := failed && (d.Source == v1alpha1.ShutdownCrash || d.Source == v1alpha1.ShutdownUnknown)
 		switch {
-		case p == v1alpha1.RunPolicyAlwaysOn || p == v1alpha1.RunPolicyAlwaysOff || !known:
+		case p == KubeVirtAlways || p == v1alpha1.RunPolicyAlwaysOff || !known:
 			if d.Action != ActionNone {
 				t.Fatalf("Decide(%q, %+v) = %s: KubeVirt acts for this policy, runpolicy must not", p, e, d.Action)
+			}
+		case p == v1alpha1.RunPolicyAlwaysOn:
+			if want := map[bool]Action{false: ActionRestart, true: ActionRestartAfterBackoff}[crashed]; d.Action != want {
+				t.Fatalf("Decide(AlwaysOn, %+v) = %s, want %s: runpolicy keeps an AlwaysOn VM on Manual running", e, d.Action, want)
 			}
 		case d.Action == ActionRestart && (cause != shutdown.CauseGuestReset && cause != shutdown.CauseHostReset || user):
 			t.Fatalf("Decide(%q, %+v) = Restart without a guest reset or a reset through KubeVirt (a reboot is never guessed)", p, e)

@@ -34,6 +34,18 @@ func RunStrategy(p v1alpha1.RunPolicy, bootstrapping bool) kvv1.VirtualMachineRu
 	}
 }
 
+// Rendered is the policy whose runStrategy the KubeVirt VM of a VM with policy p gets. Under a cap on starts
+// (capped: the operator's --max-concurrent-starts), AlwaysOn is rendered as AlwaysOnUntilStoppedManually is —
+// runStrategy Always until its first VMI exists, then Manual — and runpolicy itself restarts its VMIs whatever
+// ended them (Decide), so that every start after the first goes through the start gate: KubeVirt's Always would
+// start the VMIs of a whole cluster at once after a power-on.
+func Rendered(p v1alpha1.RunPolicy, capped bool) v1alpha1.RunPolicy {
+	if capped && p == v1alpha1.RunPolicyAlwaysOn {
+		return v1alpha1.RunPolicyAlwaysOnUntilStoppedManually
+	}
+	return p
+}
+
 // Bootstrapping tells whether an AlwaysOnUntilStoppedManually VM still has to be started by KubeVirt's
 // Always strategy. entering is true when the policy was just set (new VM, or changed from another policy);
 // current is the runStrategy the KubeVirt VM has now; vmiExists whether a VMI exists.
@@ -116,14 +128,35 @@ func restartMessage(src v1alpha1.ShutdownSource) string {
 	}
 }
 
-// Decide applies the policy table (docs/behaviour.md) to an ended VMI.
+// KubeVirtAlways is the acting policy (ActingPolicy) while the KubeVirt VM is on runStrategy Always or
+// RerunOnFailure: KubeVirt restarts the VM's VMIs itself, and runpolicy must not restart on top of it.
+const KubeVirtAlways v1alpha1.RunPolicy = "KubeVirtAlways"
+
+// Decide applies the policy table (docs/behaviour.md) to an ended VMI. p is the acting policy (ActingPolicy):
+// AlwaysOn there is an AlwaysOn VM whose KubeVirt VM is on Manual (Rendered under a cap on starts), which runpolicy
+// keeps running.
 func Decide(p v1alpha1.RunPolicy, e Ended) Decision {
 	src := e.Source()
 	d := Decision{Source: src}
 	switch p {
-	case v1alpha1.RunPolicyAlwaysOff, v1alpha1.RunPolicyAlwaysOn:
-		// Halted and Always: KubeVirt itself keeps the VM off or restarts it (with its own backoff).
-		d.Action, d.Message = ActionNone, fmt.Sprintf("KubeVirt handles a %s VM (%s)", p, src)
+	case v1alpha1.RunPolicyAlwaysOff:
+		// Halted: KubeVirt itself keeps the VM off.
+		d.Action, d.Message = ActionNone, fmt.Sprintf("KubeVirt keeps an AlwaysOff VM off (%s)", src)
+	case KubeVirtAlways:
+		// Always: KubeVirt itself restarts the VM (with its own backoff).
+		d.Action, d.Message = ActionNone, fmt.Sprintf("KubeVirt restarts the VM itself, runStrategy Always (%s)", src)
+	case v1alpha1.RunPolicyAlwaysOn:
+		switch src {
+		case v1alpha1.ShutdownGuestReset, v1alpha1.ShutdownHostReset:
+			d.Action, d.Message = ActionRestart, restartMessage(src)
+		case v1alpha1.ShutdownGuestShutdown, v1alpha1.ShutdownUser:
+			d.Action, d.Message = ActionRestart, fmt.Sprintf("The VM was stopped (%s): runPolicy AlwaysOn starts it again", src)
+		default: // crash, unknown: as KubeVirt's Always, a failed VMI after a backoff, a clean end at once
+			d.Action, d.Message = ActionRestartAfterBackoff, restartMessage(src)
+			if !e.Failed {
+				d.Action, d.Message = ActionRestart, fmt.Sprintf("The VM ended (%s): runPolicy AlwaysOn starts it again", src)
+			}
+		}
 	case v1alpha1.RunPolicyManual:
 		switch src {
 		case v1alpha1.ShutdownGuestReset, v1alpha1.ShutdownHostReset:

@@ -79,13 +79,23 @@ func TestDecide(t *testing.T) {
 		action Action
 		source v1alpha1.ShutdownSource
 	}
-	rows := make([]row, 0, 26) // the rows below
-	for _, p := range []v1alpha1.RunPolicy{v1alpha1.RunPolicyAlwaysOff, v1alpha1.RunPolicyAlwaysOn} {
+	rows := make([]row, 0, 32) // the rows below
+	for _, p := range []v1alpha1.RunPolicy{v1alpha1.RunPolicyAlwaysOff, KubeVirtAlways} {
 		for name, e := range map[string]Ended{"reset": reset, "poweroff": poweroff, "crash": crashed, "pod gone": podGone} {
 			rows = append(rows, row{string(p) + "/" + name, p, e, ActionNone, e.Source()})
 		}
 	}
-	m, a := v1alpha1.RunPolicyManual, v1alpha1.RunPolicyAlwaysOnUntilStoppedManually
+	m, a, on := v1alpha1.RunPolicyManual, v1alpha1.RunPolicyAlwaysOnUntilStoppedManually, v1alpha1.RunPolicyAlwaysOn
+	rows = append(rows,
+		// AlwaysOn on runStrategy Manual (a cap on starts): runpolicy starts it again whatever ended it.
+		row{"AlwaysOn/reset", on, reset, ActionRestart, v1alpha1.ShutdownGuestReset},
+		row{"AlwaysOn/poweroff", on, poweroff, ActionRestart, v1alpha1.ShutdownGuestShutdown},
+		row{"AlwaysOn/user stop", on, userStop, ActionRestart, v1alpha1.ShutdownUser},
+		row{"AlwaysOn/crash", on, crashed, ActionRestartAfterBackoff, v1alpha1.ShutdownCrash},
+		row{"AlwaysOn/pod gone", on, podGone, ActionRestartAfterBackoff, v1alpha1.ShutdownCrash},
+		row{"AlwaysOn/no message, a clean end", on, noMessage, ActionRestart, v1alpha1.ShutdownUnknown},
+		row{"AlwaysOn/panic, a clean end", on, panicked, ActionRestart, v1alpha1.ShutdownCrash},
+	)
 	rows = append(rows,
 		row{"Manual/reset", m, reset, ActionRestart, v1alpha1.ShutdownGuestReset},
 		row{"Manual/reset reported by a failed VMI", m, resetButFailed, ActionRestart, v1alpha1.ShutdownGuestReset},

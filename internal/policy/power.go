@@ -228,6 +228,11 @@ func Step(in PowerInput) PowerStep {
 	d := Decide(ActingPolicy(in.Policy, kv), ended)
 	if ended.StoppedByUser && StartPending(kv) {
 		d.Message = "The VMI was stopped through KubeVirt for a restart; KubeVirt starts the new one"
+		if d.Action == ActionRestart || d.Action == ActionRestartAfterBackoff {
+			// AlwaysOn on Manual: KubeVirt serves the restart's Start once the ended VMI is cleaned up, as under
+			// the other policies; a restart of runpolicy's on top would start the VM twice.
+			d.Action = ActionStayStopped
+		}
 	}
 
 	// Record how the VMI ended, once. A restart made in this pass reports it in one event, after KubeVirt took
@@ -459,17 +464,17 @@ func readinessPending(kv *kvv1.VirtualMachine, vmi *kvv1.VirtualMachineInstance)
 }
 
 // ActingPolicy is the policy whose table applies now: while the KubeVirt VM is not on runStrategy Manual
-// (AlwaysOnUntilStoppedManually starting up on Always, or a policy change not yet applied), KubeVirt's own
-// strategy acts and runpolicy must not restart on top of it.
+// (AlwaysOn without a cap on starts, AlwaysOnUntilStoppedManually starting up on Always, or a policy change not yet
+// applied), KubeVirt's own strategy acts (KubeVirtAlways, AlwaysOff) and runpolicy must not restart on top of it.
 func ActingPolicy(p v1alpha1.RunPolicy, kv *kvv1.VirtualMachine) v1alpha1.RunPolicy {
-	if kv.Spec.RunStrategy == nil {
-		return p
-	}
-	switch *kv.Spec.RunStrategy {
-	case kvv1.RunStrategyAlways, kvv1.RunStrategyRerunOnFailure:
-		return v1alpha1.RunPolicyAlwaysOn
-	case kvv1.RunStrategyHalted:
+	switch {
+	case kubeVirtReplaces(kv):
+		return KubeVirtAlways
+	case kv.Spec.RunStrategy != nil && *kv.Spec.RunStrategy == kvv1.RunStrategyHalted:
 		return v1alpha1.RunPolicyAlwaysOff
+	case p == v1alpha1.RunPolicyAlwaysOn && !onManual(kv):
+		// Neither Always nor Manual (a runStrategy someone else set, not reverted yet): never restart on top of it.
+		return KubeVirtAlways
 	}
 	return p
 }

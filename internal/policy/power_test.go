@@ -423,3 +423,54 @@ func bookkeepingString(b Bookkeeping) string {
 	return fmt.Sprintf("restarting=%q handled=%q restarts=%d failures=%d notBefore=%s lastShutdown=%s",
 		b.RestartingVMIUID, b.HandledVMIUID, b.RestartCount, b.FailureCount, nb, ls)
 }
+
+// An AlwaysOn VM rendered on runStrategy Manual (under a cap on starts) is kept running by runpolicy: every end is
+// restarted (a crash after the backoff), a user's restart through KubeVirt is left to KubeVirt, and on runStrategy
+// Always KubeVirt restarts it itself.
+func TestStepAlwaysOnOnManual(t *testing.T) {
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	kv := func(rs kvv1.VirtualMachineRunStrategy, reqs ...kvv1.VirtualMachineStateChangeRequest) *kvv1.VirtualMachine {
+		return &kvv1.VirtualMachine{Spec: kvv1.VirtualMachineSpec{RunStrategy: ptr.To(rs)},
+			Status: kvv1.VirtualMachineStatus{StateChangeRequests: reqs, PrintableStatus: kvv1.VirtualMachineStatusStopped}}
+	}
+	vmi := func(phase kvv1.VirtualMachineInstancePhase) *kvv1.VirtualMachineInstance {
+		return &kvv1.VirtualMachineInstance{ObjectMeta: metav1.ObjectMeta{UID: "vmi-1"},
+			Status: kvv1.VirtualMachineInstanceStatus{Phase: phase}}
+	}
+	restartReqs := []kvv1.VirtualMachineStateChangeRequest{{Action: kvv1.StopRequest, UID: ptr.To(types.UID("vmi-1"))},
+		{Action: kvv1.StartRequest}}
+	for _, c := range []struct {
+		name       string
+		kv         *kvv1.VirtualMachine
+		vmi        *kvv1.VirtualMachineInstance
+		cause      shutdown.Cause
+		action     ActionKind
+		restarting bool
+		history    v1alpha1.ShutdownAction
+	}{
+		{"guest poweroff: started again", kv(kvv1.RunStrategyManual), vmi(kvv1.Succeeded), shutdown.CauseGuestShutdown,
+			DoRestart, true, v1alpha1.ShutdownRestarted},
+		{"guest reset: restarted", kv(kvv1.RunStrategyManual), vmi(kvv1.Succeeded), shutdown.CauseGuestReset,
+			DoRestart, true, v1alpha1.ShutdownRestarted},
+		{"first crash: restarted at once", kv(kvv1.RunStrategyManual), vmi(kvv1.Failed), shutdown.CauseUnknown,
+			DoRestart, true, v1alpha1.ShutdownRestarted},
+		{"a user's restart through KubeVirt: KubeVirt serves its Start", kv(kvv1.RunStrategyManual, restartReqs...),
+			vmi(kvv1.Succeeded), shutdown.CauseGuestShutdown, DoCleanup, false, v1alpha1.ShutdownRestarted},
+		{"on runStrategy Always: KubeVirt restarts it", kv(kvv1.RunStrategyAlways), vmi(kvv1.Failed), shutdown.CauseUnknown,
+			DoNothing, false, v1alpha1.ShutdownLeftToKubeVirt},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got := Step(PowerInput{Policy: v1alpha1.RunPolicyAlwaysOn, KubeVirt: c.kv, Managed: true, VMI: c.vmi,
+				Cause: c.cause, Now: now, Backoff: DefaultBackoff})
+			if got.Action.Kind != c.action {
+				t.Errorf("action %s, want %s", got.Action.Kind, c.action)
+			}
+			if restarting := got.Status.RestartingVMIUID == "vmi-1"; restarting != c.restarting {
+				t.Errorf("restartingVMIUID %q, want recorded: %v", got.Status.RestartingVMIUID, c.restarting)
+			}
+			if h := got.Status.ShutdownHistory; len(h) != 1 || h[0].Action != c.history {
+				t.Errorf("history %+v, want one entry %s", h, c.history)
+			}
+		})
+	}
+}

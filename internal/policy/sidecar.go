@@ -181,7 +181,7 @@ func RebootCondition(p v1alpha1.RunPolicy, sc Sidecar, running, runningHasSideca
 			"pod of every VMI it starts: a guest reboot restarts the VM with the current spec"
 	case p == v1alpha1.RunPolicyAlwaysOn && rebootPolicy != nil && *rebootPolicy == kvv1.RebootPolicyTerminate:
 		return true, true, ReasonRebootPolicy, "KubeVirt's rebootPolicy Terminate ends the VMI on a guest reboot and " +
-			"runPolicy AlwaysOn has KubeVirt start a new one with the current spec"
+			"runPolicy AlwaysOn starts a new one with the current spec"
 	default:
 		return false, true, sc.Reason, sc.Message
 	}

@@ -190,7 +190,8 @@ func TestDecideHostReset(t *testing.T) {
 	for p, want := range map[v1alpha1.RunPolicy]Action{
 		v1alpha1.RunPolicyManual:                       ActionRestart,
 		v1alpha1.RunPolicyAlwaysOnUntilStoppedManually: ActionRestart,
-		v1alpha1.RunPolicyAlwaysOn:                     ActionNone,
+		v1alpha1.RunPolicyAlwaysOn:                     ActionRestart, // on runStrategy Manual, under a cap on starts
+		KubeVirtAlways:                                 ActionNone,
 		v1alpha1.RunPolicyAlwaysOff:                    ActionNone,
 	} {
 		if d := Decide(p, reset); d.Action != want || d.Source != v1alpha1.ShutdownHostReset {

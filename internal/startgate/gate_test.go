@@ -208,7 +208,7 @@ func TestOperationsWaitTheirTurn(t *testing.T) {
 	start := Ticket{Since: t0, Op: "start-1"}
 	wantPlace(t, g, "vm", start, 1)
 	wantPlace(t, g, "other", Ticket{Since: t0.Add(time.Minute)}, 2) // a first start created after the operation
-	g.Observe(key("vm"), Idle, false)                                // the VM controller's pass over the stopped VM
+	g.Observe(key("vm"), Idle, false)                               // the VM controller's pass over the stopped VM
 	wantPlace(t, g, "other", Ticket{Since: t0.Add(time.Minute)}, 2)
 
 	g.Observe(key("holder"), Running, false)

@@ -74,9 +74,11 @@ func startQueue(t *testing.T, env *cluster.Env, admin client.Client, helmArgs []
 	t.Log("first switched to AlwaysOn; while its KubeVirt VM starts, c, b and a (the highest startOrder first)")
 	turnOn("first")
 	g.Eventually(func(g Gomega) {
+		// Always for its first start, then Manual once its VMI exists (under a cap runpolicy makes every start
+		// after the first).
 		kv := &kvv1.VirtualMachine{}
 		g.Expect(admin.Get(ctx, client.ObjectKey{Namespace: ns.Name, Name: "first"}, kv)).To(Succeed())
-		g.Expect(kv.Spec.RunStrategy).To(HaveValue(Equal(kvv1.RunStrategyAlways)))
+		g.Expect(kv.Spec.RunStrategy).To(HaveValue(BeElementOf(kvv1.RunStrategyAlways, kvv1.RunStrategyManual)))
 	}).Should(Succeed())
 	for _, name := range []string{"c", "b", "a"} {
 		turnOn(name)
@@ -118,6 +120,58 @@ func startQueue(t *testing.T, env *cluster.Env, admin client.Client, helmArgs []
 	g.Expect(admin.Delete(ctx, ns)).To(Succeed()) // its guests would slow the subtests that follow
 
 	t.Run("a restart goes first", func(t *testing.T) { restartQueue(t, env, admin) })
+	t.Run("AlwaysOn VMs come back one at a time", func(t *testing.T) { powerLoss(t, admin) })
+}
+
+// powerLoss runs, under a cap of one, what a cluster's power-on asks of AlwaysOn VMs: two of them run (their KubeVirt
+// VMs on runStrategy Manual once started: under a cap runpolicy makes their starts, not KubeVirt's Always), and
+// their launcher pods are deleted at once, as a node that lost power loses them. Both VMIs fail; runpolicy starts
+// them again one at a time, each exactly once: the second new VMI is created only after the first ran.
+func powerLoss(t *testing.T, admin client.Client) {
+	g, ns := subtest(t, admin, "power-loss", 4*time.Minute)
+	ctx := t.Context()
+	namespacesGone(ctx, g, admin)
+
+	t.Log("x and y, AlwaysOn, run; their KubeVirt VMs are on Manual")
+	names := []string{"x", "y"}
+	ended := map[string]*kvv1.VirtualMachineInstance{}
+	for _, name := range names {
+		g.Expect(admin.Create(ctx, guest.VM(ns.Name, name, v1alpha1.RunPolicyAlwaysOn, guestImage, "hang"))).To(Succeed())
+	}
+	for _, name := range names {
+		key := client.ObjectKey{Namespace: ns.Name, Name: name}
+		ended[name] = runningVMI(ctx, g, admin, key, "")
+		g.Eventually(func(g Gomega) {
+			kv := &kvv1.VirtualMachine{}
+			g.Expect(admin.Get(ctx, key, kv)).To(Succeed())
+			g.Expect(kv.Spec.RunStrategy).To(HaveValue(Equal(kvv1.RunStrategyManual)))
+		}).Should(Succeed())
+	}
+
+	t.Log("both launcher pods deleted at once: the VMIs fail, and runpolicy starts them again one at a time")
+	for _, name := range names {
+		var pods corev1.PodList
+		g.Expect(admin.List(ctx, &pods, client.InNamespace(ns.Name),
+			client.MatchingLabels{kvv1.CreatedByLabel: string(ended[name].UID)})).To(Succeed())
+		g.Expect(pods.Items).To(HaveLen(1), "%s's launcher pod", name)
+		g.Expect(admin.Delete(ctx, &pods.Items[0], client.GracePeriodSeconds(0))).To(Succeed())
+	}
+	again := map[string]*kvv1.VirtualMachineInstance{}
+	for _, name := range names {
+		key := client.ObjectKey{Namespace: ns.Name, Name: name}
+		again[name] = runningVMI(ctx, g, admin, key, ended[name].UID)
+		vm := &v1alpha1.VirtualMachine{}
+		g.Expect(admin.Get(ctx, key, vm)).To(Succeed())
+		g.Expect(vm.Status.RestartCount).To(Equal(int32(1)), "%s restarted once", name)
+	}
+	firstBack, second := again["x"], again["y"]
+	if second.CreationTimestamp.Before(&firstBack.CreationTimestamp) {
+		firstBack, second = second, firstBack
+	}
+	g.Expect(second.CreationTimestamp.Time).NotTo(BeTemporally("<", runningSince(firstBack)),
+		"%s's new VMI was created before %s's ran: two VMs started at once under a cap of one", second.Name, firstBack.Name)
+	t.Logf("%s back first, %s once it ran", firstBack.Name, second.Name)
+	g.Expect(admin.Delete(ctx, ns)).To(Succeed())
 }
 
 // namespacesGone waits until no namespace is being deleted.
