@@ -20,6 +20,7 @@ UNIT_TEST_FLAGS ?=
 BENCH_FLAGS ?=
 CHAOS_SEED ?= 1
 CHAOS_EVENTS ?= 1000
+CHAOS_MAX_STARTS ?= 0
 export GOTOOLCHAIN := local
 
 ##@ General
@@ -43,8 +44,8 @@ bench: build test-assets $(HELM) ## Scale benchmark (real operator binary under 
 	HELM=$(HELM) go run ./test/cmd/bench $(BENCH_FLAGS)
 
 .PHONY: chaos
-chaos: test-assets $(HELM) ## Chaos test: random events, operator kills, conflict storms over 50 VMs; CHAOS_SEED, CHAOS_EVENTS.
-	HELM=$(HELM) CHAOS_SEED=$(CHAOS_SEED) CHAOS_EVENTS=$(CHAOS_EVENTS) go test -tags chaos ./test/chaos/ -count=1 -v -timeout 30m
+chaos: test-assets $(HELM) ## Chaos test: random events, operator kills, conflict storms over 50 VMs; CHAOS_SEED, CHAOS_EVENTS, CHAOS_MAX_STARTS.
+	HELM=$(HELM) CHAOS_SEED=$(CHAOS_SEED) CHAOS_EVENTS=$(CHAOS_EVENTS) CHAOS_MAX_STARTS=$(CHAOS_MAX_STARTS) go test -tags chaos ./test/chaos/ -count=1 -v -timeout 30m
 
 ##@ Development
 .PHONY: generate

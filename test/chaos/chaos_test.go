@@ -8,7 +8,7 @@
 // (test/chartrbac): its ServiceAccount's token under the chart's RBAC and admission policies, with the chart's
 // Deployment args.
 //
-//	make chaos                       # CHAOS_SEED=1 CHAOS_EVENTS=1000
+//	make chaos                       # CHAOS_SEED=1 CHAOS_EVENTS=1000 CHAOS_MAX_STARTS=0
 //	go test -tags chaos ./test/chaos/ -count=1 -v -args -seed=7 -events=300
 //
 // Each VM-targeted event is applied to a VM that has settled (its state matches the model and it has no
@@ -72,6 +72,9 @@ var (
 	eventsFlag = flag.Int("events", int(envUint("CHAOS_EVENTS", 1000)), "Number of random events (CHAOS_EVENTS).")
 	vmsFlag    = flag.Int("vms", 50, "Number of VMs.")
 	settleFlag = flag.Duration("settle", 3*time.Minute, "How long the end state may take to settle.")
+	// Under a cap on starts every AlwaysOn VM runs on runStrategy Manual and runpolicy makes its restarts.
+	maxStartsFlag = flag.Int("max-starts", int(envUint("CHAOS_MAX_STARTS", 0)),
+		"The chart's maxConcurrentStarts (CHAOS_MAX_STARTS); 0: no cap.")
 )
 
 func envUint(k string, def uint64) uint64 {
@@ -131,7 +134,7 @@ func TestChaos(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	seed, nEvents, nVMs := *seedFlag, *eventsFlag, *vmsFlag
-	t.Logf("chaos: seed %d, %d events, %d VMs", seed, nEvents, nVMs)
+	t.Logf("chaos: seed %d, %d events, %d VMs, at most %d starting at once (0: no cap)", seed, nEvents, nVMs, *maxStartsFlag)
 	rng := rand.New(rand.NewPCG(seed, 0x5eed))
 
 	env, err := cluster.Start(cluster.Options{GarbageCollector: true,
@@ -154,7 +157,8 @@ func TestChaos(t *testing.T) {
 	// The operator runs as the chart installs it: its ServiceAccount's token under the chart's RBAC and admission
 	// policies, with the chart's Deployment args (test settings as chart values).
 	chartOp, err := chartrbac.Install(ctx, env, append(chartrbac.HookSidecarImage(hookSidecarImage),
-		append(chartrbac.SingleReplica, "restartBackoff.base=1s", "restartBackoff.max=4s")...)...)
+		append(chartrbac.SingleReplica, "restartBackoff.base=1s", "restartBackoff.max=4s",
+			"maxConcurrentStarts="+strconv.Itoa(*maxStartsFlag))...)...)
 	must(t, err)
 	real, err := lifecycle.NewClient(chartOp.Config)
 	must(t, err)

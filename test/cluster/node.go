@@ -661,8 +661,10 @@ func waitFor(timeout time.Duration, ok func() bool) error {
 
 // NodeControllers are the kube-controller-manager controllers a cluster with a node runs beside the garbage
 // collector: Deployments and DaemonSets to pods, Services to EndpointSlices (for kube-proxy), the CA and the
-// ServiceAccounts pods mount, and the node lifecycle (the kubelet registers its Node tainted not-ready until that
-// controller sees it Ready).
+// ServiceAccounts pods mount, the node lifecycle (the kubelet registers its Node tainted not-ready until that
+// controller sees it Ready), and the protection of claims in use (without it a PVC keeps its
+// kubernetes.io/pvc-protection finalizer, and its namespace never goes).
 var NodeControllers = []string{"deployment-controller", "replicaset-controller", "daemonset-controller",
 	"endpointslice-controller", "root-ca-certificate-publisher-controller", "serviceaccount-controller",
-	"garbage-collector-controller", "namespace-controller", "node-lifecycle-controller"}
+	"garbage-collector-controller", "namespace-controller", "node-lifecycle-controller",
+	"persistentvolumeclaim-protection-controller"}

@@ -275,6 +275,7 @@ func restartQueue(t *testing.T, env *cluster.Env, admin client.Client) {
 	g.Eventually(waiting(rkey, 1)).Should(Succeed())
 	g.Eventually(waiting(qkey, 2), time.Minute).Should(Succeed()) // queued's place is rewritten at its recheck
 	g.Eventually(opWaiting(2), time.Minute).Should(Succeed())
+	t.Logf("%s: %s", op.Name, meta.FindStatusCondition(op.Status.Conditions, v1alpha1.OperationConditionCompleted).Message)
 	g.Consistently(func(g Gomega) {
 		vm := &v1alpha1.VirtualMachine{}
 		g.Expect(admin.Get(ctx, rkey, vm)).To(Succeed())
