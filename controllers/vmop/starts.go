@@ -49,4 +49,3 @@ func keepsStartTicket(op *v1alpha1.VirtualMachineOperation) bool {
 	}
 	return false
 }
-

@@ -227,12 +227,7 @@ func Step(in PowerInput) PowerStep {
 		RebootsStayInGuest: in.RebootsStayInGuest}
 	d := Decide(ActingPolicy(in.Policy, kv), ended)
 	if ended.StoppedByUser && StartPending(kv) {
-		d.Message = "The VMI was stopped through KubeVirt for a restart; KubeVirt starts the new one"
-		if d.Action == ActionRestart || d.Action == ActionRestartAfterBackoff {
-			// AlwaysOn on Manual: KubeVirt serves the restart's Start once the ended VMI is cleaned up, as under
-			// the other policies; a restart of runpolicy's on top would start the VM twice.
-			d.Action = ActionStayStopped
-		}
+		d = restartedByKubeVirt(d)
 	}
 
 	// Record how the VMI ended, once. A restart made in this pass reports it in one event, after KubeVirt took
@@ -282,6 +277,18 @@ func Step(in PowerInput) PowerStep {
 		st.HandledVMIUID = uid
 	}
 	return s
+}
+
+// restartedByKubeVirt is the decision about a VMI stopped through KubeVirt for a restart ([Stop{uid}, Start]:
+// virtctl restart, a Restart operation): KubeVirt serves the Start once the ended VMI is cleaned up, under every
+// policy. AlwaysOn on Manual (a cap on starts) would restart it: a restart of runpolicy's on top would start the VM
+// twice.
+func restartedByKubeVirt(d Decision) Decision {
+	d.Message = "The VMI was stopped through KubeVirt for a restart; KubeVirt starts the new one"
+	if d.Action == ActionRestart || d.Action == ActionRestartAfterBackoff {
+		d.Action = ActionStayStopped
+	}
+	return d
 }
 
 // recordEnd records how the VMI uid ended, once: first in the shutdown history, with what runpolicy does about it,

@@ -36,10 +36,10 @@ func wantPlace(t *testing.T, g *Gate, name string, tk Ticket, place int) {
 	}
 }
 
-// testGateWithOps is testGate whose operations' wake-ups go to wokenOps.
-func testGateWithOps(t *testing.T, max int) (*Gate, chan types.NamespacedName, chan types.NamespacedName) {
+// testGateWithOps is testGate of one slot whose operations' wake-ups go to wokenOps.
+func testGateWithOps(t *testing.T) (*Gate, chan types.NamespacedName, chan types.NamespacedName) {
 	t.Helper()
-	g, _, woken := testGate(t, max)
+	g, _, woken := testGate(t, 1)
 	wokenOps := make(chan types.NamespacedName, 100)
 	g.EnqueueOp = func(k types.NamespacedName) { wokenOps <- k }
 	return g, woken, wokenOps
@@ -203,7 +203,7 @@ func TestHolders(t *testing.T) {
 
 // An operation's ticket survives the VM controller's passes over its VM, and its turn wakes the operation.
 func TestOperationsWaitTheirTurn(t *testing.T) {
-	g, woken, wokenOps := testGateWithOps(t, 1)
+	g, woken, wokenOps := testGateWithOps(t)
 	wantGranted(t, g, "holder", Ticket{})
 	start := Ticket{Since: t0, Op: "start-1"}
 	wantPlace(t, g, "vm", start, 1)
@@ -227,7 +227,7 @@ func TestOperationsWaitTheirTurn(t *testing.T) {
 
 // A Restart operation is granted while its VM still runs: the slot waits for the start to come.
 func TestRestartOperationHoldsItsSlotUntilTheStart(t *testing.T) {
-	g, _, _ := testGateWithOps(t, 1)
+	g, _, _ := testGateWithOps(t)
 	wantGranted(t, g, "vm", Ticket{Op: "restart-1"})
 	g.Observe(key("vm"), Running, false) // the old VMI, before KubeVirt took the restart
 	wantPlace(t, g, "b", Ticket{}, 1)
@@ -241,7 +241,7 @@ func TestRestartOperationHoldsItsSlotUntilTheStart(t *testing.T) {
 // An operation that no longer heads for its signal gives back its place, and a slot its VM has not used; a slot
 // whose VM was seen starting stays until the VM runs.
 func TestWithdraw(t *testing.T) {
-	g, _, _ := testGateWithOps(t, 1)
+	g, _, _ := testGateWithOps(t)
 	op := func(name string) types.NamespacedName { return types.NamespacedName{Namespace: "ns", Name: name} }
 	wantGranted(t, g, "a", Ticket{Op: "start-a"})
 	wantPlace(t, g, "b", Ticket{Since: t0, Op: "start-b"}, 1)
@@ -253,7 +253,7 @@ func TestWithdraw(t *testing.T) {
 	g.Withdraw(op("start-a")) // failed after its grant, before any start
 	wantGranted(t, g, "c", Ticket{Since: t0.Add(time.Minute)})
 
-	g, _, _ = testGateWithOps(t, 1)
+	g, _, _ = testGateWithOps(t)
 	wantGranted(t, g, "a", Ticket{Op: "start-a"})
 	g.Observe(key("a"), Starting, false)
 	g.Withdraw(op("start-a")) // timed out while its VM starts
@@ -263,7 +263,7 @@ func TestWithdraw(t *testing.T) {
 // The VM controller's own start comes first: an operation's ticket does not replace it, and the VM controller's
 // pass that no longer asks drops only its own.
 func TestTheVMControllersTicketComesFirst(t *testing.T) {
-	g, _, _ := testGateWithOps(t, 1)
+	g, _, _ := testGateWithOps(t)
 	wantGranted(t, g, "holder", Ticket{})
 	wantPlace(t, g, "vm", Ticket{Restart: true, Since: t0}, 1)
 	wantPlace(t, g, "first", Ticket{Since: t0}, 2)
