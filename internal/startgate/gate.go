@@ -296,6 +296,7 @@ func (g *Gate) Withdraw(op types.NamespacedName) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.init()
+	freed := false
 	for k, t := range g.waiting {
 		if k.Namespace == op.Namespace && t.Op == op.Name {
 			delete(g.waiting, k)
@@ -304,9 +305,12 @@ func (g *Gate) Withdraw(op types.NamespacedName) {
 	for k, s := range g.slots {
 		if k.Namespace == op.Namespace && s.op == op.Name && !s.starting {
 			delete(g.slots, k)
+			freed = true
 		}
 	}
-	g.wake()
+	if freed {
+		g.wake()
+	}
 }
 
 func (g *Gate) init() {
