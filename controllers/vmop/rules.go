@@ -58,7 +58,7 @@ func PolicyAllows(vm string, p v1alpha1.RunPolicy, t v1alpha1.VirtualMachineOper
 		case v1alpha1.OperationRestart, v1alpha1.OperationMigrate, v1alpha1.OperationEvict:
 			return true, ""
 		case v1alpha1.OperationStart:
-			return false, fmt.Sprintf("VirtualMachine %s has runPolicy AlwaysOn: KubeVirt keeps it running, there is nothing to start; "+
+			return false, fmt.Sprintf("VirtualMachine %s has runPolicy AlwaysOn: it is kept running, there is nothing to start; "+
 				"use a Restart operation, or set spec.runPolicy to Manual to start and stop it with operations", vm)
 		default:
 			return false, fmt.Sprintf("VirtualMachine %s has runPolicy AlwaysOn: it cannot be stopped by an operation; "+

@@ -322,6 +322,34 @@ func TestWaitCompleted(t *testing.T) {
 	g.Expect(r.out).To(Equal(fmt.Sprintf("virtualmachineoperation.runpolicy.io/%s created\nvirtualmachineoperation.runpolicy.io/%s Completed\n", op.Name, op.Name)))
 }
 
+// An operation waiting for a start slot says so, once per place, while the plugin waits.
+func TestWaitShowsTheStartSlotWait(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ns := namespace(t)
+	createVM(t, ns, "web", v1alpha1.RunPolicyManual, nil)
+
+	done := start(ctx, ns, "start", "web", "--wait")
+	op := awaitOperation(g, ns, "web")
+	place := func(ahead int) string {
+		return fmt.Sprintf("Start of VirtualMachine web: Waiting for a start slot: %d VM(s) ahead in the queue", ahead)
+	}
+	finish(g, op, v1alpha1.OperationPending, v1alpha1.OperationReasonWaitingForStartSlot, place(2))
+	finish(g, op, v1alpha1.OperationPending, v1alpha1.OperationReasonWaitingForStartSlot, place(1))
+	op.Status.ObservedGeneration++ // a write that changes nothing the user sees
+	g.Expect(k8s.Status().Update(ctx, op)).To(Succeed())
+	finish(g, op, v1alpha1.OperationCompleted, v1alpha1.OperationReasonCompleted, "VirtualMachine web is running")
+
+	var r result
+	g.Eventually(done).WithTimeout(time.Minute).Should(Receive(&r))
+	g.Expect(r.code).To(Equal(0), r.errOut)
+	ref := "virtualmachineoperation.runpolicy.io/" + op.Name
+	g.Expect(r.out).To(Equal(ref + " created\n" +
+		ref + " Pending (WaitingForStartSlot): " + place(2) + "\n" +
+		ref + " Pending (WaitingForStartSlot): " + place(1) + "\n" +
+		ref + " Completed\n"))
+}
+
 func TestWaitFailedOrSuperseded(t *testing.T) {
 	g := NewWithT(t)
 	ctx := context.Background()

@@ -38,7 +38,8 @@ func waitForOperations(ctx context.Context, c client.WithWatch, ns string, ops [
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
-	w := &waiter{c: c, ns: ns, out: out, errOut: errOut, pending: map[string]*v1alpha1.VirtualMachineOperation{}}
+	w := &waiter{c: c, ns: ns, out: out, errOut: errOut, pending: map[string]*v1alpha1.VirtualMachineOperation{},
+		shown: map[string]string{}}
 	for _, op := range ops {
 		w.order = append(w.order, op.Name)
 		w.pending[op.Name] = op
@@ -90,7 +91,9 @@ type waiter struct {
 	out, errOut io.Writer
 	order       []string
 	pending     map[string]*v1alpha1.VirtualMachineOperation
-	failed      int
+	// shown is the last wait for a start slot printed per operation.
+	shown  map[string]string
+	failed int
 }
 
 // watch follows the plugin's operations from resourceVersion rv until every pending one finished, the watch
@@ -170,9 +173,21 @@ func (w *waiter) update(op *v1alpha1.VirtualMachineOperation) {
 		fprintf(w.errOut, "error: %s Failed%s\n", operationRef(op.Name), reasonAndMessage(op))
 		w.failed++
 	default:
+		w.showStartSlot(op)
 		return
 	}
 	delete(w.pending, op.Name)
+}
+
+// showStartSlot prints, once per place, that a pending operation waits for one of the operator's start slots
+// (--max-concurrent-starts): a wait the user did not cause and may otherwise take for a hang.
+func (w *waiter) showStartSlot(op *v1alpha1.VirtualMachineOperation) {
+	cond := meta.FindStatusCondition(op.Status.Conditions, v1alpha1.OperationConditionCompleted)
+	if cond == nil || cond.Reason != v1alpha1.OperationReasonWaitingForStartSlot || w.shown[op.Name] == cond.Message {
+		return
+	}
+	w.shown[op.Name] = cond.Message
+	fprintf(w.out, "%s Pending%s\n", operationRef(op.Name), reasonAndMessage(op))
 }
 
 func (w *waiter) deleted(op *v1alpha1.VirtualMachineOperation) {
