@@ -136,6 +136,8 @@ type Gate struct {
 	mu      sync.Mutex
 	slots   map[types.NamespacedName]*slot
 	waiting map[types.NamespacedName]Ticket
+	// ops maps an operation that asked to its VM, for Withdraw.
+	ops map[types.NamespacedName]types.NamespacedName
 	primed  bool
 	warm    bool
 	// looked: the VMs looked at before Prime; unseen: the primed VMs not looked at since.
@@ -221,6 +223,9 @@ func (g *Gate) Ask(key types.NamespacedName, t Ticket) Verdict {
 	if own, ok := g.waiting[key]; !ok || own.Op != "" || t.Op == "" {
 		g.waiting[key] = t
 	}
+	if t.Op != "" {
+		g.ops[types.NamespacedName{Namespace: key.Namespace, Name: t.Op}] = key
+	}
 	g.expire(now)
 	g.warmUp(now)
 	queue := g.queue()
@@ -296,19 +301,16 @@ func (g *Gate) Withdraw(op types.NamespacedName) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.init()
-	freed := false
-	for k, t := range g.waiting {
-		if k.Namespace == op.Namespace && t.Op == op.Name {
-			delete(g.waiting, k)
-		}
+	key, asked := g.ops[op]
+	if !asked {
+		return
 	}
-	for k, s := range g.slots {
-		if k.Namespace == op.Namespace && s.op == op.Name && !s.starting {
-			delete(g.slots, k)
-			freed = true
-		}
+	delete(g.ops, op)
+	if t, ok := g.waiting[key]; ok && t.Op == op.Name {
+		delete(g.waiting, key)
 	}
-	if freed {
+	if s, ok := g.slots[key]; ok && s.op == op.Name && !s.starting {
+		delete(g.slots, key)
 		g.wake()
 	}
 }
@@ -317,6 +319,7 @@ func (g *Gate) init() {
 	if g.slots == nil {
 		g.slots = map[types.NamespacedName]*slot{}
 		g.waiting = map[types.NamespacedName]Ticket{}
+		g.ops = map[types.NamespacedName]types.NamespacedName{}
 		g.looked = map[types.NamespacedName]struct{}{}
 		g.unseen = map[types.NamespacedName]struct{}{}
 	}
