@@ -137,9 +137,9 @@ type Gate struct {
 	slots   map[types.NamespacedName]*slot
 	waiting map[types.NamespacedName]Ticket
 	// ops maps an operation that asked to its VM, for Withdraw.
-	ops map[types.NamespacedName]types.NamespacedName
-	primed  bool
-	warm    bool
+	ops    map[types.NamespacedName]types.NamespacedName
+	primed bool
+	warm   bool
 	// looked: the VMs looked at before Prime; unseen: the primed VMs not looked at since.
 	looked, unseen map[types.NamespacedName]struct{}
 	warmBy         time.Time
