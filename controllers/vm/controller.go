@@ -216,7 +216,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	if !turn.Granted {
 		waitForStart(vm, turn, kv, p.firstWait)
 		step.Action = policy.PowerAction{Kind: policy.DoNothing} // the restart's request waits for the slot
-		startWait = startWaitRecheck
+		startWait = startgate.Recheck
 	}
 	r.observeStart(vm, p.askedStart)
 	var autoOp *v1alpha1.VirtualMachineOperation

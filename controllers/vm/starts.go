@@ -2,7 +2,6 @@ package vm
 
 import (
 	"context"
-	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -14,10 +13,6 @@ import (
 	"github.com/runpolicy/runpolicy/internal/policy"
 	"github.com/runpolicy/runpolicy/internal/startgate"
 )
-
-// startWaitRecheck is how often a VM waiting for a start slot is looked at again without being woken: its place in
-// status is refreshed, and a slot held past its timeout is given back.
-const startWaitRecheck = 15 * time.Second
 
 // firstStart tells whether applying the KubeVirt VM with strategy would start the VM: it moves a KubeVirt VM of
 // runpolicy's (or a new one) onto runStrategy Always while no VMI runs. That is the start of a VM created with

@@ -283,7 +283,7 @@ func (r *Reconciler) step(ctx context.Context, op *v1alpha1.VirtualMachineOperat
 		}
 		if !v.Granted {
 			waitForStart(op, v)
-			return ctrl.Result{RequeueAfter: startWaitRecheck}, nil
+			return ctrl.Result{RequeueAfter: startgate.Recheck}, nil
 		}
 	}
 

@@ -3,7 +3,6 @@ package vmop
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -11,10 +10,6 @@ import (
 	"github.com/runpolicy/runpolicy/api/v1alpha1"
 	"github.com/runpolicy/runpolicy/internal/startgate"
 )
-
-// startWaitRecheck is how often an operation waiting for a start slot is looked at again without being woken: its
-// place in the message is refreshed.
-const startWaitRecheck = 15 * time.Second
 
 // askStart asks the start gate for a slot for op's Start or Restart of vm. An operation waits as a first start does
 // (its VM runs, or was stopped on purpose), behind the restarts of VMs whose VMI ended; among those, lower

@@ -43,6 +43,10 @@ import (
 // DefaultTimeout is how long a start may hold its slot without being seen Running.
 const DefaultTimeout = 5 * time.Minute
 
+// Recheck is how often a VM or operation waiting for a slot is looked at again without being woken: the place in
+// its status is refreshed, and a slot held past its timeout is given back.
+const Recheck = 15 * time.Second
+
 // WarmUp bounds how long the gate waits for the reconciler to have looked at every VM before it grants the first
 // slot.
 const WarmUp = 30 * time.Second
